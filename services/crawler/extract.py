@@ -1,0 +1,71 @@
+"""Main-text extraction from HTML pages, by trafilatura (not hand-written tag stripping)."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import trafilatura
+from trafilatura.settings import use_config
+
+from .errors import ParseError
+
+# trafilatura's default config stops extraction after 30 s per page through a signal, which
+# only works in the main thread; the crawler runs in worker threads and Ray actors, so turn it off.
+_CONFIG = use_config()
+_CONFIG.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
+
+
+FALLBACK_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Extracted:
+    title: str
+    text: str
+    author: str | None = None
+    date: str | None = None
+    sitename: str | None = None
+
+
+def decode_html(raw: bytes) -> str:
+    """Bytes of a page (encoding unknown) -> str, the way trafilatura itself decodes."""
+    from trafilatura.utils import decode_file
+
+    return decode_file(raw)
+
+
+def extract_article(html: str | bytes, url: str | None = None) -> Extracted:
+    """Title, author, date and body of an article page; ParseError when there is no body."""
+    if isinstance(html, bytes):
+        html = decode_html(html)
+    if not html or not html.strip():
+        raise ParseError(url or "<html>", "empty page")
+    # Precision mode, falling back to trafilatura's balanced mode when precision keeps under
+    # half of what the balanced mode finds (precision mode now and then drops a real body).
+    # On ../shared/benchmarks/article-extraction this scores F1 0.960, against 0.953 for the
+    # default and 0.959 for precision mode alone (`twin bench extraction`).
+    result = trafilatura.bare_extraction(html, url=url, favor_precision=True, include_comments=False,
+                                         with_metadata=True, config=_CONFIG)
+    text = (result.text or "").strip() if result is not None else ""
+    balanced = (trafilatura.extract(html, url=url, include_comments=False, config=_CONFIG) or "").strip()
+    if len(text) < FALLBACK_RATIO * len(balanced):
+        text = balanced
+    if not text:
+        raise ParseError(url or "<html>", "no article text found in the page")
+    if result is None:
+        return Extracted(title="", text=text)
+    return Extracted(
+        title=(result.title or "").strip(),
+        text=text,
+        author=result.author or None,
+        date=result.date or None,
+        sitename=result.sitename or None,
+    )
+
+
+def read_saved_page(path: Path) -> bytes:
+    """A saved page, ``.html`` or ``.html.gz``, as bytes."""
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw

@@ -1,0 +1,112 @@
+"""A git repository (URL or local path) -> one code document per text file.
+
+Files are listed by git itself (`git ls-files --cached --others --exclude-standard`), so
+.gitignore is respected exactly as git reads it. Binaries, lock files, vendored folders and
+files over the size cap are skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from llm_twin.documents import RawDocument
+
+from ..errors import FetchError, InvalidTarget
+from .base import Item
+
+LOCK_FILES = {
+    "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "uv.lock", "Pipfile.lock",
+    "Cargo.lock", "go.sum", "composer.lock", "Gemfile.lock", "bun.lockb", "pdm.lock",
+}
+VENDORED_DIRS = {"vendor", "vendors", "node_modules", "third_party", "third-party", "dist", "build",
+                 ".venv", "venv", "site-packages", "__pycache__", ".git"}
+SKIPPED_PATTERNS = ("*.min.js", "*.min.css", "*.map", "*.lock", "*.pb.go", "*_pb2.py", "*_pb2_grpc.py")
+GIT_TIMEOUT_S = 300
+
+
+def is_remote(target: str) -> bool:
+    return target.startswith(("http://", "https://", "git@", "ssh://", "git://"))
+
+
+def web_link(repo_url: str, path: str) -> str:
+    """A link a reader can open: the forge's blob page where we know the forge, else url#path."""
+    parts = urlsplit(repo_url)
+    base = repo_url.removesuffix(".git").rstrip("/")
+    if parts.hostname in ("github.com", "gitlab.com", "codeberg.org"):
+        return f"{base}/blob/HEAD/{path}"
+    return f"{base}#{path}"
+
+
+def looks_binary(data: bytes) -> bool:
+    return b"\x00" in data[:8192]
+
+
+def skip_reason(path: str) -> str | None:
+    p = PurePosixPath(path)
+    if p.name in LOCK_FILES or any(fnmatch.fnmatch(p.name, pat) for pat in SKIPPED_PATTERNS):
+        return "lock or generated file"
+    if any(part in VENDORED_DIRS for part in p.parts[:-1]):
+        return "vendored"
+    return None
+
+
+def _git(args: list[str], cwd: Path | None, target: str) -> str:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # never hang waiting for a password
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=GIT_TIMEOUT_S, check=False)
+    except FileNotFoundError as exc:
+        raise FetchError(target, "the git program is not installed (apt-get install git)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise FetchError(target, f"git {args[0]} took over {GIT_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        raise FetchError(target, f"git {args[0]} failed: {done.stderr.strip().splitlines()[-1:] or ['?']}")
+    return done.stdout
+
+
+class GitSource:
+    name = "git"
+
+    def __init__(self, max_file_bytes: int = 512 * 1024):
+        self.max_file_bytes = max_file_bytes
+
+    def crawl(self, target: str, author: str) -> Iterator[Item]:
+        if is_remote(target):
+            with tempfile.TemporaryDirectory(prefix="twin-git-") as tmp:
+                checkout = Path(tmp) / "repo"
+                _git(["clone", "--depth", "1", "--quiet", target, str(checkout)], None, target)
+                yield from self._files(checkout, target, author, remote=True)
+        else:
+            path = Path(target).expanduser()
+            if not (path / ".git").exists():
+                raise InvalidTarget(target, "not a git repository (no .git folder); use --source folder for plain folders")
+            yield from self._files(path.resolve(), str(path.resolve()), author, remote=False)
+
+    def _files(self, root: Path, repo: str, author: str, remote: bool) -> Iterator[Item]:
+        listing = _git(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], root, repo)
+        repo_name = PurePosixPath(urlsplit(repo).path if remote else repo).name.removesuffix(".git")
+        for rel in sorted(filter(None, listing.split("\0"))):
+            file = root / rel
+            if skip_reason(rel) or not file.is_file() or file.is_symlink():
+                continue
+            if file.stat().st_size > self.max_file_bytes:
+                continue
+            data = file.read_bytes()
+            if looks_binary(data):
+                continue
+            text = data.decode("utf-8", errors="replace")
+            if not text.strip():
+                continue
+            source = f"{repo}#{rel}"
+            yield RawDocument.create(
+                author=author, category="code", source=source,
+                link=web_link(repo, rel) if remote else f"file://{file}",
+                title=f"{repo_name}/{rel}", text=text,
+                platform=urlsplit(repo).hostname if remote else "git",
+            )
