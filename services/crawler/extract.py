@@ -18,6 +18,7 @@ _CONFIG.set("DEFAULT", "EXTRACTION_TIMEOUT", "0")
 
 
 FALLBACK_RATIO = 0.5
+MIN_ARTICLE_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ def extract_article(html: str | bytes, url: str | None = None) -> Extracted:
     balanced = (trafilatura.extract(html, url=url, include_comments=False, config=_CONFIG) or "").strip()
     if len(text) < FALLBACK_RATIO * len(balanced):
         text = balanced
-    if not text:
-        raise ParseError(url or "<html>", "no article text found in the page")
+    if len(text) < MIN_ARTICLE_CHARS:
+        # A navigation-only page yields a word or two ("Home"): that is no article.
+        raise ParseError(url or "<html>", f"no article text found in the page ({len(text)} characters of body)")
     if result is None:
         return Extracted(title="", text=text)
     return Extracted(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ def skip_reason(path: str) -> str | None:
         return "lock or generated file"
     if any(part in VENDORED_DIRS for part in p.parts[:-1]):
         return "vendored"
+    if any(part.startswith(".") for part in p.parts):
+        return "hidden (.gitignore, .github/...): configuration, not the author's writing"
     return None
 
 
@@ -80,7 +83,14 @@ class GitSource:
         if is_remote(target):
             with tempfile.TemporaryDirectory(prefix="twin-git-") as tmp:
                 checkout = Path(tmp) / "repo"
-                _git(["clone", "--depth", "1", "--quiet", target, str(checkout)], None, target)
+                try:
+                    _git(["clone", "--depth", "1", "--quiet", target, str(checkout)], None, target)
+                except FetchError as exc:
+                    if "shallow" not in exc.reason:
+                        raise
+                    # Servers speaking git's "dumb" HTTP protocol cannot serve shallow clones.
+                    shutil.rmtree(checkout, ignore_errors=True)
+                    _git(["clone", "--quiet", target, str(checkout)], None, target)
                 yield from self._files(checkout, target, author, remote=True)
         else:
             path = Path(target).expanduser()

@@ -1,0 +1,36 @@
+# LLM Twin. `make demo` and `make test` install what they need on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Two cores are shared here: keep torch from oversubscribing them.
+export TWIN_TORCH_THREADS ?= 2
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo ">> creating $(VENV) (first run: a few minutes)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	# torch is pinned in pyproject.toml (torch==2.13.0, the CPU build); see DEVELOPERS.md
+	$(PY) -m pip install --progress-bar off -e '.[dev]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest tests -q -rs --durations=15
+
+test-fast: setup
+	$(PY) -m pytest tests/unit -q
+
+demo: setup
+	$(PY) -m llm_twin.demo
+
+bench: setup
+	$(PY) -m llm_twin.bench
+
+clean:
+	rm -rf $(VENV) .twin .pytest_cache
