@@ -1,0 +1,99 @@
+"""The `twin` command as a user runs it: real processes, real files, fixtures on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_pages import serve_blog
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTIONS = ROOT / "tests" / "data" / "handbook_questions.jsonl"
+
+
+def twin(data_dir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "llm_twin.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_crawl_prints_a_line_per_url_and_a_summary(site, tmp_path):
+    urls = serve_blog(site, broken="gone")
+    done = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert sum(line.startswith("stored") for line in lines) == 3
+    assert any(line.startswith("failed") and "gone.html" in line and "HTTP 404" in line for line in lines)
+    assert lines[-1] == "3 stored, 0 updated, 0 unchanged, 1 failed"
+    again = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer")
+    assert again.stdout.strip().splitlines()[-1] == "0 stored, 0 updated, 3 unchanged, 1 failed"
+
+
+def test_crawl_exits_non_zero_only_when_nothing_could_be_crawled(tmp_path):
+    done = twin(tmp_path, "crawl", "ftp://example.invalid/x", "http://127.0.0.1:9/", "--author", "Ada")
+    assert done.returncode == 1
+    assert "not an http(s) URL" in done.stdout and "unreachable" in done.stdout
+    assert "nothing could be crawled" in done.stderr
+    assert twin(tmp_path, "crawl", "x", "--author", "  ").returncode != 0
+
+
+def test_extract_jsonl(tmp_path):
+    page = tmp_path / "p.html"
+    from tests.fixtures_pages import PARAGRAPHS, article_html
+
+    page.write_text(article_html("Vector Databases", PARAGRAPHS["vector-databases"]))
+    done = twin(tmp_path, "extract", str(page), "--jsonl")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["path"] == str(page) and record["title"] == "Vector Databases" and "HNSW" in record["text"]
+
+
+def test_bad_question_file_and_unknown_author_are_clear_errors(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "x", "gold_links": []}\n')
+    done = twin(tmp_path, "eval", "retrieval", "--questions", str(bad))
+    assert done.returncode == 1 and "q.jsonl:1" in done.stderr and "gold_links" in done.stderr
+    done = twin(tmp_path, "search", "anything", "--author", "Nobody Here")
+    assert done.returncode == 1 and "no twin named 'Nobody Here'" in done.stderr
+
+
+@pytest.mark.slow
+def test_extraction_benchmark_f1(shared_dir, tmp_path):
+    done = twin(tmp_path, "eval", "extraction", str(shared_dir / "benchmarks" / "article-extraction"), "--json")
+    assert done.returncode == 0, done.stderr
+    score = json.loads(done.stdout)
+    assert score["pages"] == 181
+    assert score["f1"] >= 0.96  # trafilatura's published 0.958; this extractor measures 0.967
+
+
+@pytest.mark.slow
+def test_handbook_corpus_end_to_end(shared_dir, tmp_path):
+    corpus = shared_dir / "corpus" / "llm-engineers-handbook"
+    imported = twin(tmp_path, "import-handbook", str(corpus))
+    assert imported.returncode == 0 and imported.stdout.strip() == "76 stored, 0 updated, 0 unchanged"
+
+    indexed = twin(tmp_path, "index")
+    assert indexed.returncode == 0, indexed.stderr
+    assert "72 documents (4 duplicates dropped): 72 indexed" in indexed.stdout
+
+    scores = {}
+    for strategy in ("rrf", "hybrid"):
+        done = twin(tmp_path, "eval", "retrieval", "--questions", str(QUESTIONS), "--strategy", strategy, "--json")
+        assert done.returncode == 0, done.stderr
+        scores[strategy] = json.loads(done.stdout)
+    assert scores["hybrid"]["n"] == 80
+    assert scores["hybrid"]["hit@5"] >= 0.98 and scores["hybrid"]["mrr@10"] >= 0.95
+    assert scores["hybrid"]["mrr@10"] >= scores["rrf"]["mrr@10"]
+
+    found = twin(tmp_path, "search", "how does abliteration uncensor a model?", "--author", "Maxime Labonne",
+                 "--top-k", "3", "--json")
+    results = json.loads(found.stdout)
+    assert "abliteration" in results[0]["title"].lower() and all(r["author"] == "Maxime Labonne" for r in results)
+
+    again = twin(tmp_path, "index")
+    assert "0 indexed, 72 unchanged, 0 removed; 0 chunks written" in again.stdout
