@@ -38,7 +38,10 @@ class Embedder:
         """Word pieces per text, without the [CLS]/[SEP] the model adds (2 more)."""
         if not texts:
             return []
-        encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False)
+        # Counting is the point here, so texts longer than the model's window are expected: pass
+        # max_length explicitly to keep the tokenizer from warning about every long paragraph.
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False,
+                                       max_length=None, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
