@@ -14,7 +14,6 @@ from pathlib import Path
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient
 
-log = logging.getLogger(__name__)
 # Milvus Lite answers the query iterator's AllocTimestamp with "not implemented" and pymilvus
 # falls back to a client-side timestamp, which is fine; without this, each query logs a traceback.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
@@ -161,19 +160,6 @@ class MilvusStore:
     def count(self) -> int:
         result = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"]) if result else 0
-
-    def authors(self) -> dict[str, str]:
-        """slug -> display name of every author with chunks in the index."""
-        names: dict[str, str] = {}
-        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="",
-                                              output_fields=["author", "author_name"])
-        try:
-            while batch := iterator.next():
-                for row in batch:
-                    names.setdefault(row["author"], row["author_name"])
-        finally:
-            iterator.close()
-        return names
 
     def has_author(self, slug: str) -> bool:
         return bool(self.client.query(self.collection, filter=build_filter(author=slug), output_fields=["id"], limit=1))
