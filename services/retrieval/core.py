@@ -65,12 +65,14 @@ class Result:
     category: str
     chunk_no: int
     heading: str = ""
+    similarity: float = 0.0  # best cosine similarity of the document's chunks to the query (0: not a dense hit)
 
     @classmethod
-    def from_hit(cls, fields: dict, score: float) -> "Result":
+    def from_hit(cls, fields: dict, score: float, similarity: float = 0.0) -> "Result":
         return cls(chunk_id=fields["id"], doc_id=fields["doc_id"], score=score, text=fields["text"],
                    title=fields["title"], link=fields["link"], author=fields["author_name"],
-                   category=fields["category"], chunk_no=int(fields["chunk_no"]), heading=fields.get("heading", ""))
+                   category=fields["category"], chunk_no=int(fields["chunk_no"]), heading=fields.get("heading", ""),
+                   similarity=similarity)
 
 
 class Retriever:
@@ -107,20 +109,26 @@ class Retriever:
         return query, slug
 
     def search(self, query: str, *, author: str | None = None, category: str | None = None,
-               top_k: int = 5, strategy: str = "hybrid") -> list[Result]:
+               top_k: int = 5, strategy: str = "hybrid", vector: Sequence[float] | None = None) -> list[Result]:
+        """``vector``: the query's embedding when the caller already has it (the Serve deployment
+        gets it from the embedding service); otherwise the embedder passed in computes it."""
         query, slug = self.validate(query, author, category, top_k, strategy)
         pool = max(self.candidates, top_k * 4)
         dense = keyword = []
         if strategy in ("hybrid", "rrf", "dense"):
-            vector = self.embedder.embed([query])[0]
+            if vector is None:
+                vector = self.embedder.embed([query])[0]
             dense = self.store.dense_search(vector, pool, slug, category)
         if strategy in ("hybrid", "rrf", "keyword"):
             terms = keyword_text(query)
             keyword = self.store.keyword_search(terms, pool, slug, category) if terms else []
+        similarity: dict[str, float] = {}
+        for hit in dense:
+            similarity.setdefault(hit.fields["doc_id"], float(hit.score))  # hits come best first
         if strategy == "dense":
-            return self._per_document([(h.fields, h.score) for h in dense], top_k)
+            return self._per_document([(h.fields, h.score) for h in dense], top_k, similarity)
         if strategy == "keyword":
-            return self._per_document([(h.fields, h.score) for h in keyword], top_k)
+            return self._per_document([(h.fields, h.score) for h in keyword], top_k, similarity)
 
         chunk_score: dict[str, float] = defaultdict(float)
         fields: dict[str, dict] = {}
@@ -134,7 +142,7 @@ class Retriever:
             for doc_id, rank in doc_rank.items():
                 doc_score[doc_id] += weight / (RRF_K + rank)
         if strategy == "rrf":
-            return self._per_document([(fields[c], s) for c, s in chunk_score.items()], top_k)
+            return self._per_document([(fields[c], s) for c, s in chunk_score.items()], top_k, similarity)
         best_chunk: dict[str, str] = {}
         for chunk, score in sorted(chunk_score.items(), key=lambda item: (-item[1], item[0])):
             best_chunk.setdefault(fields[chunk]["doc_id"], chunk)
@@ -144,12 +152,12 @@ class Retriever:
         for hit in dense:
             dense_rank.setdefault(hit.fields["doc_id"], len(dense_rank))
         ranked = sorted(doc_score, key=lambda d: (-doc_score[d], dense_rank.get(d, len(dense_rank)), d))
-        return [Result.from_hit(fields[best_chunk[d]], doc_score[d]) for d in ranked[:top_k]]
+        return [Result.from_hit(fields[best_chunk[d]], doc_score[d], similarity.get(d, 0.0)) for d in ranked[:top_k]]
 
     @staticmethod
-    def _per_document(scored: list[tuple[dict, float]], top_k: int) -> list[Result]:
+    def _per_document(scored: list[tuple[dict, float]], top_k: int, similarity: dict[str, float]) -> list[Result]:
         """Best chunk per document, highest first; ties broken by chunk id for determinism."""
         best: dict[str, tuple[dict, float]] = {}
         for f, score in sorted(scored, key=lambda item: (-item[1], item[0]["id"])):
             best.setdefault(f["doc_id"], (f, score))
-        return [Result.from_hit(f, s) for f, s in list(best.values())[:top_k]]
+        return [Result.from_hit(f, s, similarity.get(f["doc_id"], 0.0)) for f, s in list(best.values())[:top_k]]

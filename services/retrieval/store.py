@@ -157,6 +157,25 @@ class MilvusStore:
             iterator.close()
         return state
 
+    def twins(self) -> dict[str, dict]:
+        """author slug -> {"name", "documents", "chunks"} for everyone in the index."""
+        found: dict[str, dict] = {}
+        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="",
+                                              output_fields=["author", "author_name", "doc_id"])
+        try:
+            while True:
+                batch = iterator.next()
+                if not batch:
+                    break
+                for row in batch:
+                    entry = found.setdefault(row["author"], {"name": row["author_name"], "docs": set(), "chunks": 0})
+                    entry["docs"].add(row["doc_id"])
+                    entry["chunks"] += 1
+        finally:
+            iterator.close()
+        return {slug: {"name": e["name"], "documents": len(e["docs"]), "chunks": e["chunks"]}
+                for slug, e in sorted(found.items())}
+
     def count(self) -> int:
         result = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"]) if result else 0

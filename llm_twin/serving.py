@@ -1,0 +1,148 @@
+"""`twin serve`: the platform on this machine (a local Ray cluster that lives as long as the command).
+
+The process that runs `twin serve` owns the cluster: it starts Ray, deploys the application, prints
+the endpoints and waits; Ctrl-C, SIGTERM or `twin serve --stop` (which signals it through the pid
+file under the data folder) shuts Serve and Ray down, leaving no processes behind.
+
+Ray 2.60 turns token authentication on by default: the local cluster is created with a token
+under ~/.ray and this process, its only driver, uses it. Nothing else needs to connect to Ray:
+clients use the gRPC and HTTP ports, and `--stop` uses a signal, not the Ray API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import Settings
+from .telemetry import serve_tracing_env
+
+log = logging.getLogger(__name__)
+APP_NAME = "twin"
+
+
+def state_file(settings: Settings) -> Path:
+    return Path(settings.data_dir).resolve() / "serve.json"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeout_s: float = 600) -> dict:
+    """Start Ray and Serve and deploy the platform; returns the endpoints once it answers."""
+    from services.generation.model_store import resolve_model
+
+    if not settings.generation_model:
+        _say("preparing the default model (SmolLM2-135M-Instruct; converted once, ~30 s the first time)")
+    model = resolve_model(settings.generation_model, settings.data_dir)
+    settings = settings.model_copy(update={"generation_model": model,
+                                           "data_dir": Path(settings.data_dir).resolve()})
+    os.environ.update(serve_tracing_env(trace_sampling_ratio))
+    # Workers and replicas inherit this process's environment (torch threads, TWIN_*, OTEL_*).
+    import ray
+    from ray import serve
+
+    from services.gateway.server import GRPC_SERVICER_FUNCTIONS, build_app
+
+    _say("starting Ray")
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             namespace="llm-twin", configure_logging=True)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port,
+                              "request_timeout_s": settings.request_timeout_s},
+                grpc_options={"port": settings.grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS,
+                              "request_timeout_s": settings.request_timeout_s})
+    _say("deploying the platform (gateway, crawler, retrieval, embedding, generation)")
+    serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        status = serve.status().applications.get(APP_NAME)
+        if status and status.status == "RUNNING":
+            break
+        if status and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"the platform failed to deploy: {status.message}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the platform did not become ready in time; see the Ray logs under /tmp/ray")
+        time.sleep(0.5)
+    return {"grpc": f"127.0.0.1:{settings.grpc_port}", "http": f"http://{settings.http_host}:{settings.http_port}",
+            "model": model}
+
+
+def stop_local() -> None:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():  # serve.shutdown() would start a cluster just to stop it
+        return
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
+    """Start, write the pid file, wait for a signal, stop."""
+    path = state_file(settings)
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if _alive(existing.get("pid")):
+            sys.exit(f"the platform already runs (pid {existing['pid']}); stop it with `twin serve --stop`")
+    stop = threading.Event()
+
+    def handle_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    handle_signals()
+    try:
+        endpoints = start(settings, trace_sampling_ratio=trace_sampling_ratio)
+        # ray.init installs its own fatal-signal handler, which would kill this process before it
+        # could stop the cluster: take the signals back.
+        handle_signals()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), **endpoints}))
+        _say(f"ready: gRPC {endpoints['grpc']} (twin.v1, reflection, grpc.health.v1) · HTTP {endpoints['http']} "
+             f"(OpenAI API at {endpoints['http']}/v1) · stop with Ctrl-C or `twin serve --stop`")
+        while not stop.wait(1.0):
+            pass
+    finally:
+        _say("shutting down")
+        stop_local()
+        path.unlink(missing_ok=True)
+        _say("stopped")
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_running(settings: Settings, timeout_s: float = 60) -> bool:
+    """Signal the `twin serve` of this data folder and wait for it to finish; False if none ran."""
+    path = state_file(settings)
+    if not path.exists():
+        return False
+    pid = json.loads(path.read_text()).get("pid")
+    if not _alive(pid):
+        path.unlink(missing_ok=True)
+        return False
+    os.kill(int(pid), signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        raise RuntimeError(f"`twin serve` (pid {pid}) did not stop within {timeout_s:.0f} s; kill it with kill -9 {pid}")
+    return True

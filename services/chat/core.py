@@ -1,0 +1,72 @@
+"""RAG chat: retrieve from the twin's own writing, frame it with the one prompt template,
+generate, and hand back the answer with the sources it was given.
+
+No gRPC, Ray or HTTP: the retriever and the generator are passed in (small async interfaces the
+Serve gateway implements over deployment handles, and tests over local objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from llm_twin import prompts
+from services.generation.backend import Delta, SamplingParams
+
+from .errors import InvalidChatRequest
+
+MAX_TOP_K = 20
+
+
+class SourceSearch(Protocol):
+    async def search(self, query: str, twin: str, top_k: int) -> list: ...  # retrieval Results
+
+
+class TextStream(Protocol):
+    def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]: ...
+
+
+@dataclass(frozen=True)
+class Sources:
+    """First event of a chat stream: the passages the answer is given (possibly none)."""
+
+    items: list
+
+
+class Chat:
+    def __init__(self, retriever: SourceSearch, generator: TextStream, *, top_k: int = 4,
+                 min_similarity: float = 0.25):
+        self.retriever = retriever
+        self.generator = generator
+        self.top_k = top_k
+        self.min_similarity = min_similarity
+
+    def question(self, twin: str, conversation: Sequence[dict], top_k: int | None) -> tuple[str, int]:
+        if not (twin or "").strip():
+            raise InvalidChatRequest("name the twin to chat with (the model id; see /v1/models or ListTwins)")
+        if not conversation:
+            raise InvalidChatRequest("messages is empty: send at least one user message")
+        last = conversation[-1]
+        if last.get("role") != "user" or not str(last.get("content") or "").strip():
+            raise InvalidChatRequest("the last message must be the user's question, and not empty")
+        top_k = top_k or self.top_k
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidChatRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        return str(last["content"]).strip(), top_k
+
+    async def stream(self, twin: str, conversation: Sequence[dict], params: SamplingParams,
+                     top_k: int | None = None) -> AsyncIterator[Sources | Delta]:
+        """Yields Sources once, then Deltas; the last Delta has finish_reason ('no_sources' when
+        nothing the twin wrote is relevant: then it says so instead of inventing an answer)."""
+        query, top_k = self.question(twin, conversation, top_k)
+        results = await self.retriever.search(query, twin, top_k)
+        relevant = [r for r in results if r.similarity >= self.min_similarity]
+        yield Sources(relevant)
+        if not relevant:
+            yield Delta(prompts.NO_SOURCES_ANSWER, "no_sources")
+            return
+        passages = [prompts.Passage(r.title, r.text, r.link) for r in relevant]
+        messages = prompts.chat_messages(relevant[0].author, conversation, passages)
+        async for delta in self.generator.stream(messages, params):
+            yield delta

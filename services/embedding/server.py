@@ -1,0 +1,53 @@
+"""The embedding deployment: all-MiniLM-L6-v2 behind a Serve handle."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from llm_twin.config import Settings, configure_torch_threads
+from llm_twin.telemetry import span
+
+from .core import Embedder
+
+MAX_TEXTS = 256
+MAX_TEXT_CHARS = 32_000
+
+
+class InvalidEmbeddingRequest(Exception):
+    pass
+
+
+@serve.deployment(name="Embedding", ray_actor_options={"num_cpus": 0.5})
+class EmbeddingDeployment:
+    def __init__(self, settings: dict):
+        self.settings = Settings(**settings)
+        configure_torch_threads(self.settings)
+        self.embedder = Embedder(self.settings.embedding_model, device=self.settings.embedding_device,
+                                 batch_size=self.settings.embedding_batch_size)
+
+    def info(self) -> dict:
+        return {"model": self.embedder.name, "dimension": self.embedder.dimension}
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        return await asyncio.to_thread(self.embedder.count_tokens, texts)
+
+    async def embed(self, texts: list[str]) -> dict:
+        """-> {"vectors": float32 array, "prompt_tokens": int}"""
+        if not texts:
+            raise InvalidEmbeddingRequest("send at least one text to embed")
+        if len(texts) > MAX_TEXTS:
+            raise InvalidEmbeddingRequest(f"{len(texts)} texts in one request; the limit is {MAX_TEXTS}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidEmbeddingRequest(f"input[{i}] is empty")
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidEmbeddingRequest(f"input[{i}] has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        with span(f"embeddings {self.embedder.name}", **{"gen_ai.operation.name": "embeddings",
+                                                        "gen_ai.request.model": self.embedder.name,
+                                                        "gen_ai.embeddings.input_count": len(texts)}) as s:
+            vectors = await asyncio.to_thread(self.embedder.embed, texts)
+            tokens = sum(await asyncio.to_thread(self.embedder.count_tokens, texts)) + 2 * len(texts)
+            s.set_attribute("gen_ai.usage.input_tokens", tokens)
+        return {"vectors": vectors, "prompt_tokens": tokens}

@@ -1,0 +1,40 @@
+"""Every domain error mapped to one gRPC status code and one HTTP status, in one place."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.chat.errors import InvalidChatRequest
+from services.crawler.errors import CrawlError, InvalidTarget
+from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
+from services.retrieval.errors import InvalidQuery, UnknownAuthor
+
+
+class InvalidRequest(Exception):
+    """A request the gateway itself rejects (malformed JSON, wrong types, unknown fields)."""
+
+
+STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
+    InvalidRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidChatRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidGenerationRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidQuery: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidTarget: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    UnknownAuthor: (grpc.StatusCode.NOT_FOUND, 404),
+    CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
+    ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
+    """(gRPC code, HTTP status, message) for a domain error, None for anything else (a bug: 500).
+
+    Errors raised in another deployment arrive wrapped by Ray in a subclass of their own type,
+    so the MRO walk finds them; the message is the original one."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            code, http = STATUS[cls]
+            cause = getattr(exc, "cause", None)
+            message = str(cause if isinstance(cause, cls) else exc).strip()
+            return code, http, message.splitlines()[-1] if "\n" in message else message
+    return None

@@ -1,0 +1,47 @@
+"""The one interface every generation engine implements (transformers now, TensorRT-LLM on GPU).
+
+An engine takes a rendered prompt and streams text deltas. Batching concurrent requests is the
+engine's own business: the transformers backend batches in its decode loop, TensorRT-LLM in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text produced since the previous delta. The last one has ``finish_reason`` set."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class GenerationBackend(Protocol):
+    model_id: str
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """Messages -> the prompt string, with the model's own chat template."""
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        """Deltas until finished. Closing the iterator early cancels the generation."""
+
+    def stats(self) -> dict: ...
+
+    def close(self) -> None: ...

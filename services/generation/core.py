@@ -1,0 +1,93 @@
+"""Generation logic: validate a request, render it with the model's chat template, run the backend.
+
+No gRPC, Ray or HTTP here. The backend is passed in (`Generator(backend=...)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from .backend import Delta, GenerationBackend, SamplingParams
+from .errors import InvalidGenerationRequest
+
+ROLES = ("system", "user", "assistant")
+MAX_MESSAGE_CHARS = 32_000
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+
+
+def sampling_params(max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                    seed: int | None = None, *, default_max_tokens: int = 256,
+                    max_new_tokens: int = 1024) -> SamplingParams:
+    """Request values -> SamplingParams; ``None`` (or proto zero values) take the defaults."""
+    max_tokens = default_max_tokens if max_tokens is None else int(max_tokens)
+    if not 1 <= max_tokens <= max_new_tokens:
+        raise InvalidGenerationRequest(f"max_tokens must be between 1 and {max_new_tokens}, got {max_tokens}")
+    temperature = 0.0 if temperature is None else float(temperature)
+    if not 0.0 <= temperature <= 2.0:
+        raise InvalidGenerationRequest(f"temperature must be between 0 and 2, got {temperature}")
+    top_p = 1.0 if top_p is None else float(top_p)
+    if not 0.0 < top_p <= 1.0:
+        raise InvalidGenerationRequest(f"top_p must be in (0, 1], got {top_p}")
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed or None)
+
+
+class Generator:
+    def __init__(self, backend: GenerationBackend, *, default_max_tokens: int = 256,
+                 max_new_tokens: int = 1024, max_prompt_tokens: int = 4096):
+        self.backend = backend
+        self.default_max_tokens = default_max_tokens
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def sampling(self, max_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> SamplingParams:
+        return sampling_params(max_tokens, temperature, top_p, seed, default_max_tokens=self.default_max_tokens,
+                               max_new_tokens=self.max_new_tokens)
+
+    def prompt(self, messages: Sequence[dict]) -> str:
+        """Validated messages -> the rendered prompt; raises InvalidGenerationRequest."""
+        if not messages:
+            raise InvalidGenerationRequest("messages is empty: send at least one user message")
+        for i, m in enumerate(messages):
+            role, content = m.get("role"), m.get("content")
+            if role not in ROLES:
+                raise InvalidGenerationRequest(f"messages[{i}].role is {role!r}; use one of {', '.join(ROLES)}")
+            if not isinstance(content, str) or not content.strip():
+                raise InvalidGenerationRequest(f"messages[{i}].content is empty")
+            if len(content) > MAX_MESSAGE_CHARS:
+                raise InvalidGenerationRequest(
+                    f"messages[{i}].content has {len(content)} characters; the limit is {MAX_MESSAGE_CHARS}")
+        if messages[-1]["role"] != "user":
+            raise InvalidGenerationRequest("the last message must be the user's")
+        prompt = self.backend.render(messages)
+        n = self.backend.count_tokens(prompt)
+        if n > self.max_prompt_tokens:
+            raise InvalidGenerationRequest(
+                f"the prompt is {n} tokens; the limit is {self.max_prompt_tokens} (shorten the conversation)")
+        return prompt
+
+    async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[Delta]:
+        prompt = self.prompt(messages)
+        async for delta in self.backend.stream(prompt, params):
+            yield delta
+
+    async def complete(self, messages: Sequence[dict], params: SamplingParams) -> Completion:
+        parts, last = [], None
+        async for delta in self.stream(messages, params):
+            parts.append(delta.text)
+            last = delta
+        return Completion("".join(parts), last.finish_reason or "stop", last.prompt_tokens,
+                          last.completion_tokens, self.model_id)

@@ -1,0 +1,231 @@
+"""transformers generation backend: one decode loop that batches concurrent requests.
+
+Requests queue up; a worker thread takes up to ``max_batch_size`` of them (waiting at most
+``batch_wait_s`` for company), left-pads their prompts, and decodes them together step by step
+with one KV cache, handing each request its text as it comes. A request whose consumer goes away
+is dropped from the batch at the next step, and a batch with nobody left stops at once, so no
+generation runs for nobody. Running the loop ourselves (rather than ``model.generate``) is what
+gives per-request streaming, sampling settings and cancellation inside one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from .backend import Delta, SamplingParams
+from .errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    done: bool = False
+
+    def emit(self, delta: Delta | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
+
+
+def _pick_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelUnavailable(f"unknown dtype {name!r}: use auto, float32, bfloat16 or float16") from None
+
+
+class TransformersBackend:
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", max_batch_size: int = 8,
+                 batch_wait_s: float = 0.01, model_id: str | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_pick_dtype(dtype, device))
+        except OSError as exc:
+            raise ModelUnavailable(f"cannot load model {model!r}: {exc}. Set TWIN_GENERATION_MODEL to a "
+                                   "local model folder (nothing is downloaded at run time)") from exc
+        self.model.to(device).eval()
+        if not self.tokenizer.chat_template:
+            raise ModelUnavailable(f"model {model!r} has no chat template; use an instruct/chat model")
+        self.device = device
+        self.model_id = model_id or os.path.basename(str(model).rstrip("/"))
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._torch = torch
+        self._pending: queue.Queue[_Request | None] = queue.Queue()
+        self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
+                       "active": 0, "generated_tokens": 0}
+        self._stats_lock = threading.Lock()
+        self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
+        self._worker.start()
+
+    # -- the interface -------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict]) -> str:
+        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        request = _Request(ids, params, asyncio.get_running_loop(), asyncio.Queue())
+        self._bump(requests=1)
+        self._pending.put(request)
+        try:
+            while True:
+                item = await request.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason:
+                    return
+        finally:
+            # Reached on normal end too; only a request still running counts as cancelled.
+            if not request.done:
+                request.cancelled.set()
+
+    def stats(self) -> dict:
+        with self._stats_lock:
+            return dict(self._stats, queued=self._pending.qsize())
+
+    def close(self) -> None:
+        self._pending.put(None)
+        self._worker.join(timeout=30)
+
+    # -- the decode loop ---------------------------------------------------------------------------
+    def _bump(self, **changes: int) -> None:
+        with self._stats_lock:
+            for key, value in changes.items():
+                self._stats[key] += value
+
+    def _run(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    item = self._pending.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._pending.put(None)
+                    break
+                batch.append(item)
+            batch = [r for r in batch if not r.cancelled.is_set()]
+            if not batch:
+                continue
+            with self._stats_lock:
+                self._stats["batches"] += 1
+                self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
+                self._stats["active"] += len(batch)
+            try:
+                self._decode(batch)
+            except Exception as exc:  # a broken batch fails its requests, never the worker
+                log.exception("generation batch failed")
+                for r in batch:
+                    if not r.done:
+                        r.done = True
+                        r.emit(ModelUnavailable(f"generation failed: {exc}"))
+            finally:
+                self._bump(active=-len(batch))
+
+    def _decode(self, batch: list[_Request]) -> None:
+        torch = self._torch
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, r in enumerate(batch):  # left padding: every prompt ends at the last column
+            ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[row, width - len(r.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generators = [self._generator(r.params.seed) for r in batch]
+        steps = max(r.params.max_tokens for r in batch)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+            for _ in range(steps):
+                next_ids = [self._sample(logits[row], r.params, generators[row]) if not r.done else self.pad_id
+                            for row, r in enumerate(batch)]
+                for row, r in enumerate(batch):
+                    if not r.done:
+                        self._advance(r, next_ids[row])
+                if all(r.done for r in batch):
+                    return
+                step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
+                mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+                positions = positions[:, -1:] + 1
+                logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                    past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+    def _advance(self, r: _Request, token: int) -> None:
+        if r.cancelled.is_set():
+            r.done = True
+            self._bump(cancelled=1)
+            return
+        finish = None
+        if token in self.eos_ids:
+            finish = "stop"
+        else:
+            r.tokens.append(token)
+            self._bump(generated_tokens=1)
+            if len(r.tokens) >= r.params.max_tokens:
+                finish = "length"
+        text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
+        # A multi-byte character split across tokens decodes to U+FFFD until its last token.
+        if text.endswith("\ufffd") and finish is None:
+            return
+        delta, r.text = text[len(r.text):], text
+        if finish:
+            r.done = True
+            self._bump(completed=1)
+        if delta or finish:
+            r.emit(Delta(delta, finish, len(r.prompt_ids), len(r.tokens)))
+
+    def _generator(self, seed: int | None):
+        if seed is None:
+            return None
+        g = self._torch.Generator(device=self.device)
+        g.manual_seed(seed)
+        return g
+
+    def _sample(self, logits, params: SamplingParams, generator) -> int:
+        torch = self._torch
+        if params.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,100 @@
+"""The retrieval deployment: owns the vector store (a Milvus Lite file is locked by the process
+that opens it, so exactly one replica opens it; a Milvus server URI allows more) and asks the
+embedding deployment for query vectors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from ray import serve
+
+from llm_twin.config import Settings
+from llm_twin.documents import author_slug
+from llm_twin.features.chunk import Chunker
+from llm_twin.features.index import Indexer
+from llm_twin.telemetry import span
+from llm_twin.warehouse import Warehouse
+
+from .core import Retriever
+from .store import MilvusStore
+
+
+class _HandleEmbedder:
+    """The indexer's embedder over the embedding deployment (called from a worker thread, where
+    blocking on a handle's ``result()`` is allowed)."""
+
+    def __init__(self, handle, name: str, dimension: int):
+        self.handle = handle
+        self.name = name
+        self.dimension = dimension
+
+    def count_tokens(self, texts) -> list[int]:
+        return self.handle.count_tokens.remote(list(texts)).result()
+
+    def embed(self, texts, on_batch=None):
+        import numpy as np
+
+        out = []
+        for start in range(0, len(texts), 64):
+            batch = list(texts[start:start + 64])
+            out.append(self.handle.embed.remote(batch).result()["vectors"])
+            if on_batch:
+                on_batch(len(batch))
+        return np.vstack(out) if out else np.zeros((0, self.dimension), dtype=np.float32)
+
+
+@serve.deployment(name="Retrieval", ray_actor_options={"num_cpus": 0.25})
+class RetrievalDeployment:
+    def __init__(self, settings: dict, embedding):
+        self.settings = Settings(**settings)
+        self.embedding = embedding
+        self.dimension = 384
+        self.store = MilvusStore(self.settings.resolved_milvus_uri, self.settings.collection, self.dimension,
+                                 token=self.settings.milvus_token)
+        self.retriever = Retriever(self.store, embedder=None)
+        # One MilvusClient, many request threads: keep its calls one at a time.
+        self._lock = threading.Lock()
+        self._index_lock = asyncio.Lock()
+
+    def _locked(self, fn, *args, **kwargs):
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    async def search(self, query: str, twin: str | None = None, category: str | None = None, top_k: int = 5,
+                     strategy: str = "hybrid") -> list:
+        with span("retrieval.search", **{"db.system.name": "milvus", "twin.id": twin or "",
+                                         "retrieval.strategy": strategy, "retrieval.top_k": top_k}) as s:
+            query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin or None,
+                                               category or None, top_k, strategy)
+            vector = None
+            if strategy != "keyword":
+                vector = (await self.embedding.embed.remote([query]))["vectors"][0]
+            results = await asyncio.to_thread(self._locked, self.retriever.search, query, author=twin or None,
+                                              category=category or None, top_k=top_k, strategy=strategy,
+                                              vector=vector)
+            s.set_attribute("retrieval.results", len(results))
+        return results
+
+    async def twins(self) -> dict:
+        return await asyncio.to_thread(self._locked, self.store.twins)
+
+    async def has_twin(self, twin: str) -> bool:
+        try:
+            slug = author_slug(twin)
+        except ValueError:
+            return False
+        return await asyncio.to_thread(self._locked, self.store.has_author, slug)
+
+    async def index(self) -> dict:
+        """Index what the warehouse holds that the store does not (incremental; see Indexer).
+        Searches wait while it runs: Milvus Lite serves one client at a time anyway."""
+        with span("retrieval.index"):
+            info = await self.embedding.info.remote()
+            embedder = _HandleEmbedder(self.embedding, info["model"], info["dimension"])
+            return await asyncio.to_thread(self._locked, self._index, embedder)
+
+    def _index(self, embedder: _HandleEmbedder) -> dict:
+        chunker = Chunker(embedder.count_tokens, self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens)
+        report = Indexer(Warehouse(self.settings.resolved_warehouse_uri), self.store, embedder, chunker).run()
+        return {"chunks_written": report.chunks_written, "summary": report.summary()}
