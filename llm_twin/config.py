@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         0.01, ge=0, le=1, description="How long a new batch waits for more requests before it starts."
     )
     default_max_tokens: int = Field(256, ge=1, le=4096, description="Tokens generated when a request names none.")
+    repetition_penalty: float = Field(
+        1.15, ge=1, le=2, description="Default repetition penalty (HF semantics); small models loop without one."
+    )
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Largest max_tokens a request may ask for.")
     max_prompt_tokens: int = Field(
         4096, ge=16, description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."

@@ -1,99 +1,39 @@
-"""`make demo`: the data plane end to end on embedded defaults, on this machine alone.
+"""`make demo`: the whole platform end to end on embedded defaults, on this machine alone.
 
-Writes a small sample corpus (a fictional author's blog with an RSS feed, and a git repository
-of their code), serves it on 127.0.0.1, crawls it, indexes it into Milvus Lite and asks it
-questions. Nothing is downloaded: the embedding model ships in a package.
+Writes a sample corpus (a fictional author's blog with an RSS feed and a git repository of their
+code), serves it on 127.0.0.1, crawls and indexes it, starts the platform (`twin serve`: Ray
+Serve with its gRPC proxy and the HTTP gateway), asks three questions over gRPC and three over
+the OpenAI-compatible HTTP API (one streamed), and shuts everything down. Nothing is downloaded:
+the embedding model and SmolLM2-135M-Instruct ship in packages.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from functools import partial
-from html import escape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-AUTHOR = "Mara Quill"
-POSTS = {
-    "why-i-keep-a-build-log": ("Why I keep a build log", [
-        "Every evening I write three lines about what I built, what broke and what I learned.",
-        "After a year the log became the best documentation of my projects: it remembers the reasons, "
-        "not just the code.",
-        "When a bug comes back, searching the log for the error message usually finds the fix I forgot.",
-    ]),
-    "small-models-big-wins": ("Small models, big wins", [
-        "A 135-million-parameter model will not write a novel, but it answers short questions fast on a laptop CPU.",
-        "I fine-tune small models on my own notes so they sound like me, then let retrieval supply the facts.",
-        "Latency matters more than size for tools you use fifty times a day.",
-    ]),
-    "chunking-is-a-product-decision": ("Chunking is a product decision", [
-        "How you cut documents into chunks decides what your retrieval system can find.",
-        "I chunk prose by paragraph and sentence, with a little overlap, and code by function, "
-        "so that an answer never starts in the middle of a thought.",
-        "Deterministic chunk ids make re-indexing idempotent: the same text always lands on the same id.",
-    ]),
-    "hybrid-search-notes": ("Notes on hybrid search", [
-        "Dense embeddings catch paraphrases; BM25 catches rare words like error codes and product names.",
-        "Fusing the two rankings with reciprocal rank fusion is simple and hard to beat.",
-        "Filtering by author before searching keeps a twin from quoting somebody else.",
-    ]),
-    "sourdough-and-software": ("Sourdough and software", [
-        "My sourdough starter taught me more about operations than any runbook.",
-        "Feed it on a schedule, watch the signals, and keep a backup in the fridge: that is incident response.",
-        "Both bread and services fail slowly, then all at once.",
-    ]),
-    "kubernetes-operators-for-humans": ("Kubernetes operators for humans", [
-        "An operator is a loop that compares what you asked for with what exists and fixes the difference.",
-        "Good operators report status conditions that tell you which stage is stuck and why.",
-        "Never sleep inside a reconcile handler: ask to be called again later instead.",
-    ]),
-}
-CODE = {
-    "retry.py": "def retry(fn, attempts=3, backoff_s=0.5):\n    \"\"\"Call fn, retrying with exponential backoff.\"\"\"\n"
-                "    import time\n    for attempt in range(attempts):\n        try:\n            return fn()\n"
-                "        except OSError:\n            if attempt == attempts - 1:\n                raise\n"
-                "            time.sleep(backoff_s * 2 ** attempt)\n",
-    "README.md": "# mara-tools\n\nSmall helpers I use in every project: retries with backoff and a build log.\n",
-}
-QUESTIONS = [
+from .sample_corpus import AUTHOR, POSTS, write_site
+
+GRPC_QUESTIONS = [
     "How should I cut documents into chunks?",
-    "Why combine BM25 with embeddings?",
     "How do I retry a flaky call?",
+    "What do you think about the best pizza in Naples?",
 ]
-
-
-def page(title: str, paragraphs: list[str]) -> str:
-    body = "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<meta name='author' content='{AUTHOR}'></head><body><nav><a href='/'>Home</a> · "
-            f"<a href='/subscribe'>Subscribe</a></nav><article><h1>{escape(title)}</h1>{body}</article>"
-            f"<footer>© 2024 {AUTHOR}</footer></body></html>")
-
-
-def write_site(root: Path, base: str) -> None:
-    (root / "posts").mkdir(parents=True)
-    items = []
-    for slug, (title, paragraphs) in POSTS.items():
-        (root / "posts" / f"{slug}.html").write_text(page(title, paragraphs))
-        items.append(f"<item><title>{escape(title)}</title><link>{base}/posts/{slug}.html</link></item>")
-    (root / "feed.xml").write_text(f"<?xml version='1.0'?><rss version='2.0'><channel><title>{AUTHOR}</title>"
-                                   f"<link>{base}</link>{''.join(items)}</channel></rss>")
-    work = root / "work" / "mara-tools"
-    work.mkdir(parents=True)
-    for name, text in CODE.items():
-        (work / name).write_text(text)
-    git = ["git", "-c", "user.name=Mara Quill", "-c", "user.email=mara@example.test"]
-    subprocess.run([*git, "init", "-q"], cwd=work, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-qm", "tools"], cwd=work, check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "mara-tools.git")], check=True)
-    subprocess.run(["git", "update-server-info"], cwd=root / "mara-tools.git", check=True)
+HTTP_QUESTIONS = [
+    "Why combine BM25 with embeddings?",
+    "What should a good alert have?",
+    "How do you run database migrations without downtime?",  # streamed
+]
+MAX_TOKENS = 80
 
 
 def step(title: str) -> None:
@@ -109,27 +49,126 @@ def twin(data_dir: Path, *args: str) -> None:
         sys.exit(f"demo failed at: twin {' '.join(args)}")
 
 
+def free_port(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+def wait_until_ready(process: subprocess.Popen, http: str, timeout_s: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit("demo failed: `twin serve` exited (its output is above)")
+        try:
+            if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit("demo failed: the platform did not become ready")
+
+
+def show_sources(sources) -> None:
+    for s in sources:
+        title = s["title"] if isinstance(s, dict) else s.title
+        link = s["link"] if isinstance(s, dict) else s.link
+        print(f"   source: {title} <{link}>")
+    if not sources:
+        print("   (no relevant sources: the twin says so instead of inventing)")
+
+
+def ask_grpc(address: str) -> None:
+    import grpc
+
+    from twin.v1 import chat_pb2, chat_pb2_grpc, common_pb2, generation_pb2
+
+    stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(address))
+    for question in GRPC_QUESTIONS:
+        step(f"gRPC ChatService/Chat: {question}")
+        started = time.perf_counter()
+        reply = stub.Chat(chat_pb2.ChatRequest(
+            twin=AUTHOR, messages=[common_pb2.ChatMessage(role="user", content=question)],
+            sampling=generation_pb2.SamplingParams(max_tokens=MAX_TOKENS)), timeout=300)
+        print(f"   {reply.answer.strip()}")
+        show_sources(reply.sources)
+        print(f"   ({time.perf_counter() - started:.1f} s, {reply.usage.completion_tokens} tokens, {reply.finish_reason})")
+
+
+def ask_http(base: str, model: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="not-needed", timeout=300)
+    for i, question in enumerate(HTTP_QUESTIONS):
+        stream = i == len(HTTP_QUESTIONS) - 1
+        step(f"HTTP /v1/chat/completions{' (streamed)' if stream else ''}: {question}")
+        started = time.perf_counter()
+        messages = [{"role": "user", "content": question}]
+        if not stream:
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS)
+            print(f"   {reply.choices[0].message.content.strip()}")
+            show_sources(reply.model_extra.get("sources", []))
+            print(f"   ({time.perf_counter() - started:.1f} s, {reply.usage.completion_tokens} tokens)")
+            continue
+        sources, first_token_s = [], None
+        print("   ", end="")
+        for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS,
+                                                    stream=True):
+            sources = (chunk.model_extra or {}).get("sources") or sources
+            if chunk.choices and chunk.choices[0].delta.content:
+                first_token_s = first_token_s or time.perf_counter() - started
+                print(chunk.choices[0].delta.content, end="", flush=True)
+        print()
+        show_sources(sources)
+        print(f"   (first token after {first_token_s or 0:.1f} s, {time.perf_counter() - started:.1f} s in all)")
+
+
 def main() -> None:
+    demo_started = time.perf_counter()
     data_dir = Path(os.environ.get("TWIN_DEMO_DIR", ".twin/demo")).resolve()
+    models = Path(os.environ.get("TWIN_DATA_DIR", ".twin")).resolve() / "models"
     shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    # The converted default model is kept across demo runs (converting it takes ~30 s).
+    models.mkdir(parents=True, exist_ok=True)
+    (data_dir / "models").symlink_to(models)
+    grpc_port, http_port = free_port(9000), free_port(8000)
     with tempfile.TemporaryDirectory(prefix="twin-demo-site-") as tmp:
         handler = partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}), directory=tmp)
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         base = f"http://127.0.0.1:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        step(f"sample corpus: {len(POSTS)} posts + RSS feed + a git repository, served at {base}")
+        step(f"sample corpus: {len(POSTS)} articles + RSS feed + a git repository, served at {base}")
         write_site(Path(tmp), base)
         try:
             step("crawl the feed and the repository")
             twin(data_dir, "crawl", f"{base}/feed.xml", f"{base}/mara-tools.git", "--author", AUTHOR)
             step("index: clean, chunk, embed (all-MiniLM-L6-v2), load into Milvus Lite")
             twin(data_dir, "index")
-            for question in QUESTIONS:
-                step(f"search: {question}")
-                twin(data_dir, "search", question, "--author", AUTHOR, "--top-k", "2")
         finally:
             server.shutdown()
-    step(f"done. The index lives in {data_dir}; try: TWIN_DATA_DIR={data_dir} .venv/bin/twin search '...'")
+    step(f"twin serve: Ray Serve, gRPC on :{grpc_port}, HTTP on :{http_port}")
+    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(grpc_port),
+                                "--http-port", str(http_port)], env=env)
+    try:
+        wait_until_ready(process, f"http://127.0.0.1:{http_port}")
+        print(f"   (ready after {time.perf_counter() - started:.1f} s)")
+        ask_grpc(f"127.0.0.1:{grpc_port}")
+        ask_http(f"http://127.0.0.1:{http_port}", "mara-quill")
+    finally:
+        step("shut down")
+        twin(data_dir, "serve", "--stop")
+        process.wait(timeout=120)
+    step(f"done in {time.perf_counter() - demo_started:.0f} s. Serve it again with: "
+         f"TWIN_DATA_DIR={data_dir} .venv/bin/twin serve")
 
 
 if __name__ == "__main__":

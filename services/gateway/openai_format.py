@@ -47,6 +47,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = 1
     top_k: int | None = Field(None, description="Sources to retrieve (an LLM Twin extension).")
+    repetition_penalty: float | None = Field(None, description="HF-style repetition penalty (an extension).")
 
 
 class EmbeddingRequest(BaseModel):

@@ -122,9 +122,11 @@ class Gateway:
                          min_similarity=self.settings.min_source_similarity)
 
     # -- shared by both transports ---------------------------------------------------------------
-    def _sampling(self, max_tokens, temperature, top_p, seed) -> SamplingParams:
-        return sampling_params(max_tokens, temperature, top_p, seed, default_max_tokens=self.settings.default_max_tokens,
-                               max_new_tokens=self.settings.max_new_tokens)
+    def _sampling(self, max_tokens, temperature, top_p, seed, repetition_penalty=None) -> SamplingParams:
+        return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty,
+                               default_max_tokens=self.settings.default_max_tokens,
+                               max_new_tokens=self.settings.max_new_tokens,
+                               default_repetition_penalty=self.settings.repetition_penalty)
 
     async def _chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                     transport: str) -> tuple[list, AsyncIterator[Delta], Delta | None]:
@@ -176,7 +178,8 @@ class Gateway:
     async def chat_completions(self, body: oa.ChatCompletionRequest):
         if body.n != 1:
             raise InvalidRequest("n must be 1")
-        params = self._sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed)
+        params = self._sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+                                body.repetition_penalty)
         messages = [m.text() for m in body.messages]
         model = await self._twin_id(body.model)
         sources, events, head = await self._chat(body.model, messages, params, body.top_k, "http")
@@ -305,7 +308,8 @@ class Gateway:
 
     def _grpc_sampling(self, s: generation_pb2.SamplingParams) -> SamplingParams:
         # proto3 zero values mean "not set": the server defaults apply.
-        return self._sampling(s.max_tokens or None, s.temperature, s.top_p or None, s.seed or None)
+        return self._sampling(s.max_tokens or None, s.temperature, s.top_p or None, s.seed or None,
+                              s.repetition_penalty or None)
 
     async def Generate(self, request: generation_pb2.GenerateRequest, grpc_context) -> generation_pb2.GenerateResponse:
         try:

@@ -19,6 +19,8 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # > 1 discourages tokens already in the prompt or the answer: small models loop without it.
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)

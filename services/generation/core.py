@@ -25,8 +25,9 @@ class Completion:
 
 
 def sampling_params(max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-                    seed: int | None = None, *, default_max_tokens: int = 256,
-                    max_new_tokens: int = 1024) -> SamplingParams:
+                    seed: int | None = None, repetition_penalty: float | None = None, *,
+                    default_max_tokens: int = 256, max_new_tokens: int = 1024,
+                    default_repetition_penalty: float = 1.0) -> SamplingParams:
     """Request values -> SamplingParams; ``None`` (or proto zero values) take the defaults."""
     max_tokens = default_max_tokens if max_tokens is None else int(max_tokens)
     if not 1 <= max_tokens <= max_new_tokens:
@@ -37,25 +38,32 @@ def sampling_params(max_tokens: int | None = None, temperature: float | None = N
     top_p = 1.0 if top_p is None else float(top_p)
     if not 0.0 < top_p <= 1.0:
         raise InvalidGenerationRequest(f"top_p must be in (0, 1], got {top_p}")
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed or None)
+    penalty = default_repetition_penalty if repetition_penalty is None else float(repetition_penalty)
+    if not 1.0 <= penalty <= 2.0:
+        raise InvalidGenerationRequest(f"repetition_penalty must be between 1 and 2, got {penalty}")
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed or None,
+                          repetition_penalty=penalty)
 
 
 class Generator:
     def __init__(self, backend: GenerationBackend, *, default_max_tokens: int = 256,
-                 max_new_tokens: int = 1024, max_prompt_tokens: int = 4096):
+                 max_new_tokens: int = 1024, max_prompt_tokens: int = 4096, repetition_penalty: float = 1.0):
         self.backend = backend
         self.default_max_tokens = default_max_tokens
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
+        self.repetition_penalty = repetition_penalty
 
     @property
     def model_id(self) -> str:
         return self.backend.model_id
 
     def sampling(self, max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, seed: int | None = None) -> SamplingParams:
-        return sampling_params(max_tokens, temperature, top_p, seed, default_max_tokens=self.default_max_tokens,
-                               max_new_tokens=self.max_new_tokens)
+                 top_p: float | None = None, seed: int | None = None,
+                 repetition_penalty: float | None = None) -> SamplingParams:
+        return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty,
+                               default_max_tokens=self.default_max_tokens, max_new_tokens=self.max_new_tokens,
+                               default_repetition_penalty=self.repetition_penalty)
 
     def prompt(self, messages: Sequence[dict]) -> str:
         """Validated messages -> the rendered prompt; raises InvalidGenerationRequest."""

@@ -23,7 +23,8 @@ def build_generator(settings: Settings) -> Generator:
                                   device=settings.generation_device, dtype=settings.generation_dtype,
                                   max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
     return Generator(backend=backend, default_max_tokens=settings.default_max_tokens,
-                     max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens)
+                     max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
+                     repetition_penalty=settings.repetition_penalty)
 
 
 @serve.deployment(name="Generation", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)

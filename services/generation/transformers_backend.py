@@ -175,8 +175,8 @@ class TransformersBackend:
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True).logits[:, -1, :]
             for _ in range(steps):
-                next_ids = [self._sample(logits[row], r.params, generators[row]) if not r.done else self.pad_id
-                            for row, r in enumerate(batch)]
+                next_ids = [self._sample(self._penalise(logits[row], r), r.params, generators[row])
+                            if not r.done else self.pad_id for row, r in enumerate(batch)]
                 for row, r in enumerate(batch):
                     if not r.done:
                         self._advance(r, next_ids[row])
@@ -211,6 +211,17 @@ class TransformersBackend:
             self._bump(completed=1)
         if delta or finish:
             r.emit(Delta(delta, finish, len(r.prompt_ids), len(r.tokens)))
+
+    def _penalise(self, logits, r: _Request):
+        """HF's repetition penalty: seen tokens' logits divided (positive) or multiplied (negative)."""
+        penalty = r.params.repetition_penalty
+        if penalty == 1.0:
+            return logits
+        seen = self._torch.tensor(sorted(set(r.prompt_ids) | set(r.tokens)), device=logits.device)
+        picked = logits[seen]
+        logits = logits.clone()
+        logits[seen] = self._torch.where(picked > 0, picked / penalty, picked * penalty)
+        return logits
 
     def _generator(self, seed: int | None):
         if seed is None:
