@@ -24,6 +24,7 @@ def main() -> None:
     import trafilatura
 
     from services.crawler.extract import _CONFIG, extract_article
+    from services.retrieval.core import Retriever
 
     from .app import build_indexer, load_embedder, open_store
     from .config import Settings
@@ -31,7 +32,6 @@ def main() -> None:
     from .evaluation.retrieval import evaluate, load_questions
     from .handbook import import_handbook
     from .warehouse import Warehouse
-    from services.retrieval.core import Retriever
 
     pages = SHARED / "benchmarks" / "article-extraction"
     ours = run_benchmark(pages, lambda raw: extract_article(raw).text)

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
 
-    def with_overrides(self, **overrides) -> "Settings":
+    def with_overrides(self, **overrides) -> Settings:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
         values = {k: v for k, v in overrides.items() if v is not None}
         return self.model_copy(update=values) if values else self

@@ -59,20 +59,18 @@ def free_port(preferred: int) -> int:
             return s.getsockname()[1]
 
 
-def wait_until_ready(process: subprocess.Popen, http: str, timeout_s: float = 600) -> None:
-    import httpx
+def wait_until_ready(process: subprocess.Popen, data_dir: Path, timeout_s: float = 900) -> None:
+    from .config import Settings
+    from .serving import read_state
 
+    settings = Settings(data_dir=data_dir)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while not (read_state(settings) or {}).get("ready"):
         if process.poll() is not None:
             sys.exit("demo failed: `twin serve` exited (its output is above)")
-        try:
-            if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    sys.exit("demo failed: the platform did not become ready")
+        if time.monotonic() > deadline:
+            sys.exit("demo failed: the platform did not become ready")
+        time.sleep(0.5)
 
 
 def show_sources(sources) -> None:
@@ -159,7 +157,7 @@ def main() -> None:
     process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(grpc_port),
                                 "--http-port", str(http_port)], env=env)
     try:
-        wait_until_ready(process, f"http://127.0.0.1:{http_port}")
+        wait_until_ready(process, data_dir)
         print(f"   (ready after {time.perf_counter() - started:.1f} s)")
         ask_grpc(f"127.0.0.1:{grpc_port}")
         ask_http(f"http://127.0.0.1:{http_port}", "mara-quill")

@@ -6,7 +6,7 @@ import hashlib
 import re
 import unicodedata
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -37,7 +37,7 @@ def content_hash(title: str, text: str) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RawDocument(BaseModel):
@@ -61,7 +61,7 @@ class RawDocument(BaseModel):
 
     @classmethod
     def create(cls, *, author: str, category: str, source: str, text: str, title: str = "",
-               link: str | None = None, **extra) -> "RawDocument":
+               link: str | None = None, **extra) -> RawDocument:
         """Build a document with its deterministic id and content hash filled in."""
         if not text or not text.strip():
             raise ValueError(f"{source}: no text to store")

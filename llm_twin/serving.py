@@ -100,13 +100,17 @@ def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
             signal.signal(sig, lambda *_: stop.set())
 
     handle_signals()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written before starting so that `--stop` works while the platform is still coming up.
+    path.write_text(json.dumps({"pid": os.getpid(), "ready": False}))
     try:
         endpoints = start(settings, trace_sampling_ratio=trace_sampling_ratio)
         # ray.init installs its own fatal-signal handler, which would kill this process before it
         # could stop the cluster: take the signals back.
         handle_signals()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), **endpoints}))
+        if stop.is_set():
+            return
+        path.write_text(json.dumps({"pid": os.getpid(), "ready": True, **endpoints}))
         _say(f"ready: gRPC {endpoints['grpc']} (twin.v1, reflection, grpc.health.v1) · HTTP {endpoints['http']} "
              f"(OpenAI API at {endpoints['http']}/v1) · stop with Ctrl-C or `twin serve --stop`")
         while not stop.wait(1.0):
@@ -131,6 +135,15 @@ def _alive(pid) -> bool:
         return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def read_state(settings: Settings) -> dict | None:
+    """The running platform's pid, readiness and endpoints, or None."""
+    try:
+        state = json.loads(state_file(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if _alive(state.get("pid")) else None
 
 
 def stop_running(settings: Settings, timeout_s: float = 60) -> bool:

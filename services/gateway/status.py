@@ -6,8 +6,9 @@ import grpc
 
 from services.chat.errors import InvalidChatRequest
 from services.crawler.errors import CrawlError, InvalidTarget
+from services.embedding.errors import InvalidEmbeddingRequest
 from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
-from services.retrieval.errors import InvalidQuery, UnknownAuthor
+from services.retrieval.errors import InvalidQuery, StoreUnavailable, UnknownAuthor
 
 
 class InvalidRequest(Exception):
@@ -19,10 +20,12 @@ STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
     InvalidChatRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidGenerationRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidQuery: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    InvalidEmbeddingRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidTarget: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     UnknownAuthor: (grpc.StatusCode.NOT_FOUND, 404),
     CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
     ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+    StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
 }
 
 

@@ -68,7 +68,7 @@ class Result:
     similarity: float = 0.0  # best cosine similarity of the document's chunks to the query (0: not a dense hit)
 
     @classmethod
-    def from_hit(cls, fields: dict, score: float, similarity: float = 0.0) -> "Result":
+    def from_hit(cls, fields: dict, score: float, similarity: float = 0.0) -> Result:
         return cls(chunk_id=fields["id"], doc_id=fields["doc_id"], score=score, text=fields["text"],
                    title=fields["title"], link=fields["link"], author=fields["author_name"],
                    category=fields["category"], chunk_no=int(fields["chunk_no"]), heading=fields.get("heading", ""),

@@ -11,3 +11,7 @@ class InvalidQuery(RetrievalError):
 
 class UnknownAuthor(RetrievalError):
     """No twin (author) of that name has anything in the index."""
+
+
+class StoreUnavailable(RetrievalError):
+    """The vector store cannot be opened or reached; the message names the fix."""

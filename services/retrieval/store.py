@@ -12,7 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
+
+from .errors import StoreUnavailable
 
 # Milvus Lite answers the query iterator's AllocTimestamp with "not implemented" and pymilvus
 # falls back to a client-side timestamp, which is fine; without this, each query logs a traceback.
@@ -79,7 +81,16 @@ class MilvusStore:
         self.uri = uri
         self.collection = collection
         self.dimension = dimension
-        self.client = MilvusClient(uri=uri, token=token or "")
+        try:
+            self.client = MilvusClient(uri=uri, token=token or "")
+        except MilvusException as exc:
+            if "://" in uri:
+                raise
+            # Milvus Lite locks its file for the process that opened it.
+            raise StoreUnavailable(
+                f"cannot open the Milvus Lite file {uri}: {exc.message}. Another process (a running "
+                "`twin serve` or `twin index`) probably has it open: stop it, or point every process at "
+                "a Milvus server with --milvus-uri / TWIN_MILVUS_URI") from None
         self._ensure_collection()
 
     def close(self) -> None:

@@ -6,5 +6,13 @@ from .git import GitSource
 from .linkedin import LinkedInExportSource
 from .web import ArticleSource, FeedSource, SitemapSource
 
-__all__ = ["Item", "Source", "ArticleSource", "FeedSource", "SitemapSource", "GitSource",
-           "FolderSource", "LinkedInExportSource"]
+__all__ = [
+           "ArticleSource",
+           "FeedSource",
+           "FolderSource",
+           "GitSource",
+           "Item",
+           "LinkedInExportSource",
+           "SitemapSource",
+           "Source",
+]
