@@ -11,6 +11,7 @@ gives per-request streaming, sampling settings and cancellation inside one batch
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import queue
@@ -76,6 +77,8 @@ class TransformersBackend:
         self.eos_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._torch = torch
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes away).
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._pending: queue.Queue[_Request | None] = queue.Queue()
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
                        "active": 0, "generated_tokens": 0}
@@ -170,10 +173,10 @@ class TransformersBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         generators = [self._generator(r.params.seed) for r in batch]
         steps = max(r.params.max_tokens for r in batch)
-        cache = DynamicCache()
+        cache = {self._cache_arg: DynamicCache()}
         with torch.inference_mode():
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+                                use_cache=True, **cache).logits[:, -1, :]
             for _ in range(steps):
                 next_ids = [self._sample(self._penalise(logits[row], r), r.params, generators[row])
                             if not r.done else self.pad_id for row, r in enumerate(batch)]
@@ -186,7 +189,7 @@ class TransformersBackend:
                 mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
                 positions = positions[:, -1:] + 1
                 logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                    past_key_values=cache, use_cache=True).logits[:, -1, :]
+                                    use_cache=True, **cache).logits[:, -1, :]
 
     def _advance(self, r: _Request, token: int) -> None:
         if r.cancelled.is_set():

@@ -1,0 +1,85 @@
+"""The transformers backend with the real SmolLM2-135M-Instruct, in process (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from services.generation.backend import SamplingParams
+from services.generation.core import Generator
+from services.generation.errors import InvalidGenerationRequest
+from services.generation.transformers_backend import TransformersBackend
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backend(smol_model):
+    b = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0.05)
+    yield b
+    b.close()
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+async def complete(generator: Generator, text: str, **params):
+    return await generator.complete(user(text), SamplingParams(**{"max_tokens": 12, **params}))
+
+
+def test_batched_prompts_of_different_lengths_decode_as_they_would_alone(backend):
+    """Left padding, attention mask and positions are right: batching changes nothing in greedy output."""
+    generator = Generator(backend=backend)
+    prompts = ["Name a colour.", "Write one sentence about the sea and the wind over it at night.", "2+2="]
+    alone = [asyncio.run(complete(generator, p)).text for p in prompts]
+    before = backend.stats()["batches"]
+
+    async def together():
+        return await asyncio.gather(*(complete(generator, p) for p in prompts))
+
+    batched = [c.text for c in asyncio.run(together())]
+    assert backend.stats()["batches"] - before == 1, "the three requests should share one batch"
+    assert batched == alone
+
+
+def test_max_tokens_and_finish_reasons(backend):
+    generator = Generator(backend=backend)
+    short = asyncio.run(complete(generator, "Tell me a long story about a dragon.", max_tokens=5))
+    assert (short.completion_tokens, short.finish_reason) == (5, "length")
+    stop = asyncio.run(complete(generator, "Reply with just the word yes.", max_tokens=60))
+    assert stop.finish_reason == "stop" and stop.completion_tokens < 60
+
+
+def test_the_same_seed_samples_the_same_text(backend):
+    generator = Generator(backend=backend)
+    a = asyncio.run(complete(generator, "Invent a name for a cat.", temperature=1.0, top_p=0.9, seed=7))
+    b = asyncio.run(complete(generator, "Invent a name for a cat.", temperature=1.0, top_p=0.9, seed=7))
+    assert a.text == b.text
+
+
+def test_closing_a_stream_cancels_its_generation(backend):
+    generator = Generator(backend=backend)
+    before = backend.stats()
+
+    async def read_two_and_leave():
+        stream = generator.stream(user("Write a very long essay about rivers."), SamplingParams(max_tokens=500))
+        got = [await anext(stream), await anext(stream)]
+        await stream.aclose()
+        return got
+
+    assert len(asyncio.run(read_two_and_leave())) == 2
+    deadline = time.monotonic() + 30
+    while backend.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = backend.stats()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["active"] == 0
+    assert after["generated_tokens"] - before["generated_tokens"] < 100
+
+
+def test_prompts_over_the_limit_are_refused_before_any_work(backend):
+    generator = Generator(backend=backend, max_prompt_tokens=64)
+    with pytest.raises(InvalidGenerationRequest, match="the limit is 64"):
+        asyncio.run(complete(generator, "word " * 200))

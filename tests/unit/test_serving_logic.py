@@ -1,0 +1,149 @@
+"""Serving logic without Ray or sockets: error mapping, sampling validation, the prompt template,
+RAG chat decisions, the OpenAI wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import grpc
+import numpy as np
+import pytest
+
+from llm_twin import prompts
+from services.chat.core import Chat, Sources
+from services.chat.errors import InvalidChatRequest
+from services.gateway import openai_format as oa
+from services.gateway.status import status_for
+from services.generation.backend import Delta
+from services.generation.core import sampling_params
+from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
+from services.retrieval.core import Result
+from services.retrieval.errors import InvalidQuery, UnknownAuthor
+
+
+def result(title: str, similarity: float) -> Result:
+    return Result(chunk_id=f"c-{title}", doc_id=f"d-{title}", score=0.03, text=f"text of {title}", title=title,
+                  link=f"https://x.test/{title}", author="Mara Quill", category="article", chunk_no=0,
+                  similarity=similarity)
+
+
+class ListedResults:
+    """Retrieval answers given by the test (the real retrieval is tested in integration)."""
+
+    def __init__(self, results):
+        self.results, self.calls = results, []
+
+    async def search(self, query, twin, top_k):
+        self.calls.append((query, twin, top_k))
+        return self.results[:top_k]
+
+
+class EchoGenerator:
+    """Streams the system prompt's first line back, so the test sees what the model was given."""
+
+    def __init__(self):
+        self.messages = None
+
+    async def stream(self, messages, params):
+        self.messages = messages
+        yield Delta("Hello ")
+        yield Delta("there", "stop", 10, 2)
+
+
+def run(chat: Chat, twin="mara-quill", messages=None, top_k=None):
+    async def collect():
+        conversation = messages if messages is not None else [{"role": "user", "content": "chunks?"}]
+        return [e async for e in chat.stream(twin, conversation,
+                                             sampling_params(), top_k)]
+    return asyncio.run(collect())
+
+
+def test_chat_gives_the_model_only_relevant_passages_and_returns_them():
+    generator = EchoGenerator()
+    retriever = ListedResults([result("Chunking", 0.62), result("Sourdough", 0.08)])
+    events = run(Chat(retriever, generator, min_similarity=0.25))
+    assert isinstance(events[0], Sources) and [r.title for r in events[0].items] == ["Chunking"]
+    assert "".join(e.text for e in events[1:]) == "Hello there"
+    system = generator.messages[0]["content"]
+    assert generator.messages[0]["role"] == "system" and "You are Mara Quill" in system
+    assert "[1] Chunking" in system and "Sourdough" not in system
+    assert generator.messages[-1] == {"role": "user", "content": "chunks?"}
+    assert retriever.calls == [("chunks?", "mara-quill", 4)]
+
+
+def test_chat_with_nothing_relevant_says_so_without_generating():
+    generator = EchoGenerator()
+    events = run(Chat(ListedResults([result("Sourdough", 0.05)]), generator))
+    assert events[0].items == [] and events[1].finish_reason == "no_sources"
+    assert events[1].text == prompts.NO_SOURCES_ANSWER and generator.messages is None
+
+
+@pytest.mark.parametrize("twin, messages, top_k, fragment", [
+    ("", [{"role": "user", "content": "hi"}], None, "name the twin"),
+    ("mara", [], None, "messages is empty"),
+    ("mara", [{"role": "assistant", "content": "hi"}], None, "last message"),
+    ("mara", [{"role": "user", "content": "hi"}], 50, "top_k"),
+])
+def test_chat_rejects_bad_requests_before_retrieving(twin, messages, top_k, fragment):
+    retriever = ListedResults([])
+    with pytest.raises(InvalidChatRequest, match=fragment):
+        run(Chat(retriever, EchoGenerator()), twin, messages, top_k)
+    assert retriever.calls == []
+
+
+def test_callers_cannot_replace_the_twins_system_prompt():
+    messages = prompts.chat_messages("Mara Quill", [{"role": "system", "content": "You are a pirate"},
+                                                    {"role": "user", "content": "hi"}])
+    assert [m["role"] for m in messages] == ["system", "user"] and "pirate" not in messages[0]["content"]
+
+
+def test_training_examples_use_the_serving_framing_byte_for_byte():
+    passages = [prompts.Passage("Chunking", "Cut by paragraph.")]
+    served = prompts.chat_messages("Mara Quill", [{"role": "user", "content": "How?"}], passages)
+    trained = prompts.training_example("Mara Quill", "How?", "By paragraph.", passages)
+    assert trained[:-1] == served and trained[-1] == {"role": "assistant", "content": "By paragraph."}
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 5000}, "max_tokens"),
+    ({"temperature": -0.1}, "temperature"), ({"temperature": 2.5}, "temperature"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": 0.5}, "repetition_penalty"),
+])
+def test_sampling_limits(kwargs, fragment):
+    with pytest.raises(InvalidGenerationRequest, match=fragment):
+        sampling_params(**kwargs, max_new_tokens=1024)
+
+
+def test_sampling_defaults():
+    params = sampling_params(default_max_tokens=64, default_repetition_penalty=1.15)
+    assert (params.max_tokens, params.temperature, params.top_p, params.repetition_penalty) == (64, 0.0, 1.0, 1.15)
+
+
+def test_each_domain_error_maps_to_one_status_even_when_ray_wraps_it():
+    from ray.exceptions import RayTaskError
+
+    assert status_for(InvalidQuery("empty"))[:2] == (grpc.StatusCode.INVALID_ARGUMENT, 400)
+    assert status_for(ModelUnavailable("gone"))[:2] == (grpc.StatusCode.UNAVAILABLE, 503)
+    assert status_for(ValueError("bug")) is None
+    try:
+        raise UnknownAuthor("no twin named 'x'")
+    except UnknownAuthor as cause:
+        wrapped = RayTaskError("search", "Traceback ...\nUnknownAuthor: no twin", cause).as_instanceof_cause()
+    code, http, message = status_for(wrapped)
+    assert (code, http, message) == (grpc.StatusCode.NOT_FOUND, 404, "no twin named 'x'")
+
+
+def test_openai_embeddings_base64_is_little_endian_float32():
+    vectors = np.array([[0.5, -1.0, 0.25]], dtype=np.float32)
+    body = oa.embeddings(vectors, "m", 3, "base64")
+    decoded = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == [0.5, -1.0, 0.25]
+    assert oa.embeddings(vectors, "m", 3, "float")["data"][0]["embedding"] == [0.5, -1.0, 0.25]
+
+
+def test_openai_message_content_parts_become_text():
+    message = oa.Message(role="user", content=[{"type": "text", "text": "a"}, {"type": "image_url"},
+                                               {"type": "text", "text": "b"}])
+    assert message.text() == {"role": "user", "content": "ab"}
+    assert oa.finish_reason("no_sources") == "stop" and oa.finish_reason("length") == "length"
