@@ -3,8 +3,10 @@
 - extraction: this extractor's F1 / trafilatura's default F1 on the article-extraction benchmark;
 - retrieval: hybrid MRR@10 / chunk-level RRF MRR@10 on the handbook question set, and hybrid
   latency / dense-only latency;
-- indexing: chunks per second embedded and loaded.
-Needs ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
+- indexing: chunks per second embedded and loaded;
+- serving (llm_twin/bench_serving.py): tokens/s through gRPC and HTTP against in-process
+  `generate`, and 8 concurrent chat clients against one.
+The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 """
 
 from __future__ import annotations

@@ -149,3 +149,27 @@ def write_site(root: Path, base: str) -> None:
     subprocess.run([*git, "commit", "-qm", "tools"], cwd=work, check=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "mara-tools.git")], check=True)
     subprocess.run(["git", "update-server-info"], cwd=root / "mara-tools.git", check=True)
+
+
+def index_sample(data_dir: Path) -> None:
+    """The sample corpus straight into the warehouse of ``data_dir``, then `twin index` in its own
+    process (Milvus Lite stays locked by the process that opened the file, and the platform's
+    retrieval replica opens it next)."""
+    import os
+    import subprocess
+    import sys
+
+    from .config import Settings
+    from .documents import RawDocument
+    from .warehouse import Warehouse
+
+    warehouse = Warehouse(Settings(data_dir=data_dir).resolved_warehouse_uri)
+    for slug, (title, paragraphs) in POSTS.items():
+        link = f"https://mara.example/{slug}"
+        warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=link, link=link, title=title,
+                                         text="\n\n".join(paragraphs)))
+    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
+    done = subprocess.run([sys.executable, "-m", "llm_twin.cli", "index"], env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"twin index failed:\n{done.stdout}\n{done.stderr}")

@@ -164,23 +164,14 @@ def platform(tmp_path_factory, smol_model, otlp):
     import httpx
 
     from llm_twin.config import Settings
-    from llm_twin.documents import RawDocument
-    from llm_twin.sample_corpus import AUTHOR, POSTS
-    from llm_twin.warehouse import Warehouse
+    from llm_twin.sample_corpus import AUTHOR, index_sample
 
     data_dir = tmp_path_factory.mktemp("platform")
     (data_dir / "models").mkdir()
     (data_dir / "models" / "SmolLM2-135M-Instruct").symlink_to(smol_model)
     settings = Settings(data_dir=data_dir)
-    warehouse = Warehouse(settings.resolved_warehouse_uri)
-    for slug, (title, paragraphs) in POSTS.items():
-        warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=f"https://mara.example/{slug}",
-                                         link=f"https://mara.example/{slug}", title=title, text="\n\n".join(paragraphs)))
-    # Indexed by `twin index` in its own process: Milvus Lite stays locked by whichever process
-    # opened the file, and the platform's retrieval replica must open it next.
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"}
-    indexed = subprocess.run([sys.executable, "-m", "llm_twin.cli", "index"], env=env, capture_output=True, text=True)
-    assert indexed.returncode == 0, indexed.stdout + indexed.stderr
+    index_sample(data_dir)
 
     before = ray_processes()
     grpc_port, http_port = free_port(), free_port()

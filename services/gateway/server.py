@@ -6,7 +6,6 @@ names). Deployments call each other through handles; the gateway converts protos
 edge and maps domain errors to status codes through `status.py`.
 """
 
-from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -248,6 +247,43 @@ class Gateway:
             raise InvalidRequest("targets must be a list of URLs or paths")
         return await self.crawler.crawl.remote(str(body.get("twin", "")), [str(t) for t in targets],
                                                body.get("source_type") or "auto", bool(body.get("index", False)))
+
+    @http.post("/v1/generate")
+    async def generate_json(self, request: Request):
+        """GenerationService as JSON: {"messages": [...], "max_tokens", "temperature", "top_p", "seed",
+        "stream"}; streamed as SSE events {"delta"}, the last one with "finish_reason" and "usage"."""
+        body = await self._json(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise InvalidRequest("messages must be a list of {\"role\": ..., \"content\": ...} objects")
+        params = self._sampling(body.get("max_tokens"), body.get("temperature"), body.get("top_p"), body.get("seed"),
+                                body.get("repetition_penalty"))
+        await self.generation.validate.remote(messages)
+        if not body.get("stream"):
+            r = await self.generation.generate.remote(messages, params)
+            return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
+                    "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
+
+        async def events():
+            deltas = _GenerationClient(self.generation).stream(messages, params)
+            try:
+                async for d in deltas:
+                    event = {"delta": d.text}
+                    if d.finish_reason:
+                        event.update(finish_reason=d.finish_reason,
+                                     usage=oa.usage_json(d.prompt_tokens, d.completion_tokens))
+                    yield oa.sse(event)
+            except Exception as exc:  # noqa: BLE001 - the response has started: the error is an event
+                mapped = status_for(exc)
+                yield oa.sse(oa.error_body(mapped[2] if mapped else f"internal error: {type(exc).__name__}",
+                                           mapped[1] if mapped else 500))
+            finally:
+                await deltas.aclose()
+            yield oa.sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @http.get("/v1/stats")
     async def stats(self) -> dict:

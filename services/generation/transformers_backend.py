@@ -2,9 +2,10 @@
 
 Requests queue up; a worker thread takes up to ``max_batch_size`` of them (waiting at most
 ``batch_wait_s`` for company), left-pads their prompts, and decodes them together step by step
-with one KV cache, handing each request its text as it comes. A request whose consumer goes away
-is dropped from the batch at the next step, and a batch with nobody left stops at once, so no
-generation runs for nobody. Running the loop ourselves (rather than ``model.generate``) is what
+with one KV cache, handing each request its text as it comes. The batch is continuous: a request
+arriving while others decode is prefilled and joins at the next step (its cache left-padded to
+the batch's length), and a finished one leaves at once. A request whose consumer goes away is
+dropped at the next step, so no generation runs for nobody. Running the loop ourselves (rather than ``model.generate``) is what
 gives per-request streaming, sampling settings and cancellation inside one batch.
 """
 
@@ -36,6 +37,7 @@ class _Request:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
+    generator: object = None  # a seeded torch.Generator when the request has a seed
 
     def emit(self, delta: Delta | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
@@ -83,6 +85,7 @@ class TransformersBackend:
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
                        "active": 0, "generated_tokens": 0}
         self._stats_lock = threading.Lock()
+        self._in_flight: list[_Request] = []
         self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
         self._worker.start()
 
@@ -141,25 +144,86 @@ class TransformersBackend:
                     self._pending.put(None)
                     break
                 batch.append(item)
-            batch = [r for r in batch if not r.cancelled.is_set()]
-            if not batch:
-                continue
-            with self._stats_lock:
-                self._stats["batches"] += 1
-                self._stats["largest_batch"] = max(self._stats["largest_batch"], len(batch))
-                self._stats["active"] += len(batch)
+            self._bump(batches=1)
             try:
-                self._decode(batch)
+                self._serve(batch)
             except Exception as exc:  # a broken batch fails its requests, never the worker
                 log.exception("generation batch failed")
-                for r in batch:
+                for r in self._in_flight:
                     if not r.done:
                         r.done = True
                         r.emit(ModelUnavailable(f"generation failed: {exc}"))
             finally:
-                self._bump(active=-len(batch))
+                self._in_flight = []
+                with self._stats_lock:
+                    self._stats["active"] = 0
 
-    def _decode(self, batch: list[_Request]) -> None:
+    def _take_pending(self, room: int) -> list[_Request]:
+        """Requests waiting right now (no waiting for more), at most ``room``."""
+        taken = []
+        while len(taken) < room:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # closing: finish what runs, admit nothing more
+                self._pending.put(None)
+                break
+            taken.append(item)
+        return taken
+
+    def _serve(self, new: list[_Request]) -> None:
+        """Continuous batching: decode everything active one step at a time; requests that arrive
+        meanwhile are prefilled and join the batch at the next step, finished ones leave it."""
+        torch = self._torch
+        active: list[_Request] = []
+        self._in_flight = active
+        cache = mask = positions = logits = None
+        with torch.inference_mode():
+            while True:
+                gone = [r for r in new if r.cancelled.is_set()]
+                if gone:  # left before their first step
+                    self._bump(cancelled=len(gone))
+                    new = [r for r in new if not r.cancelled.is_set()]
+                if new:
+                    c, m, p, lg = self._prefill(new)
+                    if active:
+                        cache, mask = self._merge(cache, mask, c, m)
+                        positions, logits = torch.cat([positions, p]), torch.cat([logits, lg])
+                    else:
+                        cache, mask, positions, logits = c, m, p, lg
+                    active.extend(new)
+                    with self._stats_lock:
+                        self._stats["active"] = len(active)
+                        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(active))
+                if not active:
+                    return
+                next_ids = [self._sample(self._penalise(logits[row], r), r.params, r.generator)
+                            for row, r in enumerate(active)]
+                for row, r in enumerate(active):
+                    self._advance(r, next_ids[row])
+                keep = [row for row, r in enumerate(active) if not r.done]
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                    active[:] = [active[row] for row in keep]
+                    next_ids = [next_ids[row] for row in keep]
+                    with self._stats_lock:
+                        self._stats["active"] = len(active)
+                    if not active:
+                        cache = None
+                        new = self._take_pending(self.max_batch_size)
+                        continue
+                    cache.batch_select_indices(index)
+                    mask, positions = mask[index], positions[index]
+                step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
+                mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+                positions = positions + 1
+                logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                    **{self._cache_arg: cache}).logits[:, -1, :]
+                new = self._take_pending(self.max_batch_size - len(active))
+
+    def _prefill(self, batch: list[_Request]):
+        """Left-padded prompts through the model: -> (cache, mask, last positions, next-token logits)."""
         torch = self._torch
         from transformers import DynamicCache
 
@@ -169,27 +233,29 @@ class TransformersBackend:
         for row, r in enumerate(batch):  # left padding: every prompt ends at the last column
             ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[row, width - len(r.prompt_ids):] = 1
+            r.generator = self._generator(r.params.seed)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = [self._generator(r.params.seed) for r in batch]
-        steps = max(r.params.max_tokens for r in batch)
-        cache = {self._cache_arg: DynamicCache()}
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                use_cache=True, **cache).logits[:, -1, :]
-            for _ in range(steps):
-                next_ids = [self._sample(self._penalise(logits[row], r), r.params, generators[row])
-                            if not r.done else self.pad_id for row, r in enumerate(batch)]
-                for row, r in enumerate(batch):
-                    if not r.done:
-                        self._advance(r, next_ids[row])
-                if all(r.done for r in batch):
-                    return
-                step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
-                mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
-                positions = positions[:, -1:] + 1
-                logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                    use_cache=True, **cache).logits[:, -1, :]
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            **{self._cache_arg: cache}).logits[:, -1, :]
+        return cache, mask, positions[:, -1:], logits
+
+    def _merge(self, cache, mask, new_cache, new_mask):
+        """Two batches' caches into one: the shorter is left-padded (masked out) to the longer."""
+        torch = self._torch
+        width = max(mask.shape[1], new_mask.shape[1])
+
+        def pad(t, n):
+            return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, *t.shape[3:]), t], dim=2)
+
+        grow_old, grow_new = width - mask.shape[1], width - new_mask.shape[1]
+        for old, fresh in zip(cache.layers, new_cache.layers, strict=True):
+            old.keys = torch.cat([pad(old.keys, grow_old), pad(fresh.keys, grow_new)])
+            old.values = torch.cat([pad(old.values, grow_old), pad(fresh.values, grow_new)])
+        mask = torch.cat([torch.nn.functional.pad(mask, (grow_old, 0)),
+                          torch.nn.functional.pad(new_mask, (grow_new, 0))])
+        return cache, mask
 
     def _advance(self, r: _Request, token: int) -> None:
         if r.cancelled.is_set():

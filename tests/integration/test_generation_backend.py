@@ -45,6 +45,24 @@ def test_batched_prompts_of_different_lengths_decode_as_they_would_alone(backend
     assert batched == alone
 
 
+def test_a_request_arriving_mid_decode_joins_the_running_batch(backend):
+    generator = Generator(backend=backend)
+    alone = asyncio.run(complete(generator, "2+2=")).text
+    before = backend.stats()["batches"]
+
+    async def staggered():
+        long = generator.stream(user("Write a long story about a dragon."), SamplingParams(max_tokens=40))
+        first = await anext(long)  # the first request is decoding now
+        late = await complete(generator, "2+2=")
+        rest = [d async for d in long]
+        return first, late, rest
+
+    first, late, rest = asyncio.run(staggered())
+    assert backend.stats()["batches"] - before == 1, "the late request should join, not wait for a new batch"
+    assert late.text == alone
+    assert rest[-1].completion_tokens == 40
+
+
 def test_max_tokens_and_finish_reasons(backend):
     generator = Generator(backend=backend)
     short = asyncio.run(complete(generator, "Tell me a long story about a dragon.", max_tokens=5))

@@ -329,3 +329,23 @@ def test_crawl_rpc_stores_and_indexes_a_new_article(platform, channel, site):
     again = crawler_pb2_grpc.CrawlerServiceStub(channel).Crawl(
         crawler_pb2.CrawlRequest(twin="Tess Leaf", targets=[url], index=True), timeout=300)
     assert (again.unchanged, again.chunks_indexed) == (1, 0)
+
+
+def test_json_mirror_of_search_and_generate(platform):
+    found = httpx.post(f"{platform.http}/v1/search", json={"query": "expiry date for feature flags",
+                                                           "twin": "mara-quill", "top_k": 2}, timeout=60)
+    assert found.status_code == 200 and found.json()["sources"][0]["title"] == "Feature flags with expiry dates"
+    unknown = httpx.post(f"{platform.http}/v1/search", json={"query": "flags", "twin": "nobody-at-all"}, timeout=60)
+    assert unknown.status_code == 404 and "no twin named" in unknown.json()["error"]["message"]
+
+    body = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 6}
+    plain = httpx.post(f"{platform.http}/v1/generate", json=body, timeout=60).json()
+    events = []
+    with httpx.stream("POST", f"{platform.http}/v1/generate", json={**body, "stream": True}, timeout=60) as reply:
+        events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    deltas = [json.loads(e) for e in events[:-1]]
+    assert "".join(d["delta"] for d in deltas) == plain["text"]
+    assert deltas[-1]["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]
+    bad = httpx.post(f"{platform.http}/v1/generate", json={"messages": "hi"}, timeout=60)
+    assert bad.status_code == 400 and "messages must be a list" in bad.json()["error"]["message"]

@@ -1,0 +1,153 @@
+"""Serving benchmark (part of `make bench`), every figure a ratio against a baseline of this run:
+
+- tokens/s streamed through gRPC (GenerationService/GenerateStream) and through HTTP (SSE, the
+  official openai client) divided by tokens/s of the same model's `generate` in this process,
+  same prompt, same settings (goal >= 0.9: the platform costs little over the bare model);
+- throughput of 8 concurrent chat clients (RAG included) divided by one client's (goal >= 4:
+  concurrent requests share decode steps).
+
+Needs nothing from ../shared: it serves the sample corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PROMPT = "Write a detailed paragraph about how rivers shape the landscape over thousands of years."
+TOKENS = 64
+CLIENTS = 8
+
+
+def _baseline_tokens_per_s(model_dir: str, repetition_penalty: float) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(3):  # the first run warms up
+            started = time.perf_counter()
+            out = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False,
+                                 repetition_penalty=repetition_penalty, pad_token_id=tokenizer.eos_token_id)
+            n = out.shape[1] - inputs["input_ids"].shape[1]
+            best = max(best, n / (time.perf_counter() - started))
+    del model
+    return best
+
+
+def _grpc_tokens_per_s(address: str) -> float:
+    import grpc
+
+    from twin.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+
+    stub = generation_pb2_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+    request = generation_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
+                                             sampling=generation_pb2.SamplingParams(max_tokens=TOKENS))
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        chunks = list(stub.GenerateStream(request, timeout=300))
+        best = max(best, chunks[-1].usage.completion_tokens / (time.perf_counter() - started))
+    return best
+
+
+def _http_tokens_per_s(base: str) -> float:
+    import httpx
+
+    best = 0.0
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS}
+    # Generation alone through the gateway's SSE path (the JSON mirror of GenerateStream); the
+    # chat route adds retrieval, which the concurrency figure below includes.
+    for _ in range(3):
+        started = time.perf_counter()
+        tokens = 0
+        with httpx.stream("POST", f"{base}/v1/generate", json={**body, "stream": True}, timeout=300) as reply:
+            reply.raise_for_status()
+            for line in reply.iter_lines():
+                if line.startswith("data: {") and '"usage"' in line:
+                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+        best = max(best, tokens / (time.perf_counter() - started))
+    return best
+
+
+def _chat_throughput(address: str, clients: int) -> float:
+    import grpc
+
+    from twin.v1 import chat_pb2, chat_pb2_grpc, common_pb2, generation_pb2
+
+    stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(address))
+    questions = ["Why combine BM25 with embeddings?", "How should I cut documents into chunks?",
+                 "What should a good alert have?", "How do you run database migrations without downtime?"]
+    tokens = [0] * clients
+
+    def one(i: int) -> None:
+        reply = stub.Chat(chat_pb2.ChatRequest(
+            twin="mara-quill", messages=[common_pb2.ChatMessage(role="user", content=questions[i % len(questions)])],
+            sampling=generation_pb2.SamplingParams(max_tokens=48)), timeout=600)
+        tokens[i] = reply.usage.completion_tokens
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - started)
+
+
+def run() -> None:
+    from services.generation.model_store import resolve_model
+
+    from .config import Settings, configure_torch_threads
+    from .sample_corpus import index_sample
+    from .serving import read_state
+
+    settings = Settings()
+    configure_torch_threads(settings)
+    model = resolve_model(settings.generation_model, settings.data_dir)
+    print(f"serving: baseline `generate` of {Path(model).name} in this process ...", flush=True)
+    baseline = _baseline_tokens_per_s(model, settings.repetition_penalty)
+    with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
+        data_dir = Path(tmp)
+        index_sample(data_dir)
+        ports = {"grpc": 9300, "http": 8300}
+        env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_GENERATION_MODEL": model}
+        process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(ports["grpc"]),
+                                    "--http-port", str(ports["http"])], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 600
+            while not (read_state(Settings(data_dir=data_dir)) or {}).get("ready"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("make bench: `twin serve` did not start (run it by hand to see why)")
+                time.sleep(0.5)
+            address, base = f"127.0.0.1:{ports['grpc']}", f"http://127.0.0.1:{ports['http']}"
+            grpc_rate = _grpc_tokens_per_s(address)
+            http_rate = _http_tokens_per_s(base)
+            _chat_throughput(address, 1)  # warm the chat path
+            one = _chat_throughput(address, 1)
+            many = _chat_throughput(address, CLIENTS)
+        finally:
+            subprocess.run([sys.executable, "-m", "llm_twin.cli", "serve", "--stop"], env=env, check=False,
+                           capture_output=True)
+            process.wait(timeout=120)
+    print(f"serving: gRPC stream {grpc_rate:.1f} tok/s / in-process generate {baseline:.1f} tok/s = "
+          f"{grpc_rate / baseline:.2f} (goal >= 0.9)")
+    print(f"serving: HTTP SSE {http_rate:.1f} tok/s / in-process generate {baseline:.1f} tok/s = "
+          f"{http_rate / baseline:.2f} (goal >= 0.9)")
+    print(f"serving: {CLIENTS} concurrent chat clients {many:.1f} tok/s / 1 client {one:.1f} tok/s = "
+          f"{many / one:.2f} (goal >= 4)")
+
+
+if __name__ == "__main__":
+    run()
