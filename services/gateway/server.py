@@ -39,17 +39,8 @@ from twin.v1 import (
 from . import openai_format as oa
 from .status import InvalidRequest, status_for
 
-# What Ray Serve's gRPC proxy registers (grpc_options.grpc_servicer_functions); kept here so the
-# CLI, the helm chart's RayService and the tests name the same list.
-GRPC_SERVICER_FUNCTIONS = [
-    "twin.v1.crawler_pb2_grpc.add_CrawlerServiceServicer_to_server",
-    "twin.v1.embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server",
-    "twin.v1.retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server",
-    "twin.v1.generation_pb2_grpc.add_GenerationServiceServicer_to_server",
-    "twin.v1.chat_pb2_grpc.add_ChatServiceServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-]
-APP_NAME = "twin"
+from .entrypoints import APP_NAME, GRPC_SERVICER_FUNCTIONS  # noqa: F401,E402  (re-exported for callers)
+
 SERVICES = {"twin.v1.CrawlerService", "twin.v1.EmbeddingService", "twin.v1.RetrievalService",
             "twin.v1.GenerationService", "twin.v1.ChatService"}
 

@@ -1,0 +1,196 @@
+"""Pure builders: a TwinModel's spec -> the manifests of its children, and status conditions.
+No API calls here; tested as dicts."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import yaml
+
+from services.gateway.entrypoints import (APP_NAME, GRPC_PORT, GRPC_SERVICER_FUNCTIONS, HTTP_PORT, IMPORT_PATH,
+                                          PIPELINE_COMMAND)
+
+from .spec import GROUP, STAGES, VERSION
+
+LABEL = f"{GROUP}/twinmodel"
+HASH_LABEL = f"{GROUP}/stage-hash"
+CONFIG_KEY = "twinmodel.json"
+
+
+def labels(name: str, stage_hash: str | None = None) -> dict[str, str]:
+    out = {LABEL: name, "app.kubernetes.io/managed-by": "llm-twin-operator"}
+    if stage_hash:
+        out[HASH_LABEL] = stage_hash
+    return out
+
+
+def config_map(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+    """The rendered configuration the training job reads (`twin pipeline --config`)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-config", "namespace": namespace, "labels": labels(name)},
+            "data": {CONFIG_KEY: json.dumps({"name": name, "spec": spec, "stageHashes": hashes}, indent=2,
+                                            sort_keys=True)}}
+
+
+def model_uri(spec: dict, name: str, hashes: dict[str, str]) -> str:
+    return f"{spec['storage']['artifactUri'].rstrip('/')}/models/{name}/{hashes['evaluation']}"
+
+
+def job_name(name: str, hashes: dict[str, str]) -> str:
+    return f"{name}-train-{hashes['evaluation'][:10]}"
+
+
+def _container(spec: dict, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
+    limits = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {"image": spec["training"]["image"], "resources": {"limits": limits, "requests": dict(limits)}}
+
+
+def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+    """Ingest + dataset + training + evaluation in one KubeRay RayJob whose entrypoint is the CLI."""
+    training = spec["training"]
+    head = {**_container(spec, gpus=0), "name": "ray-head",
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
+    worker = {**_container(spec, gpus=int(training["gpusPerWorker"])), "name": "ray-worker",
+              "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
+    volumes = [{"name": "config", "configMap": {"name": f"{name}-config"}}]
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayJob",
+        "metadata": {"name": job_name(name, hashes), "namespace": namespace,
+                     "labels": labels(name, hashes["evaluation"])},
+        "spec": {
+            "entrypoint": " ".join(PIPELINE_COMMAND),
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 3600,
+            "backoffLimit": 0,
+            "runtimeEnvYAML": yaml.safe_dump({"env_vars": {
+                "TWIN_WAREHOUSE_URI": spec["storage"].get("warehouseUri") or "",
+                "TWIN_MILVUS_URI": spec["vectorStore"]["milvusUri"],
+                "TWIN_COLLECTION": spec["vectorStore"]["collection"],
+                "TWIN_MODEL_URI": model_uri(spec, name, hashes)}}),
+            "rayClusterSpec": {
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
+                                  "template": {"spec": {"containers": [head], "volumes": volumes}}},
+                "workerGroupSpecs": [{
+                    "groupName": "train", "replicas": int(training["workers"]),
+                    "minReplicas": int(training["workers"]), "maxReplicas": int(training["workers"]),
+                    "rayStartParams": {},
+                    "template": {"spec": {"containers": [worker], "volumes": volumes}}}],
+            },
+        },
+    }
+
+
+def serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
+    serving = spec["serving"]
+    gpus = int(serving["resources"].get("gpus", 0))
+    return {
+        "grpc_options": {"port": GRPC_PORT, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
+        "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
+        "applications": [{
+            "name": APP_NAME, "import_path": IMPORT_PATH, "route_prefix": "/",
+            "args": {"generation_model": model_uri(spec, name, hashes),
+                     "generation_device": "cuda" if gpus else "cpu",
+                     "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
+                     "http_host": "0.0.0.0"},
+            "deployments": [{
+                "name": "Generation",
+                "autoscaling_config": {"min_replicas": int(serving["minReplicas"]),
+                                       "max_replicas": int(serving["maxReplicas"]),
+                                       "target_ongoing_requests": int(serving["targetOngoingRequests"])},
+                "ray_actor_options": {"num_gpus": gpus, "num_cpus": 1},
+            }],
+        }],
+    }
+
+
+def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+    """The twin's RayService. A new model changes serveConfigV2 in place; with canaryPercent the
+    upgrade moves traffic in steps of that size to the new cluster (KubeRay incremental upgrade)."""
+    serving = spec["serving"]
+    resources = serving["resources"]
+    gpus = int(resources.get("gpus", 0))
+    limits = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    image = spec["training"]["image"]
+    canary = int(serving["canaryPercent"])
+    upgrade = ({"type": "NewClusterWithIncrementalUpgrade",
+                "clusterUpgradeOptions": {"stepSizePercent": canary, "intervalSeconds": 60, "maxSurgePercent": 100}}
+               if canary else {"type": "NewCluster"})
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayService",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(name, hashes["serving"]),
+                     "annotations": {f"{GROUP}/engine": serving["engine"]}},
+        "spec": {
+            "upgradeStrategy": upgrade,
+            "serveConfigV2": yaml.safe_dump(serve_config(name, spec, hashes), sort_keys=False),
+            "rayClusterConfig": {
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": {"containers": [{
+                    "name": "ray-head", "image": image,
+                    "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
+                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}]}}},
+                "workerGroupSpecs": [{
+                    "groupName": "serve", "replicas": max(1, int(serving["minReplicas"])),
+                    "minReplicas": int(serving["minReplicas"]), "maxReplicas": int(serving["maxReplicas"]),
+                    "rayStartParams": {},
+                    "template": {"spec": {"containers": [{"name": "ray-worker", "image": image,
+                                                          "resources": {"limits": limits, "requests": dict(limits)}}]}}}],
+            },
+        },
+    }
+
+
+def endpoints(name: str, namespace: str) -> dict:
+    service = f"{name}-serve-svc.{namespace}.svc"  # KubeRay's serve service for a RayService
+    return {"grpc": f"{service}:{GRPC_PORT}", "http": f"http://{service}:{HTTP_PORT}"}
+
+
+# -- status ------------------------------------------------------------------------------------------
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict], type_: str, status: bool | None, reason: str, message: str,
+                  generation: int | None, at: str | None = None) -> list[dict]:
+    """Conditions in the Kubernetes convention; lastTransitionTime moves only when status changes."""
+    value = "Unknown" if status is None else ("True" if status else "False")
+    out = [dict(c) for c in conditions or []]
+    current = next((c for c in out if c["type"] == type_), None)
+    entry = {"type": type_, "status": value, "reason": reason, "message": message, "observedGeneration": generation,
+             "lastTransitionTime": at or now()}
+    if current is None:
+        out.append(entry)
+    else:
+        if current.get("status") == value:
+            entry["lastTransitionTime"] = current.get("lastTransitionTime", entry["lastTransitionTime"])
+        current.update(entry)
+    order = {t: i for i, t in enumerate((*STAGES, "Ready"))}
+    return sorted(out, key=lambda c: order.get(c["type"], len(order)))
+
+
+def job_outcome(job: dict) -> str:
+    """'succeeded', 'failed' or 'running' from a RayJob's status. Complete alone only means the
+    job finished: success is jobDeploymentStatus=Complete AND jobStatus=SUCCEEDED."""
+    status = job.get("status") or {}
+    deployment, job_status = status.get("jobDeploymentStatus"), status.get("jobStatus")
+    if deployment == "Complete" and job_status == "SUCCEEDED":
+        return "succeeded"
+    if deployment in ("Failed", "ValidationFailed") or job_status in ("FAILED", "STOPPED") or deployment == "Complete":
+        return "failed"
+    return "running"
+
+
+def service_ready(service: dict) -> tuple[bool, str]:
+    """(ready, why) from a RayService's status: its Ready condition (KubeRay >= 1.3)."""
+    status = service.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True", condition.get("message") or condition.get("reason", "")
+    return False, "waiting for the RayService to report Ready"
+
+
+GROUP_VERSION = f"{GROUP}/{VERSION}"

