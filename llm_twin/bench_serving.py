@@ -4,7 +4,7 @@
   official openai client) divided by tokens/s of the same model's `generate` in this process,
   same prompt, same settings (goal >= 0.9: the platform costs little over the bare model);
 - throughput of 8 concurrent chat clients (RAG included) divided by one client's (goal >= 4:
-  concurrent requests share decode steps).
+  concurrent requests share decode steps), and the same for plain generation (batching alone).
 
 Needs nothing from ../shared: it serves the sample corpus.
 """
@@ -83,6 +83,30 @@ def _http_tokens_per_s(base: str) -> float:
     return best
 
 
+def _generate_throughput(address: str, clients: int) -> float:
+    """Plain generation (short prompt, no retrieval): what batching alone buys."""
+    import grpc
+
+    from twin.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+
+    stub = generation_pb2_grpc.GenerationServiceStub(grpc.insecure_channel(address))
+    tokens = [0] * clients
+
+    def one(i: int) -> None:
+        reply = stub.Generate(generation_pb2.GenerateRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=f"{PROMPT} ({i})")],
+            sampling=generation_pb2.SamplingParams(max_tokens=TOKENS)), timeout=900)
+        tokens[i] = reply.usage.completion_tokens
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - started)
+
+
 def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
     import grpc
 
@@ -140,6 +164,7 @@ def run() -> None:
             _chat_throughput(address, 1, 8)  # warm the chat path
             concurrency = {n: (_chat_throughput(address, 1, n), _chat_throughput(address, CLIENTS, n))
                            for n in CHAT_TOKENS}
+            generate = (_generate_throughput(address, 1), _generate_throughput(address, CLIENTS))
         finally:
             subprocess.run([sys.executable, "-m", "llm_twin.cli", "serve", "--stop"], env=env, check=False,
                            capture_output=True)
@@ -148,6 +173,8 @@ def run() -> None:
           f"{grpc_rate / baseline:.2f} (goal >= 0.9)")
     print(f"serving: HTTP SSE {http_rate:.1f} tok/s / in-process generate {baseline:.1f} tok/s = "
           f"{http_rate / baseline:.2f} (goal >= 0.9)")
+    print(f"serving: {CLIENTS} concurrent generate clients {generate[1]:.1f} tok/s / 1 client {generate[0]:.1f} tok/s "
+          f"= {generate[1] / generate[0]:.2f} (batching alone: short prompts, no retrieval)")
     for n, (one, many) in concurrency.items():
         print(f"serving: {CLIENTS} concurrent chat clients {many:.1f} tok/s / 1 client {one:.1f} tok/s = "
               f"{many / one:.2f} (goal >= 4), answers of up to {n} tokens")

@@ -336,5 +336,184 @@ def pipeline(ctx: click.Context, config_path: Path) -> None:
     _fail("datasets, training and evaluation are not available in this version: the job stops after indexing", 4)
 
 
+# -- training ---------------------------------------------------------------------------------------
+def _artifact_uri(settings: Settings) -> str:
+    return os.environ.get("TWIN_ARTIFACT_URI") or str((settings.data_dir / "artifacts").resolve())
+
+
+def _local_generator(settings: Settings, model: str | None = None):
+    from services.generation.core import Generator
+    from services.generation.model_store import resolve_model
+    from services.generation.transformers_backend import TransformersBackend
+
+    from .config import configure_torch_threads
+
+    configure_torch_threads(settings)
+    path = resolve_model(model or settings.generation_model, settings.data_dir)
+    return Generator(backend=TransformersBackend(path, max_batch_size=settings.max_batch_size)), path
+
+
+@main.group("dataset")
+def dataset_group() -> None:
+    """Instruction and preference datasets from an author's writing."""
+
+
+@dataset_group.command("build")
+@click.option("--author", required=True, help="Whose writing, e.g. 'Mara Quill'.")
+@click.option("--teacher-url", envvar="TWIN_TEACHER_URL", help="OpenAI-compatible endpoint writing the instructions "
+              "(private data is masked first); default: the local model.")
+@click.option("--teacher-model", envvar="TWIN_TEACHER_MODEL", default="gpt-4o-mini", show_default=True)
+@click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=0.2, show_default=True)
+@click.option("--max-examples", type=click.IntRange(2, 1_000_000), default=2000, show_default=True)
+@click.pass_context
+def dataset_build(ctx: click.Context, author, teacher_url, teacher_model, test_fraction, max_examples) -> None:
+    """Backtranslated instructions (the author's text is the answer) and preference pairs."""
+    from training import datasets
+
+    settings = _settings(ctx)
+    generator, _ = _local_generator(settings)
+    base = datasets.LocalTeacher(generator)
+    teacher = datasets.OpenAITeacher(teacher_url, teacher_model, os.environ.get("TWIN_TEACHER_KEY", "unused")) \
+        if teacher_url else base
+    bars: dict = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, _progress(stage, total))
+        bar.update(done - bar.n)
+
+    try:
+        manifest = datasets.build(author, open_warehouse_for(settings), _artifact_uri(settings), teacher, base,
+                                  test_fraction=test_fraction, max_examples=max_examples, progress=progress)
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        for bar in bars.values():
+            bar.close()
+        generator.backend.close()
+    counts = manifest["counts"]
+    click.echo(f"{'reused' if manifest['reused'] else 'built'} {manifest['path']}: {counts['train']} train, "
+               f"{counts['test']} test ({len(manifest['documents']['test'])} held-out documents), "
+               f"{counts['preference']} preference pairs, {counts['dropped']} passages dropped; digest {manifest['digest'][:12]}")
+
+
+def open_warehouse_for(settings: Settings):
+    from .app import open_warehouse
+
+    return open_warehouse(settings)
+
+
+@main.command()
+@click.option("--author", required=True)
+@click.option("--dataset", "dataset_dir", required=True, help="Path printed by `twin dataset build`.")
+@click.option("--base-model", help="Default: the serving model (SmolLM2-135M-Instruct).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Ray Train workers.")
+@click.option("--gpus-per-worker", type=int, default=0, show_default=True)
+@click.option("--threads-per-worker", type=int, default=1, show_default=True)
+@click.option("--sft-steps", type=int, default=-1, show_default=True, help="-1: whole epochs.")
+@click.option("--dpo-steps", type=int, default=-1, show_default=True)
+@click.option("--no-dpo", is_flag=True)
+@click.option("--lora-r", type=int, default=16, show_default=True)
+@click.option("--zero-stage", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (default: no DeepSpeed).")
+@click.option("--no-ray", is_flag=True, help="Run the training function in this process (one worker).")
+@click.pass_context
+def train(ctx: click.Context, author, dataset_dir, base_model, workers, gpus_per_worker, threads_per_worker, sft_steps,
+          dpo_steps, no_dpo, lora_r, zero_stage, no_ray) -> None:
+    """SFT then DPO with a LoRA adapter (Ray Train + TRL), registered in the artifact store."""
+    import tempfile
+
+    from pydantic import ValidationError
+
+    from training import registry, trainer
+    from training.config import TrainConfig
+    from training.sft_dpo import train as train_here
+
+    settings = _settings(ctx)
+    if not base_model:
+        from services.generation.model_store import resolve_model
+
+        base_model = resolve_model(settings.generation_model, settings.data_dir)
+    output = tempfile.mkdtemp(prefix="twin-train-", dir=settings.data_dir)
+    try:
+        cfg = TrainConfig(author=author, base_model=base_model, dataset_dir=dataset_dir, output_dir=output,
+                          num_workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker,
+                          sft={"max_steps": sft_steps}, dpo={"max_steps": dpo_steps, "enabled": not no_dpo},
+                          lora={"r": lora_r, "alpha": 2 * lora_r},
+                          deepspeed={"zero_stage": zero_stage} if zero_stage is not None else None)
+    except ValidationError as exc:
+        _fail("invalid training configuration:\n" + "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                                               for e in exc.errors()), 2)
+    try:
+        metrics = train_here(cfg.model_dump()) if no_ray else trainer.run(cfg, str(settings.data_dir.resolve() / "ray"))
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    import json as _json
+
+    manifest = _json.loads(open(os.path.join(dataset_dir, "manifest.json")).read()) if os.path.exists(
+        os.path.join(dataset_dir, "manifest.json")) else {}
+    version = f"{manifest.get('key', 'local')}-{os.path.basename(output).split('-')[-1]}"
+    path = registry.register(_artifact_uri(settings), author, version, output, {
+        "base_model": base_model, "dataset": dataset_dir, "dataset_digest": manifest.get("digest"),
+        "hyperparameters": cfg.model_dump(exclude={"output_dir", "dataset_dir"}), "metrics": metrics})
+    click.echo(f"registered {path}: " + ", ".join(f"{k} {v}" for k, v in metrics.items() if k != "stage"))
+
+
+@eval_group.command("model")
+@click.option("--model", "model_path", required=True, help="A registered model folder (see `twin models list`).")
+@click.option("--dataset", "dataset_dir", help="Default: the dataset the model was trained on.")
+@click.option("--max-perplexity-ratio", type=float, default=1.0, show_default=True,
+              help="Gate: twin perplexity / base perplexity on held-out text must not exceed this.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def eval_model(ctx: click.Context, model_path, dataset_dir, max_perplexity_ratio, as_json) -> None:
+    """Perplexity on the author's held-out documents and style similarity, base vs twin, and the gate."""
+    import json as _json
+
+    from training import datasets
+    from training.evaluate import evaluate, gate
+
+    from .app import load_embedder
+
+    settings = _settings(ctx)
+    meta = _json.loads(open(os.path.join(model_path, "metadata.json")).read())
+    rows = datasets.load(dataset_dir or meta["dataset"], "test.jsonl")
+    if not rows:
+        _fail("the dataset has no held-out examples to evaluate on")
+    result = evaluate(meta["base_model"], os.path.join(model_path, "adapter"), meta["author"], rows,
+                      embedder=load_embedder(settings))
+    ok, why = gate(result, max_perplexity_ratio)
+    result.update(gate_passed=ok, gate=why)
+    with open(os.path.join(model_path, "evaluation.json"), "w") as f:
+        _json.dump(result, f, indent=2)
+    if as_json:
+        click.echo(_json.dumps(result, indent=2))
+        return
+    click.echo(f"perplexity base {result['perplexity_base']:.2f} -> twin {result['perplexity_twin']:.2f} "
+               f"(ratio {result['perplexity_ratio']:.3f}) on {result['test_examples']} held-out examples")
+    if "style_twin" in result:
+        click.echo(f"style similarity base {result['style_base']:.3f} -> twin {result['style_twin']:.3f}")
+        for s in result.get("samples", []):
+            click.echo(f"  Q: {s['instruction']}\n    base: {s['base'][:160]}\n    twin: {s['twin'][:160]}")
+    click.echo(f"gate: {'PASS' if ok else 'FAIL'} ({why})")
+    if not ok:
+        sys.exit(3)
+
+
+@main.group("models")
+def models_group() -> None:
+    """The model registry."""
+
+
+@models_group.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    from training.registry import list_models
+
+    found = list_models(_artifact_uri(_settings(ctx)))
+    if not found:
+        click.echo("no models yet: `twin dataset build` then `twin train`")
+    for m in found:
+        click.echo(f"{m['author']}  {m['version']}  base {m['base_model']}  {m['registered']}  {m['path']}")
+
+
 if __name__ == "__main__":
     main()

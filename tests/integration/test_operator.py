@@ -167,6 +167,13 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
         assert condition(cluster.get(twin_path()), "Trained")["reason"] == "JobRunning"
         assert cluster.get("/api/v1/namespaces/default/configmaps/mara-quill-config")
 
+        # An operator restart mid-way (the job running) converges without duplicating children.
+        operator.stop()
+        operator = Operator(cluster.kubeconfig, cluster.log)
+        time.sleep(3)  # give a wrongly duplicating operator the chance to show itself
+        jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [job_name]
+
         # Running is not done (Complete alone is not success either: see the unit tests).
         cluster.merge(ray_path("rayjobs", job_name), {"status": {"jobDeploymentStatus": "Running",
                                                                   "jobStatus": "RUNNING"}})
@@ -195,13 +202,6 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
                  "the RayService to carry the new maxReplicas")
         assert cluster.get(twin_path())["status"]["training"]["rayJob"] == job_name
 
-        # Restarting the operator converges without duplicating children.
-        operator.stop()
-        operator = Operator(cluster.kubeconfig, cluster.log)
-        time.sleep(3)  # give a wrongly duplicating operator the chance to show itself
-        jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
-        assert [j["metadata"]["name"] for j in jobs] == [job_name]
-
         # A training change runs a new job.
         changed["spec"]["training"]["lora"]["r"] = 32
         apply(cluster, changed)
@@ -221,13 +221,17 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
 def test_a_failed_job_and_an_invalid_spec_give_false_conditions_with_reasons(cluster):
     bad = manifest(name="broken")
     bad["spec"]["serving"]["resources"]["gpus"] = 0  # tensorrt-llm without a GPU
-    for obj in (manifest(), bad):
+    suspended = manifest(name="paused")
+    suspended["spec"]["suspend"] = True
+    for obj in (manifest(), bad, suspended):
         apply(cluster, obj)
     operator = Operator(cluster.kubeconfig, cluster.log)
     try:
         ready = wait_for(lambda: condition(cluster.get(twin_path("broken")), "Ready") or None, "a condition on broken")
         assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
         assert "tensorrt-llm needs spec.serving.resources.gpus >= 1" in ready["message"]
+        paused = wait_for(lambda: condition(cluster.get(twin_path("paused")), "Ready") or None, "paused's condition")
+        assert paused["reason"] == "Suspended" and cluster.get(twin_path("paused"))["status"]["stage"] == "Suspended"
 
         job_name = wait_for(lambda: ((cluster.get(twin_path()) or {}).get("status") or {}).get("training", {}).get(
             "rayJob"), "a RayJob")
@@ -239,5 +243,7 @@ def test_a_failed_job_and_an_invalid_spec_give_false_conditions_with_reasons(clu
         status = cluster.get(twin_path())["status"]
         assert status["lastFailure"]["stage"] == "Training" and status["stage"] == "Failed"
         assert cluster.get(ray_path("rayservices", "mara-quill")) is None
+        jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [job_name], "only the valid, unsuspended twin trains"
     finally:
         operator.stop()

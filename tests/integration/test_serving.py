@@ -230,6 +230,14 @@ def test_bad_http_requests_get_4xx_json(platform, body, status, fragment):
     assert fragment in reply.json()["error"]["message"]
 
 
+def test_no_replica_crashed_after_the_bad_input(channel, client):
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    reply = client.chat.completions.create(model="mara-quill", max_tokens=4,
+                                           messages=[{"role": "user", "content": QUESTION}])
+    assert reply.usage.completion_tokens == 4
+
+
 def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nobody-at-all", messages=[{"role": "user", "content": "hi"}])
@@ -274,6 +282,19 @@ def test_a_client_leaving_mid_stream_stops_its_generation(platform):
                 break  # leave after a few tokens
     after = wait_for(lambda: (s := stats(platform))["cancelled"] > before["cancelled"] and s["active"] == 0 and s,
                      60, "the abandoned generation to be cancelled")
+    assert after["generated_tokens"] - before["generated_tokens"] < 1000
+
+
+def test_a_cancelled_grpc_stream_stops_its_generation(platform, channel):
+    before = stats(platform)
+    call = chat_pb2_grpc.ChatServiceStub(channel).ChatStream(
+        chat_pb2.ChatRequest(twin="mara-quill", messages=ask(QUESTION), sampling=sampling(1000)), timeout=120)
+    for i, _ in enumerate(call):
+        if i >= 5:
+            break
+    call.cancel()
+    after = wait_for(lambda: (s := stats(platform))["cancelled"] > before["cancelled"] and s["active"] == 0 and s,
+                     60, "the cancelled gRPC stream's generation to stop")
     assert after["generated_tokens"] - before["generated_tokens"] < 1000
 
 

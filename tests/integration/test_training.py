@@ -1,0 +1,132 @@
+"""The training path on CPU: datasets from the sample author (SmolLM2 as the local teacher and
+base), SFT + DPO with LoRA on Ray Train (2 workers) for the project's tiny model, evaluation,
+registry; plus a LoRA SFT of SmolLM2 whose loss falls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_twin.config import Settings
+from llm_twin.sample_corpus import AUTHOR, POSTS
+from llm_twin.documents import RawDocument
+from llm_twin.warehouse import Warehouse
+from training import datasets, pii
+from training.config import TrainConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> Warehouse:
+    store = Warehouse(Settings(data_dir=tmp_path_factory.mktemp("twin")).resolved_warehouse_uri)
+    for slug, (title, paragraphs) in POSTS.items():
+        link = f"https://mara.example/{slug}"
+        store.put(RawDocument.create(author=AUTHOR, category="article", source=link, link=link, title=title,
+                                     text="\n\n".join(paragraphs)))
+    return store
+
+
+@pytest.fixture(scope="module")
+def local(smol_model):
+    from services.generation.core import Generator
+    from services.generation.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(str(smol_model), max_batch_size=8)
+    yield datasets.LocalTeacher(Generator(backend=backend))
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def dataset(warehouse, local, tmp_path_factory):
+    artifacts = str(tmp_path_factory.mktemp("artifacts"))
+    manifest = datasets.build(AUTHOR, warehouse, artifacts, local, local, test_fraction=0.2, max_examples=14)
+    return manifest, artifacts
+
+
+def test_dataset_answers_are_the_authors_text_split_by_document(dataset, warehouse):
+    manifest, _ = dataset
+    train, test = datasets.load(manifest["path"], "train.jsonl"), datasets.load(manifest["path"], "test.jsonl")
+    assert train and test
+    assert not set(manifest["documents"]["train"]) & set(manifest["documents"]["test"]), "a document leaked"
+    passages = {p.passage_id: p for p in datasets.passages(warehouse, AUTHOR)}
+    for row in train + test:
+        assert row["answer"] == passages[row["passage_id"]].text  # traceable to its source passage
+        assert row["instruction"].endswith("?")
+    pairs = datasets.load(manifest["path"], "preference.jsonl")
+    assert pairs and all(p["chosen"] == p["answer"] and p["rejected"] != p["chosen"] for p in pairs)
+    assert manifest["counts"]["train"] == len(train) and len(manifest["digest"]) == 64
+
+
+def test_the_same_inputs_reuse_the_dataset(dataset, warehouse, local):
+    manifest, artifacts = dataset
+    again = datasets.build(AUTHOR, warehouse, artifacts, local, local, test_fraction=0.2, max_examples=14)
+    assert again["reused"] and again["digest"] == manifest["digest"]
+
+
+def test_private_data_is_masked_for_an_external_teacher_and_restored():
+    text = ("Write to mara@quill.example or call +44 20 7946 0958; the key sk-abcdefghijklmnop1234 "
+            "and host 10.1.2.3 stay here. In 2024 I wrote 3 posts.")
+    masked, mapping = pii.mask(text)
+    for secret in ("mara@quill.example", "+44 20 7946 0958", "sk-abcdefghijklmnop1234", "10.1.2.3"):
+        assert secret not in masked
+    assert "2024" in masked and "3 posts" in masked
+    assert pii.unmask(masked, mapping) == text
+
+
+def test_training_configs_are_validated_before_any_work():
+    from pydantic import ValidationError
+
+    base = {"author": AUTHOR, "base_model": "m", "dataset_dir": "d", "output_dir": "o"}
+    with pytest.raises(ValidationError, match="offload needs zero_stage 2 or 3"):
+        TrainConfig(**base, deepspeed={"zero_stage": 1, "offload": True})
+    with pytest.raises(ValidationError, match="learning_rate"):
+        TrainConfig(**base, sft={"learning_rate": 0.5})
+    with pytest.raises(ValidationError, match="num_workers"):
+        TrainConfig(**base, num_workers=0)
+    from training.trainer import check_resources
+
+    with pytest.raises(ValueError, match="need 2 GPUs; the Ray cluster has 0"):
+        check_resources(TrainConfig(**base, num_workers=2, gpus_per_worker=1), {"CPU": 2})
+
+
+def test_tiny_model_sft_dpo_on_ray_train_with_two_workers_then_eval_and_registry(dataset, tmp_path, embedder):
+    from training import registry, trainer
+    from training.evaluate import evaluate, gate
+    from training.tiny import build_tiny_model
+
+    manifest, artifacts = dataset
+    texts = [" ".join(p) for _, p in POSTS.values()]
+    base = build_tiny_model(tmp_path / "tiny", texts)
+    cfg = TrainConfig(author=AUTHOR, base_model=str(base), dataset_dir=manifest["path"],
+                      output_dir=str(tmp_path / "out"), num_workers=2, threads_per_worker=1,
+                      sft={"max_steps": 4, "batch_size": 2, "learning_rate": 1e-3},
+                      dpo={"max_steps": 2, "batch_size": 2}, lora={"r": 4, "alpha": 8})
+    metrics = trainer.run(cfg, str(tmp_path / "ray"))
+    assert metrics["stage"] == "dpo" and metrics["sft_steps"] == 4 and metrics["dpo_steps"] == 2
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+
+    result = evaluate(str(base), str(tmp_path / "out" / "adapter"), AUTHOR, datasets.load(manifest["path"], "test.jsonl"),
+                      embedder=embedder, style_examples=2)
+    assert result["perplexity_base"] > 0 and result["perplexity_twin"] > 0 and "style_twin" in result
+    ok, why = gate(result, max_perplexity_ratio=1e9)
+    assert ok, why
+    path = registry.register(artifacts, AUTHOR, "v1", str(tmp_path / "out"),
+                             {"base_model": str(base), "dataset_digest": manifest["digest"], "metrics": metrics})
+    listed = registry.list_models(artifacts)
+    assert listed[0]["path"] == path and listed[0]["dataset_digest"] == manifest["digest"]
+
+
+def test_lora_sft_of_smollm2_lowers_its_loss(dataset, smol_model, tmp_path):
+    from training.sft_dpo import train
+
+    manifest, _ = dataset
+    cfg = TrainConfig(author=AUTHOR, base_model=str(smol_model), dataset_dir=manifest["path"],
+                      output_dir=str(tmp_path / "out"), threads_per_worker=2,
+                      sft={"max_steps": 8, "batch_size": 2, "learning_rate": 1e-3, "max_length": 384},
+                      dpo={"enabled": False}, lora={"r": 8, "alpha": 16})
+    metrics = train(cfg.model_dump())
+    assert metrics["sft_steps"] == 8
+    assert metrics["sft_loss_last"] < metrics["sft_loss_first"], metrics
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["sft_steps"] == 8

@@ -1,0 +1,232 @@
+"""Instruction and preference datasets from an author's own writing, as versioned artifacts.
+
+Read top to bottom:
+1. passages: the author's cleaned documents (the index's own cleaning and deduplication), cut
+   into passages of whole paragraphs; every passage keeps its document id;
+2. instructions by backtranslation: a teacher writes the question each passage answers (an
+   OpenAI-compatible endpoint when configured, with private data masked; else the local model);
+3. filters (length, shape), deduplication, split by document (no document in both halves);
+4. preference pairs: chosen = the author's passage, rejected = the base model's own answer;
+5. the artifact: JSONL files and a manifest (counts, digest, source document ids, generator
+   settings) under ``<artifacts>/datasets/<author>/<key>``, where the key hashes the inputs, so a
+   re-run with the same inputs reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import fsspec
+
+from llm_twin import prompts
+from llm_twin.documents import author_slug
+from llm_twin.features.clean import clean_corpus, paragraphs
+from llm_twin.warehouse import Warehouse
+
+from . import pii
+
+DATASET_VERSION = "1"
+QUESTION_PROMPT = (
+    "Here is a passage written by {author}:\n\n{passage}\n\n"
+    "Write the one question that this passage answers. Reply with the question only, in one sentence."
+)
+
+
+@dataclass(frozen=True)
+class Passage:
+    doc_id: str
+    passage_id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Example:
+    doc_id: str
+    passage_id: str
+    instruction: str
+    answer: str  # the author's own text
+
+
+class Teacher:
+    """Writes instructions (and, as the base model, rejected answers). ``complete`` takes chat
+    conversations and returns one reply each."""
+
+    name: str = "teacher"
+    external: bool = False
+
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+        raise NotImplementedError
+
+
+class LocalTeacher(Teacher):
+    """The local generation model (the transformers backend), batched."""
+
+    external = False
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.name = f"local:{generator.model_id}"
+
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+        async def run():
+            params = self.generator.sampling(max_tokens=max_tokens, repetition_penalty=1.15)
+            results = await asyncio.gather(*(self.generator.complete(c, params) for c in conversations))
+            return [r.text.strip() for r in results]
+
+        return asyncio.run(run())
+
+
+class OpenAITeacher(Teacher):
+    """Any OpenAI-compatible endpoint. Private data is masked before it leaves and restored after."""
+
+    external = True
+
+    def __init__(self, base_url: str, model: str, api_key: str = "unused"):
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=120)
+        self.model = model
+        self.name = f"openai:{model}@{base_url}"
+
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+        replies = []
+        for conversation in conversations:
+            masked, mapping = [], {}
+            for message in conversation:
+                text, found = pii.mask(message["content"])
+                mapping.update(found)
+                masked.append({**message, "content": text})
+            reply = self.client.chat.completions.create(model=self.model, messages=masked, max_tokens=max_tokens,
+                                                        temperature=0.2)
+            replies.append(pii.unmask(reply.choices[0].message.content or "", mapping).strip())
+        return replies
+
+
+def passages(warehouse: Warehouse, author: str, min_words: int = 40, max_words: int = 220) -> list[Passage]:
+    """The author's cleaned documents cut into passages of whole paragraphs."""
+    slug = author_slug(author)
+    documents, _ = clean_corpus(list(warehouse.documents(slug)))
+    out: list[Passage] = []
+    for doc in sorted(documents, key=lambda d: d.id):
+        buffer: list[str] = []
+        for paragraph in [*paragraphs(doc.text), None]:
+            words = sum(len(p.split()) for p in buffer)
+            if paragraph is None or (buffer and words + len(paragraph.split()) > max_words):
+                if words >= min_words:
+                    text = "\n\n".join(buffer)
+                    pid = hashlib.sha256(f"{doc.id}\n{text}".encode()).hexdigest()[:16]
+                    out.append(Passage(doc.id, pid, doc.doc.title, text))
+                buffer = []
+            if paragraph is not None:
+                buffer.append(paragraph)
+    return out
+
+
+_QUESTION = re.compile(r"^(?:question\s*:\s*)?(.+?\?)", re.IGNORECASE | re.DOTALL)
+
+
+def clean_instruction(reply: str) -> str | None:
+    """The first question in a teacher's reply, or None when it wrote no usable question."""
+    match = _QUESTION.search(reply.strip().strip('"'))
+    if not match:
+        return None
+    question = " ".join(match.group(1).split())
+    if not 12 <= len(question) <= 300 or "passage" in question.lower():
+        return None
+    return question
+
+
+def split_of(doc_id: str, test_fraction: float) -> str:
+    """Deterministic per document: every passage of a document lands in the same half."""
+    bucket = int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
+
+
+def dataset_key(author: str, items: Sequence[Passage], teacher: Teacher, base_model: str, test_fraction: float) -> str:
+    blob = json.dumps([DATASET_VERSION, author_slug(author), [p.passage_id for p in items], teacher.name, base_model,
+                       test_fraction, QUESTION_PROMPT, prompts.TEMPLATE_VERSION])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher, base: LocalTeacher, *,
+          test_fraction: float = 0.2, max_examples: int = 2000, batch_size: int = 8,
+          progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
+    """Build (or reuse) the dataset; returns its manifest (with ``path``)."""
+    items = passages(warehouse, author)[:max_examples]
+    if not items:
+        raise ValueError(f"no passages of {author!r} in the warehouse: crawl their writing first (twin crawl ...)")
+    key = dataset_key(author, items, teacher, base.name, test_fraction)
+    path = f"{artifact_uri.rstrip('/')}/datasets/{author_slug(author)}/{key}"
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.exists(f"{root}/manifest.json"):
+        with fs.open(f"{root}/manifest.json") as f:
+            return {**json.load(f), "path": path, "reused": True}
+
+    instructions: list[str | None] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        replies = teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author=author, passage=p.text)}]
+                                    for p in batch], max_tokens=60)
+        instructions.extend(clean_instruction(r) for r in replies)
+        progress("instructions", min(start + batch_size, len(items)), len(items))
+
+    examples, seen = [], set()
+    for passage, instruction in zip(items, instructions, strict=True):
+        if instruction is None:
+            continue
+        key_text = re.sub(r"\W+", " ", instruction.lower()).strip()
+        if key_text in seen:
+            continue
+        seen.add(key_text)
+        examples.append(Example(passage.doc_id, passage.passage_id, instruction, passage.text))
+    if len(examples) < 2:
+        raise ValueError(f"only {len(examples)} usable instructions from {len(items)} passages: use a stronger "
+                         "teacher (TWIN_TEACHER_URL) or add more of the author's writing")
+
+    train = [e for e in examples if split_of(e.doc_id, test_fraction) == "train"]
+    test = [e for e in examples if split_of(e.doc_id, test_fraction) == "test"]
+    if not test and len({e.doc_id for e in examples}) > 1:  # tiny corpora: still hold a document out
+        held = sorted({e.doc_id for e in examples})[0]
+        test = [e for e in examples if e.doc_id == held]
+        train = [e for e in examples if e.doc_id != held]
+
+    rejected: list[str] = []
+    for start in range(0, len(train), batch_size):
+        batch = train[start:start + batch_size]
+        rejected.extend(base.complete([prompts.chat_messages(author, [{"role": "user", "content": e.instruction}])
+                                       for e in batch], max_tokens=160))
+        progress("rejected answers", min(start + batch_size, len(train)), len(train))
+    preference = [{**asdict(e), "chosen": e.answer, "rejected": r} for e, r in zip(train, rejected, strict=True)
+                  if r and r.strip() != e.answer.strip()]
+
+    files = {"train.jsonl": [asdict(e) for e in train], "test.jsonl": [asdict(e) for e in test],
+             "preference.jsonl": preference}
+    digest = hashlib.sha256()
+    fs.makedirs(root, exist_ok=True)
+    for name, rows in files.items():
+        body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+        digest.update(name.encode() + body.encode())
+        with fs.open(f"{root}/{name}", "w") as f:
+            f.write(body)
+    manifest = {"version": DATASET_VERSION, "author": author, "key": key, "digest": digest.hexdigest(),
+                "counts": {"passages": len(items), "train": len(train), "test": len(test),
+                           "preference": len(preference), "dropped": len(items) - len(examples)},
+                "documents": {"train": sorted({e.doc_id for e in train}), "test": sorted({e.doc_id for e in test})},
+                "generator": {"teacher": teacher.name, "base": base.name, "question_prompt": QUESTION_PROMPT,
+                              "template_version": prompts.TEMPLATE_VERSION, "test_fraction": test_fraction}}
+    # The manifest goes last: its presence marks a complete dataset (an interrupted build is redone).
+    with fs.open(f"{root}/manifest.json", "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    return {**manifest, "path": path, "reused": False}
+
+
+def load(path: str, name: str) -> list[dict]:
+    fs, root = fsspec.core.url_to_fs(path)
+    with fs.open(f"{root}/{name}") as f:
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]

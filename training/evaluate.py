@@ -1,0 +1,95 @@
+"""Evaluation of a twin against its base model, and the gate that decides whether it may serve.
+
+- perplexity of the author's held-out answers (test split: documents the twin never saw), given
+  the instruction in the serving framing: base vs twin;
+- style similarity: cosine similarity (all-MiniLM-L6-v2) of generated answers to the author's own
+  answers, base vs twin.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llm_twin import prompts
+
+
+def perplexity(model, tokenizer, author: str, rows: list[dict], max_length: int = 512) -> float:
+    import torch
+
+    total_loss, total_tokens = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for row in rows:
+            messages = prompts.training_example(author, row["instruction"], row["answer"])
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"][:, :max_length]
+            labels = ids.clone()
+            labels[:, :len(prompt_ids)] = -100  # only the author's answer counts
+            n = int((labels != -100).sum())
+            if n == 0:
+                continue
+            loss = model(input_ids=ids.to(model.device), labels=labels.to(model.device)).loss
+            total_loss += float(loss) * n
+            total_tokens += n
+    return math.exp(total_loss / max(total_tokens, 1))
+
+
+def generate(model, tokenizer, author: str, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for instruction in instructions:
+            messages = prompts.chat_messages(author, [{"role": "user", "content": instruction}])
+            inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True).to(model.device)
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.15,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            out.append(tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def style_similarity(embedder, generated: list[str], references: list[str]) -> float:
+    if not generated:
+        return 0.0
+    a, b = embedder.embed(generated), embedder.embed(references)
+    return float((a * b).sum(axis=1).mean())
+
+
+def evaluate(base_model: str, adapter_dir: str, author: str, test_rows: list[dict], embedder=None,
+             style_examples: int = 8) -> dict:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), adapter_dir)
+    with model.disable_adapter():
+        base_ppl = perplexity(model, tokenizer, author, test_rows)
+    twin_ppl = perplexity(model, tokenizer, author, test_rows)
+    result = {"test_examples": len(test_rows), "perplexity_base": round(base_ppl, 4),
+              "perplexity_twin": round(twin_ppl, 4), "perplexity_ratio": round(twin_ppl / base_ppl, 4)}
+    if embedder is not None and test_rows:
+        sample = test_rows[:style_examples]
+        instructions, references = [r["instruction"] for r in sample], [r["answer"] for r in sample]
+        with model.disable_adapter():
+            base_answers = generate(model, tokenizer, author, instructions)
+        twin_answers = generate(model, tokenizer, author, instructions)
+        result.update(style_base=round(style_similarity(embedder, base_answers, references), 4),
+                      style_twin=round(style_similarity(embedder, twin_answers, references), 4),
+                      samples=[{"instruction": i, "base": b, "twin": t}
+                               for i, b, t in zip(instructions[:3], base_answers, twin_answers, strict=False)])
+    return result
+
+
+def gate(result: dict, max_perplexity_ratio: float = 1.0, min_style_gain: float | None = None) -> tuple[bool, str]:
+    """Whether the twin may be served, and why."""
+    if result["perplexity_ratio"] > max_perplexity_ratio:
+        return False, (f"twin perplexity / base = {result['perplexity_ratio']:.3f} > {max_perplexity_ratio}: "
+                       "the twin does not model the author's held-out writing better than its base")
+    if min_style_gain is not None and "style_twin" in result and result["style_twin"] - result["style_base"] < min_style_gain:
+        return False, f"style similarity gain {result['style_twin'] - result['style_base']:.3f} < {min_style_gain}"
+    return True, f"perplexity ratio {result['perplexity_ratio']:.3f} <= {max_perplexity_ratio}"

@@ -1,0 +1,39 @@
+"""The model registry: trained adapters (and merged models) with their metadata, in the artifact
+store under ``models/<author>/<version>/``."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import fsspec
+
+from llm_twin.documents import author_slug
+
+
+def register(artifact_uri: str, author: str, version: str, output_dir: str, metadata: dict) -> str:
+    """Copies the adapter (and merged model) from ``output_dir`` and writes metadata.json last."""
+    path = f"{artifact_uri.rstrip('/')}/models/{author_slug(author)}/{version}"
+    fs, root = fsspec.core.url_to_fs(path)
+    fs.makedirs(root, exist_ok=True)
+    for part in ("adapter", "merged"):
+        source = os.path.join(output_dir, part)
+        if os.path.isdir(source):
+            fs.put(source, f"{root}/{part}", recursive=True)
+    record = {**metadata, "author": author, "version": version, "path": path,
+              "registered": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    with fs.open(f"{root}/metadata.json", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+def list_models(artifact_uri: str) -> list[dict]:
+    fs, root = fsspec.core.url_to_fs(f"{artifact_uri.rstrip('/')}/models")
+    if not fs.exists(root):
+        return []
+    out = []
+    for meta in sorted(fs.glob(f"{root}/*/*/metadata.json")):
+        with fs.open(meta) as f:
+            out.append(json.load(f))
+    return sorted(out, key=lambda m: m.get("registered", ""), reverse=True)

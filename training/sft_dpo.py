@@ -1,0 +1,134 @@
+"""SFT then DPO with a LoRA adapter: the training function each Ray Train worker runs.
+
+Read top to bottom: threads and seed, model and tokenizer, the LoRA adapter, SFT on (instruction
+-> the author's text) in the serving framing, DPO on (author's text > base model's answer), save
+the adapter (and optionally the merged model), report metrics. Runs as well without Ray (the
+GPU check and single-process runs call `train` directly).
+
+Facts this relies on (trl 1.16, transformers 5.2x): TRL configs take `max_length` and
+`processing_class=`, need `use_cpu=True` on CPU; DPO with `ref_model=None` on a PEFT model uses the
+adapter-disabled model as its reference, so no second copy of the weights is held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from llm_twin import prompts
+
+from .config import TrainConfig
+from .datasets import load
+
+
+def sft_records(author: str, rows: list[dict]) -> list[dict]:
+    """Prompt/completion pairs in the serving framing (llm_twin.prompts): loss on the answer only."""
+    out = []
+    for row in rows:
+        messages = prompts.training_example(author, row["instruction"], row["answer"])
+        out.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return out
+
+
+def dpo_records(author: str, rows: list[dict]) -> list[dict]:
+    return [{"prompt": prompts.chat_messages(author, [{"role": "user", "content": r["instruction"]}]),
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+
+
+def _report(metrics: dict) -> None:
+    """To Ray Train when running under it; printed otherwise."""
+    try:
+        import ray.train
+
+        if ray.train.get_context().get_world_size() >= 1:
+            ray.train.report(metrics)
+            return
+    except Exception:  # noqa: BLE001 - not inside a Ray Train worker
+        pass
+    print(json.dumps(metrics), flush=True)
+
+
+def train(config: dict, model=None, tokenizer=None) -> dict:
+    """One worker's training run. ``config`` is a TrainConfig as a dict (Ray passes plain data);
+    ``model``/``tokenizer`` may be given already loaded (the GPU check builds a random 8B model
+    in place rather than writing and reading 16 GB)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    cfg = TrainConfig(**config)
+    on_gpu = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
+    if not on_gpu:
+        torch.set_num_threads(cfg.threads_per_worker)
+    torch.manual_seed(cfg.seed)
+    rank = int(os.environ.get("RANK", "0"))
+    output = Path(cfg.output_dir)
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(cfg.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    if cfg.deepspeed and cfg.deepspeed.zero_stage == 3:
+        import deepspeed
+
+        deepspeed.init_distributed()  # before from_pretrained, so ZeRO-3 can partition the weights
+    model = model if model is not None else AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    common = {"report_to": [], "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no", "seed": cfg.seed,
+              "bf16": on_gpu, "gradient_checkpointing": False, "dataloader_num_workers": 0,
+              "remove_unused_columns": True,
+              "include_num_input_tokens_seen": True}
+
+    started = time.perf_counter()
+    sft_rows = load(cfg.dataset_dir, "train.jsonl")
+    sft_args = SFTConfig(output_dir=str(output / "sft"), num_train_epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps,
+                         learning_rate=cfg.sft.learning_rate, per_device_train_batch_size=cfg.sft.batch_size,
+                         max_length=cfg.sft.max_length, completion_only_loss=True,
+                         deepspeed=cfg.deepspeed.as_dict(cfg.sft.batch_size) if cfg.deepspeed else None, **common)
+    sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows)),
+                     processing_class=tokenizer)
+    sft_result = sft.train()
+    losses = [log["loss"] for log in sft.state.log_history if "loss" in log]
+    metrics = {"stage": "sft", "sft_loss_first": losses[0] if losses else None,
+               "sft_loss_last": losses[-1] if losses else None, "sft_steps": sft_result.global_step,
+               "sft_tokens": int(sft.state.num_input_tokens_seen or 0),
+               "sft_seconds": round(time.perf_counter() - started, 2)}
+    _report(metrics)
+    model = sft.model
+
+    if cfg.dpo.enabled:
+        pairs = load(cfg.dataset_dir, "preference.jsonl")
+        if pairs:
+            started_dpo = time.perf_counter()
+            dpo_args = DPOConfig(output_dir=str(output / "dpo"), num_train_epochs=cfg.dpo.epochs,
+                                 max_steps=cfg.dpo.max_steps, learning_rate=cfg.dpo.learning_rate,
+                                 per_device_train_batch_size=cfg.dpo.batch_size, max_length=cfg.dpo.max_length,
+                                 beta=cfg.dpo.beta,
+                                 deepspeed=cfg.deepspeed.as_dict(cfg.dpo.batch_size) if cfg.deepspeed else None,
+                                 **common)
+            dpo = DPOTrainer(model=model, ref_model=None, args=dpo_args,
+                             train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs)), processing_class=tokenizer)
+            dpo_result = dpo.train()
+            dpo_losses = [log["loss"] for log in dpo.state.log_history if "loss" in log]
+            metrics.update(stage="dpo", dpo_loss_first=dpo_losses[0] if dpo_losses else None,
+                           dpo_loss_last=dpo_losses[-1] if dpo_losses else None, dpo_steps=dpo_result.global_step,
+                           dpo_seconds=round(time.perf_counter() - started_dpo, 2))
+            _report(metrics)
+            model = dpo.model
+
+    if rank == 0:
+        adapter_dir = output / "adapter"
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        if cfg.merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(output / "merged")
+            tokenizer.save_pretrained(output / "merged")
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
