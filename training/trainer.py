@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .config import TrainConfig
 from .sft_dpo import train
 
@@ -44,4 +47,7 @@ def run(cfg: TrainConfig, storage_path: str, name: str = "twin-train") -> dict:
     result = trainer.fit()
     if result.error:
         raise result.error
-    return dict(result.metrics or {})
+    # Rank 0 writes the adapter and its metrics to output_dir (a shared or object-store-backed path
+    # on a multi-node cluster); Ray's own result keeps only what came with checkpoints.
+    metrics_file = Path(cfg.output_dir) / "metrics.json"
+    return json.loads(metrics_file.read_text()) if metrics_file.exists() else dict(result.metrics or {})
