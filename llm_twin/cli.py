@@ -338,7 +338,7 @@ def pipeline(ctx: click.Context, config_path: Path) -> None:
 
 # -- training ---------------------------------------------------------------------------------------
 def _artifact_uri(settings: Settings) -> str:
-    return os.environ.get("TWIN_ARTIFACT_URI") or str((settings.data_dir / "artifacts").resolve())
+    return settings.resolved_artifact_uri
 
 
 def _local_generator(settings: Settings, model: str | None = None):
@@ -484,6 +484,9 @@ def eval_model(ctx: click.Context, model_path, dataset_dir, max_perplexity_ratio
     result.update(gate_passed=ok, gate=why)
     with open(os.path.join(model_path, "evaluation.json"), "w") as f:
         _json.dump(result, f, indent=2)
+    from training.registry import update
+
+    update(model_path, evaluation={k: v for k, v in result.items() if k != "samples"}, servable=ok)
     if as_json:
         click.echo(_json.dumps(result, indent=2))
         return

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         description="Milvus URI: a Milvus Lite file path or a server such as http://milvus:19530. "
         "Default: <data_dir>/milvus.db (Milvus Lite).",
     )
+    artifact_uri: str | None = Field(
+        None,
+        description="fsspec URI of the artifact store (datasets, model registry), e.g. s3://bucket/artifacts. "
+        "Default: <data_dir>/artifacts.",
+    )
     milvus_token: str | None = Field(None, description="Token for a Milvus server, if it needs one.")
     collection: str = Field("twin_chunks", description="Milvus collection holding the chunks.")
 
@@ -113,6 +118,10 @@ class Settings(BaseSettings):
     @property
     def resolved_warehouse_uri(self) -> str:
         return self.warehouse_uri or str((self.data_dir / "warehouse").resolve())
+
+    @property
+    def resolved_artifact_uri(self) -> str:
+        return self.artifact_uri or str((self.data_dir / "artifacts").resolve())
 
     @property
     def resolved_milvus_uri(self) -> str:

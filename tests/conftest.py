@@ -93,6 +93,23 @@ def smol_model(tmp_path_factory) -> Path:
     return convert_default_model(tmp_path_factory.mktemp("models") / "SmolLM2-135M-Instruct")
 
 
+@pytest.fixture(scope="session")
+def smol_adapter(smol_model, tmp_path_factory) -> Path:
+    """A LoRA adapter for SmolLM2 with random (non-zero) weights: it changes the answers, which is
+    what serving needs to show (a trained adapter comes from tests/integration/test_training.py)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smol_model),
+                           LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    target = tmp_path_factory.mktemp("adapter") / "adapter"
+    model.save_pretrained(target)
+    return target
+
+
 def free_port() -> int:
     import socket
 
@@ -154,7 +171,7 @@ def ray_processes() -> set[int]:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory, smol_model, otlp):
+def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     """`twin serve` in its own process over a small index of the sample corpus, with real Ray Serve,
     its gRPC proxy and the HTTP gateway on free ports; stopped with `twin serve --stop`."""
     import subprocess
@@ -172,6 +189,11 @@ def platform(tmp_path_factory, smol_model, otlp):
     settings = Settings(data_dir=data_dir)
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"}
     index_sample(data_dir)
+    # A registered, servable adapter for the sample author: her chats go through it.
+    from training.registry import register
+
+    register(settings.resolved_artifact_uri, AUTHOR, "test-adapter", str(smol_adapter.parent),
+             {"base_model": str(smol_model), "servable": True})
 
     before = ray_processes()
     grpc_port, http_port = free_port(), free_port()

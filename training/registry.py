@@ -37,3 +37,36 @@ def list_models(artifact_uri: str) -> list[dict]:
         with fs.open(meta) as f:
             out.append(json.load(f))
     return sorted(out, key=lambda m: m.get("registered", ""), reverse=True)
+
+
+def latest(artifact_uri: str, author: str, servable_only: bool = True) -> dict | None:
+    """The newest registered model of a twin (by default only one whose evaluation passed the gate)."""
+    slug = author_slug(author)
+    for model in list_models(artifact_uri):
+        if author_slug(model["author"]) == slug and (model.get("servable") or not servable_only):
+            return model
+    return None
+
+
+def update(path: str, **fields) -> dict:
+    """Adds fields (the evaluation, whether it may serve) to a registered model's metadata."""
+    fs, root = fsspec.core.url_to_fs(path)
+    with fs.open(f"{root}/metadata.json") as f:
+        record = json.load(f)
+    record.update(fields)
+    with fs.open(f"{root}/metadata.json", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    return record
+
+
+def local_adapter(model: dict, cache_dir: str) -> str:
+    """A local folder holding the model's adapter (downloaded once when the registry is remote)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(f"{model['path']}/adapter")
+    if isinstance(fs, LocalFileSystem):
+        return root
+    target = os.path.join(cache_dir, author_slug(model["author"]), model["version"])
+    if not os.path.exists(os.path.join(target, "adapter_config.json")):
+        fs.get(root, target, recursive=True)
+    return target

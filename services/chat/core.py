@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from llm_twin import prompts
+from llm_twin.documents import author_slug
 from services.generation.backend import Delta, SamplingParams
 
 from .errors import InvalidChatRequest
@@ -24,7 +25,8 @@ class SourceSearch(Protocol):
 
 
 class TextStream(Protocol):
-    def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]: ...
+    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+        """``twin``: the twin's id, whose fine-tuned adapter answers when one is registered."""
 
 
 @dataclass(frozen=True)
@@ -68,5 +70,5 @@ class Chat:
             return
         passages = [prompts.Passage(r.title, r.text, r.link) for r in relevant]
         messages = prompts.chat_messages(relevant[0].author, conversation, passages)
-        async for delta in self.generator.stream(messages, params):
+        async for delta in self.generator.stream(messages, params, twin=author_slug(twin)):
             yield delta

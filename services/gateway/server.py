@@ -88,8 +88,10 @@ class _GenerationClient:
     def __init__(self, handle):
         self.handle = handle
 
-    async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
-        response = self.handle.options(stream=True).stream.remote(messages, params)
+    async def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+        # The twin rides as Serve's multiplexed model id: its requests go to a replica holding its adapter.
+        options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
+        response = self.handle.options(**options).stream.remote(messages, params)
         finished = False
         try:
             async for delta in response:

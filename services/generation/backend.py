@@ -41,8 +41,13 @@ class GenerationBackend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
-        """Deltas until finished. Closing the iterator early cancels the generation."""
+    def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[Delta]:
+        """Deltas until finished. Closing the iterator early cancels the generation. ``adapter``
+        names a loaded LoRA adapter (a twin); None generates with the base model."""
+
+    def load_adapter(self, name: str, path: str) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...
 
     def stats(self) -> dict: ...
 

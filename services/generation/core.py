@@ -87,14 +87,16 @@ class Generator:
                 f"the prompt is {n} tokens; the limit is {self.max_prompt_tokens} (shorten the conversation)")
         return prompt
 
-    async def stream(self, messages: Sequence[dict], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(self, messages: Sequence[dict], params: SamplingParams,
+                     adapter: str | None = None) -> AsyncIterator[Delta]:
         prompt = self.prompt(messages)
-        async for delta in self.backend.stream(prompt, params):
+        async for delta in self.backend.stream(prompt, params, adapter):
             yield delta
 
-    async def complete(self, messages: Sequence[dict], params: SamplingParams) -> Completion:
+    async def complete(self, messages: Sequence[dict], params: SamplingParams,
+                       adapter: str | None = None) -> Completion:
         parts, last = [], None
-        async for delta in self.stream(messages, params):
+        async for delta in self.stream(messages, params, adapter):
             parts.append(delta.text)
             last = delta
         return Completion("".join(parts), last.finish_reason or "stop", last.prompt_tokens,

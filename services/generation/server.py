@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -27,16 +28,53 @@ def build_generator(settings: Settings) -> Generator:
                      repetition_penalty=settings.repetition_penalty)
 
 
+class _LoadedAdapter:
+    """What Serve's multiplexing caches per twin; evicting it unloads the adapter."""
+
+    def __init__(self, backend, name: str | None, version: str | None = None):
+        self.backend, self.name, self.version = backend, name, version
+
+    def __del__(self):
+        if self.name:
+            self.backend.unload_adapter(self.name)
+
+
 @serve.deployment(name="Generation", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class GenerationDeployment:
+    """One base model; each twin's newest servable LoRA adapter from the model registry is loaded on
+    demand (Ray Serve model multiplexing: requests for a twin go to a replica that has it) and
+    applied per row in the shared decode batch."""
+
     def __init__(self, settings: dict):
-        self.generator = build_generator(Settings(**settings))
+        self.settings = Settings(**settings)
+        self.generator = build_generator(self.settings)
+        self.loaded: dict[str, str | None] = {}  # twin -> adapter version (None: base model)
+
+    @serve.multiplexed(max_num_models_per_replica=8)
+    async def _adapter_for(self, twin: str) -> _LoadedAdapter:
+        import asyncio
+
+        from training import registry
+
+        model = await asyncio.to_thread(registry.latest, self.settings.resolved_artifact_uri, twin)
+        if model is None:  # no trained twin (yet): the base model answers
+            self.loaded[twin] = None
+            return _LoadedAdapter(self.generator.backend, None)
+        path = await asyncio.to_thread(registry.local_adapter, model,
+                                       str(Path(self.settings.data_dir) / "cache" / "adapters"))
+        await asyncio.to_thread(self.generator.backend.load_adapter, twin, path)
+        self.loaded[twin] = model["version"]
+        return _LoadedAdapter(self.generator.backend, twin, model["version"])
+
+    async def _adapter(self) -> str | None:
+        twin = serve.get_multiplexed_model_id()
+        return (await self._adapter_for(twin)).name if twin else None
 
     def model_id(self) -> str:
         return self.generator.model_id
 
     def stats(self) -> dict:
-        return self.generator.backend.stats()
+        return {**self.generator.backend.stats(), "adapters": dict(self.loaded)}
 
     def validate(self, messages: list[dict]) -> None:
         """Raises InvalidGenerationRequest for what the model would refuse (prompt too long...)."""
@@ -53,7 +91,10 @@ class GenerationDeployment:
         try:
             with trace.use_span(span, end_on_exit=False):
                 prompt = self.generator.prompt(messages)
-            async for delta in self.generator.backend.stream(prompt, params):
+                adapter = await self._adapter()
+            if adapter:
+                span.set_attribute("gen_ai.request.model", f"{self.generator.model_id}+{adapter}")
+            async for delta in self.generator.backend.stream(prompt, params, adapter):
                 last = delta
                 yield delta
         except BaseException as exc:

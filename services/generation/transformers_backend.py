@@ -38,6 +38,7 @@ class _Request:
     text: str = ""
     done: bool = False
     generator: object = None  # a seeded torch.Generator when the request has a seed
+    adapter: str | None = None  # a twin's LoRA adapter; None decodes with the base model
 
     def emit(self, delta: Delta | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
@@ -85,6 +86,7 @@ class TransformersBackend:
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
                        "active": 0, "generated_tokens": 0}
         self._stats_lock = threading.Lock()
+        self._model_lock = threading.Lock()
         self._in_flight: list[_Request] = []
         self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
         self._worker.start()
@@ -96,9 +98,11 @@ class TransformersBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[Delta]:
+        if adapter is not None and adapter not in self.adapters():
+            raise ModelUnavailable(f"adapter {adapter!r} is not loaded")
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        request = _Request(ids, params, asyncio.get_running_loop(), asyncio.Queue())
+        request = _Request(ids, params, asyncio.get_running_loop(), asyncio.Queue(), adapter=adapter)
         self._bump(requests=1)
         self._pending.put(request)
         try:
@@ -113,6 +117,35 @@ class TransformersBackend:
             # Reached on normal end too; only a request still running counts as cancelled.
             if not request.done:
                 request.cancelled.set()
+
+    # -- LoRA adapters: several twins on one base model ---------------------------------------
+    def adapters(self) -> set[str]:
+        return set(getattr(self.model, "peft_config", {}) or {})
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Adds a twin's adapter; requests then name it. Requests for different adapters (and
+        the base) still decode in one batch: PEFT applies each row's own adapter."""
+        from peft import PeftModel
+
+        with self._model_lock:
+            if name in self.adapters():
+                return
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model.eval()
+
+    def unload_adapter(self, name: str) -> None:
+        with self._model_lock:
+            if name in self.adapters() and len(self.adapters()) > 1:
+                self.model.delete_adapter(name)
+
+    def _forward(self, batch: list[_Request], **inputs):
+        if self.adapters():
+            inputs["adapter_names"] = [r.adapter or "__base__" for r in batch]
+        with self._model_lock:
+            return self.model(use_cache=True, **inputs).logits[:, -1, :]
 
     def stats(self) -> dict:
         with self._stats_lock:
@@ -218,8 +251,8 @@ class TransformersBackend:
                 step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(1)
                 mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
                 positions = positions + 1
-                logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                                    **{self._cache_arg: cache}).logits[:, -1, :]
+                logits = self._forward(active, input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                       **{self._cache_arg: cache})
                 new = self._take_pending(self.max_batch_size - len(active))
 
     def _prefill(self, batch: list[_Request]):
@@ -237,8 +270,8 @@ class TransformersBackend:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            **{self._cache_arg: cache}).logits[:, -1, :]
+        logits = self._forward(batch, input_ids=ids, attention_mask=mask, position_ids=positions,
+                               **{self._cache_arg: cache})
         return cache, mask, positions[:, -1:], logits
 
     def _merge(self, cache, mask, new_cache, new_mask):

@@ -101,3 +101,24 @@ def test_prompts_over_the_limit_are_refused_before_any_work(backend):
     generator = Generator(backend=backend, max_prompt_tokens=64)
     with pytest.raises(InvalidGenerationRequest, match="the limit is 64"):
         asyncio.run(complete(generator, "word " * 200))
+
+
+def test_a_twins_adapter_answers_for_it_and_mixes_with_base_rows_in_one_batch(backend, smol_adapter):
+    generator = Generator(backend=backend)
+    backend.load_adapter("mara-quill", str(smol_adapter))
+    assert backend.adapters() == {"mara-quill"}
+    question = "Name a colour."
+
+    async def both():
+        return await asyncio.gather(complete(generator, question), generator.complete(
+            user(question), SamplingParams(max_tokens=12), adapter="mara-quill"))
+
+    base_alone = asyncio.run(complete(generator, question)).text
+    twin_alone = asyncio.run(generator.complete(user(question), SamplingParams(max_tokens=12), adapter="mara-quill")).text
+    assert twin_alone != base_alone, "the adapter should change the answer"
+    before = backend.stats()["batches"]
+    base_mixed, twin_mixed = asyncio.run(both())
+    assert backend.stats()["batches"] - before == 1
+    assert (base_mixed.text, twin_mixed.text) == (base_alone, twin_alone)
+    with pytest.raises(Exception, match="not loaded"):
+        asyncio.run(generator.complete(user(question), SamplingParams(max_tokens=4), adapter="nobody"))

@@ -119,6 +119,16 @@ def test_grpc_chat_answers_with_sources_and_the_stream_says_the_same(channel):
     assert "".join(c.delta for c in chunks) == unary.answer
 
 
+def test_chat_answers_through_the_twins_registered_adapter(platform, channel):
+    stub = chat_pb2_grpc.ChatServiceStub(channel)
+    stub.Chat(chat_pb2.ChatRequest(twin="mara-quill", messages=ask(QUESTION), sampling=sampling(4)))
+    assert stats(platform)["adapters"] == {"mara-quill": "test-adapter"}
+    # Plain generation (no twin) stays on the base model.
+    generation_pb2_grpc.GenerationServiceStub(channel).Generate(
+        generation_pb2.GenerateRequest(messages=ask("Name a colour."), sampling=sampling(4)))
+    assert set(stats(platform)["adapters"]) == {"mara-quill"}
+
+
 def test_a_question_with_nothing_relevant_says_so(channel, client):
     reply = chat_pb2_grpc.ChatServiceStub(channel).Chat(
         chat_pb2.ChatRequest(twin="mara-quill", messages=ask("What is the best pizza topping in Naples?")))

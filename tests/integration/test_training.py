@@ -91,7 +91,7 @@ def test_training_configs_are_validated_before_any_work():
         check_resources(TrainConfig(**base, num_workers=2, gpus_per_worker=1), {"CPU": 2})
 
 
-def test_tiny_model_sft_dpo_on_ray_train_with_two_workers_then_eval_and_registry(dataset, tmp_path, embedder):
+def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registry(dataset, tmp_path, embedder):
     from training import registry, trainer
     from training.evaluate import evaluate, gate
     from training.tiny import build_tiny_model
@@ -102,7 +102,8 @@ def test_tiny_model_sft_dpo_on_ray_train_with_two_workers_then_eval_and_registry
     cfg = TrainConfig(author=AUTHOR, base_model=str(base), dataset_dir=manifest["path"],
                       output_dir=str(tmp_path / "out"), num_workers=2, threads_per_worker=1,
                       sft={"max_steps": 4, "batch_size": 2, "learning_rate": 1e-3},
-                      dpo={"max_steps": 2, "batch_size": 2}, lora={"r": 4, "alpha": 8})
+                      dpo={"max_steps": 2, "batch_size": 2}, lora={"r": 4, "alpha": 8},
+                      deepspeed={"zero_stage": 2})
     metrics = trainer.run(cfg, str(tmp_path / "ray"))
     assert metrics["stage"] == "dpo" and metrics["sft_steps"] == 4 and metrics["dpo_steps"] == 2
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()

@@ -45,8 +45,8 @@ class EchoGenerator:
     def __init__(self):
         self.messages = None
 
-    async def stream(self, messages, params):
-        self.messages = messages
+    async def stream(self, messages, params, twin=None):
+        self.messages, self.twin = messages, twin
         yield Delta("Hello ")
         yield Delta("there", "stop", 10, 2)
 
@@ -70,6 +70,7 @@ def test_chat_gives_the_model_only_relevant_passages_and_returns_them():
     assert "[1] Chunking" in system and "Sourdough" not in system
     assert generator.messages[-1] == {"role": "user", "content": "chunks?"}
     assert retriever.calls == [("chunks?", "mara-quill", 4)]
+    assert generator.twin == "mara-quill"  # the twin's own adapter answers when it has one
 
 
 def test_chat_with_nothing_relevant_says_so_without_generating():
