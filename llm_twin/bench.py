@@ -5,7 +5,8 @@
   latency / dense-only latency;
 - indexing: chunks per second embedded and loaded;
 - serving (llm_twin/bench_serving.py): tokens/s through gRPC and HTTP against in-process
-  `generate`, and 8 concurrent chat clients against one.
+  `generate`, and 8 concurrent chat clients against one;
+- training (llm_twin/bench_training.py): Ray Train samples/s against plain TRL's.
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 """
 

@@ -26,10 +26,13 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _progress(label: str, total: int):
+    return _bar(label, total, "chunk").update
+
+
+def _bar(label: str, total: int, unit: str = "item"):
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=label, unit="chunk", file=sys.stderr, disable=None, leave=False)
-    return bar.update
+    return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, disable=None, leave=False)
 
 
 def _quiet_libraries() -> None:
@@ -312,29 +315,68 @@ def operator(namespaces, all_namespaces, standalone, liveness) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="The rendered TwinModel configuration (the operator's ConfigMap).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A rendered TwinModel (the operator's ConfigMap); its spec gives the author, sources, training.")
+@click.option("--author", help="Without --config: the twin's author (their writing already crawled).")
+@click.option("--max-examples", type=int, default=2000, show_default=True)
+@click.option("--sft-steps", type=int, default=-1, show_default=True)
+@click.option("--dpo-steps", type=int, default=-1, show_default=True)
+@click.option("--rejected-max-tokens", type=int, default=160, show_default=True,
+              help="Length of the base model's (rejected) answers in the preference pairs.")
+@click.option("--no-ray", is_flag=True, help="Train in this process instead of Ray Train workers.")
 @click.pass_context
-def pipeline(ctx: click.Context, config_path: Path) -> None:
-    """A TwinModel's pipeline, as its RayJob runs it: crawl its sources, index them, then datasets,
-    training and evaluation (the training stages come with the training issue)."""
+def pipeline(ctx: click.Context, config_path, author, max_examples, sft_steps, dpo_steps, rejected_max_tokens,
+             no_ray) -> None:
+    """A twin end to end: crawl -> index -> dataset -> train (SFT + DPO) -> evaluate -> register."""
     import json
 
-    from .app import build_crawler, build_indexer, load_embedder, open_store, open_warehouse
+    from training.pipeline import PipelineOptions, run
 
-    document = json.loads(config_path.read_text())
-    spec = document["spec"]
     settings = _settings(ctx)
-    sources = spec["author"].get("sources", {})
-    targets = [*sources.get("feeds", []), *sources.get("pages", []), *sources.get("repositories", [])]
-    report = build_crawler(settings, open_warehouse(settings)).crawl(targets, spec["author"]["name"])
-    click.echo(f"crawl: {report.summary()}")
-    if not report.ok:
-        _fail("nothing could be crawled from the twin's sources", 3)
-    embedder = load_embedder(settings)
-    click.echo(f"index: {build_indexer(settings, embedder, open_store(settings, embedder.dimension)).run().summary()}")
-    _fail("datasets, training and evaluation are not available in this version: the job stops after indexing", 4)
+    if config_path:
+        spec = json.loads(config_path.read_text())["spec"]
+        sources = spec["author"].get("sources", {})
+        training = spec.get("training", {})
+        lora = training.get("lora", {})
+        options = PipelineOptions(
+            author=spec["author"]["name"],
+            sources=[*sources.get("feeds", []), *sources.get("pages", []), *sources.get("repositories", [])],
+            base_model=training.get("baseModel"), version=os.environ.get("TWIN_MODEL_VERSION"),
+            max_examples=spec.get("dataset", {}).get("maxExamples", max_examples),
+            test_fraction=spec.get("dataset", {}).get("testFraction", 0.2),
+            teacher_url=spec.get("dataset", {}).get("teacherEndpoint"),
+            train={"num_workers": training.get("workers", 1), "gpus_per_worker": training.get("gpusPerWorker", 0),
+                   "lora": {"r": lora.get("r", 16), "alpha": lora.get("alpha", 32), "dropout": lora.get("dropout", 0.05),
+                            "target_modules": lora.get("targetModules", ["q_proj", "k_proj", "v_proj", "o_proj"])},
+                   **({"deepspeed": {"zero_stage": training["deepspeed"].get("zeroStage", 2),
+                                     "offload": training["deepspeed"].get("offload", False)}}
+                      if training.get("deepspeed") else {})},
+            max_perplexity_ratio=spec.get("evaluation", {}).get("gate", {}).get("maxPerplexityRatio", 1.0),
+            use_ray=not no_ray)
+    elif author:
+        options = PipelineOptions(author=author, max_examples=max_examples, use_ray=not no_ray,
+                                  rejected_max_tokens=rejected_max_tokens,
+                                  train={"sft": {"max_steps": sft_steps, "batch_size": 2},
+                                         "dpo": {"max_steps": dpo_steps, "batch_size": 2},
+                                         "threads_per_worker": settings.torch_threads or 1})
+    else:
+        _fail("give --config (a rendered TwinModel) or --author", 2)
+    bars: dict = {}
 
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, _bar(stage, total))
+        bar.update(done - bar.n)
+
+    try:
+        result = run(settings, options, say=click.echo, progress=progress)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc), 3)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    click.echo(f"registered {result['model']} ({'servable' if result['servable'] else 'held back by the gate'})")
+    if not result["servable"]:
+        sys.exit(4)
 
 # -- training ---------------------------------------------------------------------------------------
 def _artifact_uri(settings: Settings) -> str:
@@ -378,7 +420,7 @@ def dataset_build(ctx: click.Context, author, teacher_url, teacher_model, test_f
     bars: dict = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage) or bars.setdefault(stage, _progress(stage, total))
+        bar = bars.get(stage) or bars.setdefault(stage, _bar(stage, total))
         bar.update(done - bar.n)
 
     try:

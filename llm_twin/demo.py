@@ -1,9 +1,11 @@
 """`make demo`: the whole platform end to end on embedded defaults, on this machine alone.
 
 Writes a sample corpus (a fictional author's blog with an RSS feed and a git repository of their
-code), serves it on 127.0.0.1, crawls and indexes it, starts the platform (`twin serve`: Ray
-Serve with its gRPC proxy and the HTTP gateway), asks three questions over gRPC and three over
-the OpenAI-compatible HTTP API (one streamed), and shuts everything down. Nothing is downloaded:
+code), serves it on 127.0.0.1, crawls and indexes it, fine-tunes a twin briefly (dataset, LoRA
+SFT + DPO, evaluation: base vs twin side by side), starts the platform (`twin serve`: Ray Serve
+with its gRPC proxy and the HTTP gateway; chats go through the twin's adapter), asks three
+questions over gRPC and three over the OpenAI-compatible HTTP API (one streamed), and shuts
+everything down. Nothing is downloaded:
 the embedding model and SmolLM2-135M-Instruct ship in packages.
 """
 
@@ -151,6 +153,9 @@ def main() -> None:
             twin(data_dir, "index")
         finally:
             server.shutdown()
+    step("fine-tune a twin: backtranslated dataset -> LoRA SFT + DPO of SmolLM2 -> evaluation (a short run)")
+    twin(data_dir, "pipeline", "--author", AUTHOR, "--max-examples", "12", "--sft-steps", "8", "--dpo-steps", "2",
+         "--rejected-max-tokens", "64", "--no-ray")
     step(f"twin serve: Ray Serve, gRPC on :{grpc_port}, HTTP on :{http_port}")
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
     started = time.perf_counter()

@@ -24,24 +24,6 @@ LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
 H200_BF16_PEAK = 989e12  # dense bf16 tensor-core peak (datasheet); ~790e12 measured for a large GEMM here
 
 
-def synthetic_dataset(folder: Path, rows: int) -> None:
-    """Long answers from the sample corpus (several articles each) so examples fill ~1k tokens."""
-    from llm_twin.sample_corpus import POSTS
-
-    posts = list(POSTS.values())
-    train, pairs = [], []
-    for i in range(rows):
-        chosen = "\n\n".join(" ".join(posts[(i + k) % len(posts)][1]) for k in range(6))
-        rejected = "\n\n".join(" ".join(posts[(i + k + 7) % len(posts)][1]) for k in range(6))
-        row = {"doc_id": f"d{i % 5}", "passage_id": f"p{i}", "instruction": f"What do you think about {posts[i % len(posts)][0].lower()}?",
-               "answer": chosen}
-        train.append(row)
-        pairs.append({**row, "chosen": chosen, "rejected": rejected})
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in (("train.jsonl", train), ("test.jsonl", train[:4]), ("preference.jsonl", pairs)):
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in data))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -54,6 +36,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from llm_twin.bench_training import synthetic_dataset
     from llm_twin.sample_corpus import AUTHOR, POSTS
     from training.config import TrainConfig
     from training.sft_dpo import train
@@ -66,7 +49,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    synthetic_dataset(work / "data", rows=max(args.sft_steps, args.dpo_steps) * args.batch)
+    synthetic_dataset(work / "data", rows=max(args.sft_steps, args.dpo_steps) * args.batch, articles_per_answer=6)
 
     started = time.perf_counter()
     config = LlamaConfig(**LLAMA_31_8B, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -155,7 +155,7 @@ def dataset_key(author: str, items: Sequence[Passage], teacher: Teacher, base_mo
 
 
 def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher, base: LocalTeacher, *,
-          test_fraction: float = 0.2, max_examples: int = 2000, batch_size: int = 8,
+          test_fraction: float = 0.2, max_examples: int = 2000, batch_size: int = 8, rejected_max_tokens: int = 160,
           progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
     """Build (or reuse) the dataset; returns its manifest (with ``path``)."""
     items = passages(warehouse, author)[:max_examples]
@@ -200,7 +200,7 @@ def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher
     for start in range(0, len(train), batch_size):
         batch = train[start:start + batch_size]
         rejected.extend(base.complete([prompts.chat_messages(author, [{"role": "user", "content": e.instruction}])
-                                       for e in batch], max_tokens=160))
+                                       for e in batch], max_tokens=rejected_max_tokens))
         progress("rejected answers", min(start + batch_size, len(train)), len(train))
     preference = [{**asdict(e), "chosen": e.answer, "rejected": r} for e, r in zip(train, rejected, strict=True)
                   if r and r.strip() != e.answer.strip()]

@@ -51,6 +51,13 @@ def _report(metrics: dict) -> None:
     print(json.dumps(metrics), flush=True)
 
 
+def _quiet(trainer) -> None:
+    """One metrics line per stage (reported below) instead of a log dict per step."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
 def train(config: dict, model=None, tokenizer=None) -> dict:
     """One worker's training run. ``config`` is a TrainConfig as a dict (Ray passes plain data);
     ``model``/``tokenizer`` may be given already loaded (the GPU check builds a random 8B model
@@ -83,7 +90,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
     common = {"report_to": [], "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no", "seed": cfg.seed,
               "bf16": on_gpu, "gradient_checkpointing": False, "dataloader_num_workers": 0,
               "remove_unused_columns": True,
-              "include_num_input_tokens_seen": True}
+              "include_num_input_tokens_seen": True, "disable_tqdm": True}
 
     started = time.perf_counter()
     sft_rows = load(cfg.dataset_dir, "train.jsonl")
@@ -93,12 +100,14 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                          deepspeed=cfg.deepspeed.as_dict(cfg.sft.batch_size) if cfg.deepspeed else None, **common)
     sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows)),
                      processing_class=tokenizer)
+    _quiet(sft)
     sft_result = sft.train()
     losses = [log["loss"] for log in sft.state.log_history if "loss" in log]
     metrics = {"stage": "sft", "sft_loss_first": losses[0] if losses else None,
                "sft_loss_last": losses[-1] if losses else None, "sft_steps": sft_result.global_step,
                "sft_tokens": int(sft.state.num_input_tokens_seen or 0),
-               "sft_seconds": round(time.perf_counter() - started, 2)}
+               "sft_seconds": round(time.perf_counter() - started, 2),
+               "sft_samples_per_s": round(sft_result.metrics.get("train_samples_per_second", 0.0), 3)}
     _report(metrics)
     model = sft.model
 
@@ -114,6 +123,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                                  **common)
             dpo = DPOTrainer(model=model, ref_model=None, args=dpo_args,
                              train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs)), processing_class=tokenizer)
+            _quiet(dpo)
             dpo_result = dpo.train()
             dpo_losses = [log["loss"] for log in dpo.state.log_history if "loss" in log]
             metrics.update(stage="dpo", dpo_loss_first=dpo_losses[0] if dpo_losses else None,

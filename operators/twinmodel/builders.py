@@ -34,7 +34,11 @@ def config_map(name: str, namespace: str, spec: dict, hashes: dict[str, str]) ->
 
 
 def model_uri(spec: dict, name: str, hashes: dict[str, str]) -> str:
-    return f"{spec['storage']['artifactUri'].rstrip('/')}/models/{name}/{hashes['evaluation']}"
+    """Where `twin pipeline` registers the twin (the registry's models/<author>/<version> layout,
+    the version being the evaluation stage's hash)."""
+    from llm_twin.documents import author_slug
+
+    return f"{spec['storage']['artifactUri'].rstrip('/')}/models/{author_slug(spec['author']['name'])}/{hashes['evaluation']}"
 
 
 def job_name(name: str, hashes: dict[str, str]) -> str:
@@ -69,7 +73,8 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
                 "TWIN_WAREHOUSE_URI": spec["storage"].get("warehouseUri") or "",
                 "TWIN_MILVUS_URI": spec["vectorStore"]["milvusUri"],
                 "TWIN_COLLECTION": spec["vectorStore"]["collection"],
-                "TWIN_MODEL_URI": model_uri(spec, name, hashes)}}),
+                "TWIN_ARTIFACT_URI": spec["storage"]["artifactUri"],
+                "TWIN_MODEL_VERSION": hashes["evaluation"]}}),
             "rayClusterSpec": {
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
                                   "template": {"spec": {"containers": [head], "volumes": volumes}}},
@@ -91,7 +96,9 @@ def serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
         "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
         "applications": [{
             "name": APP_NAME, "import_path": IMPORT_PATH, "route_prefix": "/",
-            "args": {"generation_model": model_uri(spec, name, hashes), "generation_engine": serving["engine"],
+            # The base model serves; the twin's adapter comes from the registry (artifact_uri).
+            "args": {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
+                     "artifact_uri": spec["storage"]["artifactUri"],
                      "generation_device": "cuda" if gpus else "cpu",
                      "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
                      "http_host": "0.0.0.0"},

@@ -83,7 +83,8 @@ def test_ray_job_runs_the_cli_with_the_rendered_config():
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert env["TWIN_MODEL_URI"] == f"s3://llm-twin/artifacts/models/mara-quill/{hashes['evaluation']}"
+    assert (env["TWIN_ARTIFACT_URI"], env["TWIN_MODEL_VERSION"]) == ("s3://llm-twin/artifacts", hashes["evaluation"])
+    assert builders.model_uri(spec, "mara-quill", hashes) == f"s3://llm-twin/artifacts/models/mara-quill/{hashes['evaluation']}"
     config = builders.config_map("mara-quill", "twins", spec, hashes)
     assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
 
@@ -96,7 +97,8 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
     app = config["applications"][0]
     assert app["import_path"] == IMPORT_PATH
-    assert app["args"]["generation_model"].endswith(f"/models/mara-quill/{hashes['evaluation']}")
+    assert app["args"]["generation_model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/artifacts", "tensorrt-llm")
     generation = app["deployments"][0]
     assert generation["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}
     assert generation["ray_actor_options"]["num_gpus"] == 1
