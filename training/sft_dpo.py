@@ -88,7 +88,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     common = {"report_to": [], "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no", "seed": cfg.seed,
-              "bf16": on_gpu, "gradient_checkpointing": False, "dataloader_num_workers": 0,
+              "bf16": on_gpu, "dataloader_num_workers": 0,
               "remove_unused_columns": True,
               "include_num_input_tokens_seen": True, "disable_tqdm": True}
 
