@@ -3,7 +3,9 @@
 - perplexity of the author's held-out answers (test split: documents the twin never saw), given
   the instruction in the serving framing: base vs twin;
 - style similarity: cosine similarity (all-MiniLM-L6-v2) of generated answers to the author's own
-  answers, base vs twin.
+  answers, base vs twin;
+- faithfulness of RAG answers to the passage they were given (sentence-level support by
+  embedding similarity), base vs twin.
 """
 
 from __future__ import annotations
@@ -36,19 +38,41 @@ def perplexity(model, tokenizer, author: str, rows: list[dict], max_length: int 
     return math.exp(total_loss / max(total_tokens, 1))
 
 
-def generate(model, tokenizer, author: str, instructions: list[str], max_new_tokens: int = 64) -> list[str]:
+def generate(model, tokenizer, author: str, instructions: list[str], max_new_tokens: int = 64,
+             sources: list[str] | None = None) -> list[str]:
+    """Greedy answers in the serving framing; with ``sources``, as RAG answers given that passage."""
     import torch
 
     out = []
     with torch.inference_mode():
-        for instruction in instructions:
-            messages = prompts.chat_messages(author, [{"role": "user", "content": instruction}])
+        for i, instruction in enumerate(instructions):
+            passages = [prompts.Passage("", sources[i])] if sources else ()
+            messages = prompts.chat_messages(author, [{"role": "user", "content": instruction}], passages)
             inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                    return_dict=True).to(model.device)
             ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=1.15,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
             out.append(tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return out
+
+
+def faithfulness(embedder, answers: list[str], sources: list[str]) -> float:
+    """How well RAG answers stay with their sources: for each answer, the mean over its sentences
+    of the best cosine similarity to a sentence of its source, averaged over answers."""
+    import re
+
+    import numpy as np
+
+    scores = []
+    for answer, source in zip(answers, sources, strict=True):
+        said = [s for s in re.split(r"(?<=[.!?])\s+", answer.strip()) if len(s.split()) >= 3]
+        given = [s for s in re.split(r"(?<=[.!?])\s+", source.strip()) if s.strip()]
+        if not said or not given:
+            scores.append(0.0)
+            continue
+        similarity = embedder.embed(said) @ embedder.embed(given).T
+        scores.append(float(np.max(similarity, axis=1).mean()))
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def style_similarity(embedder, generated: list[str], references: list[str]) -> float:
@@ -78,8 +102,13 @@ def evaluate(base_model: str, adapter_dir: str, author: str, test_rows: list[dic
         with model.disable_adapter():
             base_answers = generate(model, tokenizer, author, instructions)
         twin_answers = generate(model, tokenizer, author, instructions)
+        with model.disable_adapter():
+            base_rag = generate(model, tokenizer, author, instructions, sources=references)
+        twin_rag = generate(model, tokenizer, author, instructions, sources=references)
         result.update(style_base=round(style_similarity(embedder, base_answers, references), 4),
                       style_twin=round(style_similarity(embedder, twin_answers, references), 4),
+                      faithfulness_base=round(faithfulness(embedder, base_rag, references), 4),
+                      faithfulness_twin=round(faithfulness(embedder, twin_rag, references), 4),
                       samples=[{"instruction": i, "base": b, "twin": t}
                                for i, b, t in zip(instructions[:3], base_answers, twin_answers, strict=False)])
     return result

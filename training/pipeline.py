@@ -86,6 +86,7 @@ def run(settings: Settings, options: PipelineOptions, say: Callable[[str], None]
         say(f"  Q: {sample['instruction']}\n    base: {' '.join(sample['base'].split())[:200]}\n"
             f"    twin: {' '.join(sample['twin'].split())[:200]}")
     say(f"evaluate: perplexity base {result['perplexity_base']:.2f} -> twin {result['perplexity_twin']:.2f}; style "
-        f"similarity base {result.get('style_base', 0):.3f} -> twin {result.get('style_twin', 0):.3f}; gate "
+        f"similarity base {result.get('style_base', 0):.3f} -> twin {result.get('style_twin', 0):.3f}; RAG "
+        f"faithfulness base {result.get('faithfulness_base', 0):.3f} -> twin {result.get('faithfulness_twin', 0):.3f}; gate "
         f"{'PASS' if ok else 'FAIL'} ({why})")
     return {"model": path, "servable": ok, "evaluation": result, "metrics": metrics, "dataset": manifest}

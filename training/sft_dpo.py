@@ -38,16 +38,24 @@ def dpo_records(author: str, rows: list[dict]) -> list[dict]:
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
 
 
-def _report(metrics: dict) -> None:
-    """To Ray Train when running under it; printed otherwise."""
+def _in_ray_train() -> bool:
     try:
         import ray.train
 
-        if ray.train.get_context().get_world_size() >= 1:
-            ray.train.report(metrics)
-            return
+        return ray.train.get_context().get_world_size() >= 1
     except Exception:  # noqa: BLE001 - not inside a Ray Train worker
-        pass
+        return False
+
+
+def _report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
+    """To Ray Train when running under it (with the adapter as a checkpoint in Ray's storage,
+    local or s3); printed otherwise."""
+    if _in_ray_train():
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        return
     print(json.dumps(metrics), flush=True)
 
 
@@ -132,6 +140,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
             _report(metrics)
             model = dpo.model
 
+    adapter_dir = None
     if rank == 0:
         adapter_dir = output / "adapter"
         model.save_pretrained(adapter_dir)
@@ -141,4 +150,6 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
             merged.save_pretrained(output / "merged")
             tokenizer.save_pretrained(output / "merged")
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if _in_ray_train():
+        _report({**metrics, "stage": "done"}, adapter_dir)
     return metrics

@@ -107,10 +107,13 @@ def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registr
     metrics = trainer.run(cfg, str(tmp_path / "ray"))
     assert metrics["stage"] == "dpo" and metrics["sft_steps"] == 4 and metrics["dpo_steps"] == 2
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
+    checkpoints = list((tmp_path / "ray").rglob("adapter_config.json"))
+    assert checkpoints, "the adapter should be reported to Ray's storage as a checkpoint"
 
     result = evaluate(str(base), str(tmp_path / "out" / "adapter"), AUTHOR, datasets.load(manifest["path"], "test.jsonl"),
                       embedder=embedder, style_examples=2)
     assert result["perplexity_base"] > 0 and result["perplexity_twin"] > 0 and "style_twin" in result
+    assert -1 <= result["faithfulness_twin"] <= 1 and -1 <= result["faithfulness_base"] <= 1
     ok, why = gate(result, max_perplexity_ratio=1e9)
     assert ok, why
     path = registry.register(artifacts, AUTHOR, "v1", str(tmp_path / "out"),

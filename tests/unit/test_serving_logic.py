@@ -148,3 +148,12 @@ def test_openai_message_content_parts_become_text():
                                                {"type": "text", "text": "b"}])
     assert message.text() == {"role": "user", "content": "ab"}
     assert oa.finish_reason("no_sources") == "stop" and oa.finish_reason("length") == "length"
+
+
+def test_faithfulness_rewards_answers_that_stay_with_their_source(embedder):
+    from training.evaluate import faithfulness
+
+    source = "I chunk prose by paragraph and sentence. Deterministic chunk ids make re-indexing idempotent."
+    faithful = faithfulness(embedder, ["I chunk prose by paragraph and by sentence."], [source])
+    invented = faithfulness(embedder, ["Bananas are rich in potassium and grow in the tropics."], [source])
+    assert faithful > invented + 0.3
