@@ -18,6 +18,17 @@ from training.config import TrainConfig
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster_of_this_module():
+    """Ray Train starts a local Ray cluster in this process; stop it when the module is done so no
+    Ray process outlives the tests that needed it."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def warehouse(tmp_path_factory) -> Warehouse:
     store = Warehouse(Settings(data_dir=tmp_path_factory.mktemp("twin")).resolved_warehouse_uri)
