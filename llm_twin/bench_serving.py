@@ -83,6 +83,22 @@ def _http_tokens_per_s(base: str) -> float:
     return best
 
 
+def _fan_out(clients: int, one) -> float:
+    """Runs ``one(i)`` (returning tokens) for ``clients`` clients at once; -> total tokens/s."""
+    tokens = [0] * clients
+
+    def run(i: int) -> None:
+        tokens[i] = one(i)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - started)
+
+
 def _generate_throughput(address: str, clients: int) -> float:
     """Plain generation (short prompt, no retrieval): what batching alone buys."""
     import grpc
@@ -90,21 +106,13 @@ def _generate_throughput(address: str, clients: int) -> float:
     from twin.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
     stub = generation_pb2_grpc.GenerationServiceStub(grpc.insecure_channel(address))
-    tokens = [0] * clients
 
-    def one(i: int) -> None:
-        reply = stub.Generate(generation_pb2.GenerateRequest(
+    def one(i: int) -> int:
+        return stub.Generate(generation_pb2.GenerateRequest(
             messages=[common_pb2.ChatMessage(role="user", content=f"{PROMPT} ({i})")],
-            sampling=generation_pb2.SamplingParams(max_tokens=TOKENS)), timeout=900)
-        tokens[i] = reply.usage.completion_tokens
+            sampling=generation_pb2.SamplingParams(max_tokens=TOKENS)), timeout=900).usage.completion_tokens
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(tokens) / (time.perf_counter() - started)
+    return _fan_out(clients, one)
 
 
 def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
@@ -115,21 +123,13 @@ def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
     stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(address))
     questions = ["Why combine BM25 with embeddings?", "How should I cut documents into chunks?",
                  "What should a good alert have?", "How do you run database migrations without downtime?"]
-    tokens = [0] * clients
-
-    def one(i: int) -> None:
-        reply = stub.Chat(chat_pb2.ChatRequest(
+    def one(i: int) -> int:
+        return stub.Chat(chat_pb2.ChatRequest(
             twin="mara-quill", messages=[common_pb2.ChatMessage(role="user", content=questions[i % len(questions)])],
-            sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, repetition_penalty=1.0)), timeout=900)
-        tokens[i] = reply.usage.completion_tokens
+            sampling=generation_pb2.SamplingParams(max_tokens=max_tokens, repetition_penalty=1.0)),
+            timeout=900).usage.completion_tokens
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(tokens) / (time.perf_counter() - started)
+    return _fan_out(clients, one)
 
 
 def run() -> None:

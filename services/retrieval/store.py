@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,40 +150,31 @@ class MilvusStore:
         self.client.flush(self.collection)
 
     # -- reading -----------------------------------------------------------------------------
+    def _rows(self, fields: list[str]) -> Iterator[dict]:
+        """Every row's ``fields``, read in batches (the whole collection, however large)."""
+        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=fields)
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
     def indexed_documents(self) -> dict[str, dict]:
         """doc_id -> {"hashes": set of doc_hash seen, "chunks": rows, "n_chunks": expected}."""
         state: dict[str, dict] = {}
-        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="",
-                                              output_fields=["doc_id", "doc_hash", "n_chunks"])
-        try:
-            while True:
-                batch = iterator.next()
-                if not batch:
-                    break
-                for row in batch:
-                    entry = state.setdefault(row["doc_id"], {"hashes": set(), "chunks": 0, "n_chunks": row["n_chunks"]})
-                    entry["hashes"].add(row["doc_hash"])
-                    entry["chunks"] += 1
-        finally:
-            iterator.close()
+        for row in self._rows(["doc_id", "doc_hash", "n_chunks"]):
+            entry = state.setdefault(row["doc_id"], {"hashes": set(), "chunks": 0, "n_chunks": row["n_chunks"]})
+            entry["hashes"].add(row["doc_hash"])
+            entry["chunks"] += 1
         return state
 
     def twins(self) -> dict[str, dict]:
         """author slug -> {"name", "documents", "chunks"} for everyone in the index."""
         found: dict[str, dict] = {}
-        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="",
-                                              output_fields=["author", "author_name", "doc_id"])
-        try:
-            while True:
-                batch = iterator.next()
-                if not batch:
-                    break
-                for row in batch:
-                    entry = found.setdefault(row["author"], {"name": row["author_name"], "docs": set(), "chunks": 0})
-                    entry["docs"].add(row["doc_id"])
-                    entry["chunks"] += 1
-        finally:
-            iterator.close()
+        for row in self._rows(["author", "author_name", "doc_id"]):
+            entry = found.setdefault(row["author"], {"name": row["author_name"], "docs": set(), "chunks": 0})
+            entry["docs"].add(row["doc_id"])
+            entry["chunks"] += 1
         return {slug: {"name": e["name"], "documents": len(e["docs"]), "chunks": e["chunks"]}
                 for slug, e in sorted(found.items())}
 
