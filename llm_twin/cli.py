@@ -412,6 +412,8 @@ def dataset_build(ctx: click.Context, author, teacher_url, teacher_model, test_f
     """Backtranslated instructions (the author's text is the answer) and preference pairs."""
     from training import datasets
 
+    from .app import open_warehouse
+
     settings = _settings(ctx)
     generator, _ = _local_generator(settings)
     base = datasets.LocalTeacher(generator)
@@ -424,7 +426,7 @@ def dataset_build(ctx: click.Context, author, teacher_url, teacher_model, test_f
         bar.update(done - bar.n)
 
     try:
-        manifest = datasets.build(author, open_warehouse_for(settings), _artifact_uri(settings), teacher, base,
+        manifest = datasets.build(author, open_warehouse(settings), _artifact_uri(settings), teacher, base,
                                   test_fraction=test_fraction, max_examples=max_examples, progress=progress)
     except ValueError as exc:
         _fail(str(exc))
@@ -436,12 +438,6 @@ def dataset_build(ctx: click.Context, author, teacher_url, teacher_model, test_f
     click.echo(f"{'reused' if manifest['reused'] else 'built'} {manifest['path']}: {counts['train']} train, "
                f"{counts['test']} test ({len(manifest['documents']['test'])} held-out documents), "
                f"{counts['preference']} preference pairs, {counts['dropped']} passages dropped; digest {manifest['digest'][:12]}")
-
-
-def open_warehouse_for(settings: Settings):
-    from .app import open_warehouse
-
-    return open_warehouse(settings)
 
 
 @main.command()

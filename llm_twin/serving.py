@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from .config import Settings
+from services.gateway.entrypoints import APP_NAME
+
 from .telemetry import serve_tracing_env
 
 log = logging.getLogger(__name__)
-APP_NAME = "twin"
 
 
 def state_file(settings: Settings) -> Path:
