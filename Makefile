@@ -8,7 +8,7 @@ export TWIN_TORCH_THREADS ?= 2
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-fast demo bench protos clean
+.PHONY: setup test test-fast demo bench protos crd clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ $(STAMP): pyproject.toml
 protos: setup
 	$(PY) scripts/gen_protos.py
 
+# Regenerate the TwinModel CRD (from llm_twin/twinmodel.py) and the chart's Serve config (from
+# services/gateway/serve_config.py); tests fail when the committed files are stale.
+crd: setup
+	$(PY) -m llm_twin.crd
+	$(PY) scripts/gen_chart_serve_config.py
+
 test: setup
 	$(PY) -m pytest tests -q -rs --durations=15
 
@@ -36,10 +42,10 @@ test-fast: setup
 	$(PY) -m pytest tests/unit -q
 
 demo: setup
-	$(PY) -m llm_twin.demo
+	$(PY) -m twin_cli.demo
 
 bench: setup
-	$(PY) -m llm_twin.bench
+	$(PY) -m twin_cli.bench
 
 clean:
 	rm -rf $(VENV) .twin .pytest_cache

@@ -37,7 +37,10 @@ class Settings(BaseSettings):
         description="fsspec URI of the artifact store (datasets, model registry), e.g. s3://bucket/artifacts. "
         "Default: <data_dir>/artifacts.",
     )
-    milvus_token: str | None = Field(None, description="Token for a Milvus server, if it needs one.")
+    milvus_token: str | None = Field(None, description="Token for a Milvus server, if it needs one "
+                                     "(on Kubernetes: from the Secret named by spec.vectorStore.tokenSecretRef).")
+    teacher_key: str | None = Field(None, description="API key of the OpenAI-compatible teacher endpoint "
+                                    "(on Kubernetes: from the Secret named by spec.dataset.teacher.secretRef).")
     collection: str = Field("twin_chunks", description="Milvus collection holding the chunks.")
 
     embedding_model: str | None = Field(
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
         description="Cosine similarity a passage needs to count as a source; when none has it the "
         "twin says it has not written about the question instead of inventing an answer.",
     )
+    pinned_models: dict[str, str] = Field(
+        {}, description="Twin id -> registry version to serve (the operator pins the version it trained and "
+        "evaluated; JSON in TWIN_PINNED_MODELS). Twins not named serve their newest servable version.")
     grpc_port: int = Field(9000, ge=1, le=65535, description="Port of Ray Serve's gRPC proxy.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP gateway (JSON + OpenAI API).")
     http_host: str = Field("127.0.0.1", description="Interface the HTTP gateway binds (0.0.0.0 in a cluster).")

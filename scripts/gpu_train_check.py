@@ -36,8 +36,8 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llm_twin.bench_training import synthetic_dataset
-    from llm_twin.sample_corpus import AUTHOR, POSTS
+    from twin_cli.bench_training import synthetic_dataset
+    from twin_cli.sample_corpus import AUTHOR, POSTS
     from training.config import TrainConfig
     from training.sft_dpo import train
     from training.tiny import build_tiny_model

@@ -181,7 +181,8 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     import httpx
 
     from llm_twin.config import Settings
-    from llm_twin.sample_corpus import AUTHOR, index_sample
+    from twin_cli.local_serving import ServeProcess
+    from twin_cli.sample_corpus import AUTHOR, index_sample
 
     data_dir = tmp_path_factory.mktemp("platform")
     (data_dir / "models").mkdir()
@@ -190,42 +191,33 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"}
     index_sample(data_dir)
     # A registered, servable adapter for the sample author: her chats go through it.
-    from training.registry import register
+    from llm_twin.registry import register
 
     register(settings.resolved_artifact_uri, AUTHOR, "test-adapter", str(smol_adapter.parent),
              {"base_model": str(smol_model), "servable": True})
 
     before = ray_processes()
-    grpc_port, http_port = free_port(), free_port()
     env = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200",
            "OTEL_SERVICE_NAME": "llm-twin-test"}
-    log = open(data_dir / "serve.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(grpc_port),
-                                "--http-port", str(http_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    http = f"http://127.0.0.1:{http_port}"
-    from llm_twin.serving import read_state
-
-    deadline = time.monotonic() + 300
-    while not (read_state(settings) or {}).get("ready"):
-        if process.poll() is not None:
-            pytest.fail(f"twin serve exited with {process.returncode}:\n{(data_dir / 'serve.log').read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"twin serve not ready in 300 s:\n{(data_dir / 'serve.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    assert httpx.get(f"{http}/healthz", timeout=10).status_code == 200
+    log = open(data_dir / "serve.log", "w")  # noqa: SIM115 - closed after the platform stops
+    server = ServeProcess(data_dir, free_port(), free_port(), env=env, log=log).start()
+    try:
+        server.wait_ready(300)
+    except RuntimeError as exc:
+        server.process.kill()
+        pytest.fail(f"{exc}:\n{(data_dir / 'serve.log').read_text()[-3000:]}")
+    assert httpx.get(f"{server.http}/healthz", timeout=10).status_code == 200
 
     class Platform:
         pass
 
     p = Platform()
-    p.grpc, p.http, p.data_dir, p.author, p.model = f"127.0.0.1:{grpc_port}", http, data_dir, AUTHOR, "mara-quill"
+    p.grpc, p.http, p.data_dir, p.author, p.model = server.grpc, server.http, data_dir, AUTHOR, "mara-quill"
     yield p
 
-    stopped = subprocess.run([sys.executable, "-m", "llm_twin.cli", "serve", "--stop"], env=env,
-                             capture_output=True, text=True, timeout=180)
+    stopped = server.stop()
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
-    assert process.wait(timeout=60) == 0
+    assert server.process.returncode == 0
     log.close()
     deadline = time.monotonic() + 30
     while ray_processes() - before and time.monotonic() < deadline:

@@ -1,75 +1,78 @@
-"""Training configuration, validated before any work starts; every error names the fix."""
+"""Training and pipeline configuration, validated before any work starts; every error names the fix.
+
+The hyperparameter sections (SFT, DPO, LoRA, ZeRO, workers) are the TwinModel's own classes
+(`llm_twin.twinmodel`): the resource, these configs and the CLI's flags cannot drift apart.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_twin.twinmodel import Gate, Sources, TrainSettings, TwinModelSpec
 
 
-class LoraSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, le=4096, description="LoRA scaling (alpha / r multiplies the update).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
-                                      description="Module names the adapter wraps (attention projections).")
+class TrainConfig(TrainSettings):
+    """One training run: the hyperparameters plus what it reads and writes."""
 
-
-class DeepSpeedSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3.")
-    offload: bool = Field(False, description="Offload optimizer state (and parameters at stage 3) to CPU.")
-
-    @model_validator(mode="after")
-    def _offload_needs_stage(self):
-        if self.offload and self.zero_stage < 2:
-            raise ValueError("deepspeed.offload needs zero_stage 2 or 3: raise zero_stage or turn offload off")
-        return self
-
-    def as_dict(self, batch_size: int) -> dict:
-        """A DeepSpeed config for the HF Trainer ('auto' lets it fill in what it knows)."""
-        zero: dict = {"stage": self.zero_stage}
-        if self.offload:
-            zero["offload_optimizer"] = {"device": "cpu"}
-            if self.zero_stage == 3:
-                zero["offload_param"] = {"device": "cpu"}
-        return {"zero_optimization": zero, "train_micro_batch_size_per_gpu": batch_size,
-                "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-                "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
-
-
-class StageSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    epochs: float = Field(1.0, gt=0, le=50, description="Passes over the training set.")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: epochs decide).")
-    learning_rate: float = Field(2e-4, gt=0, le=1e-2, description="Peak learning rate.")
-    batch_size: int = Field(4, ge=1, le=512, description="Examples per device per step.")
-    max_length: int = Field(512, ge=32, le=32768, description="Longest example in tokens (longer ones are cut).")
-
-
-class DPOSettings(StageSettings):
-    enabled: bool = Field(True, description="Run DPO after SFT.")
-    learning_rate: float = Field(5e-6, gt=0, le=1e-2, description="Peak learning rate.")
-    beta: float = Field(0.1, gt=0, le=1, description="DPO temperature: how far the twin may move from the reference.")
-
-
-class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     author: str = Field(min_length=1, description="Whose twin this is (the author's name).")
     base_model: str = Field(min_length=1, description="Base model: a folder or a Hugging Face id in the local cache.")
     dataset_dir: str = Field(min_length=1, description="A dataset built by `twin dataset build`.")
     output_dir: str = Field(min_length=1, description="Where the adapter (and the merged model) are written.")
-    num_workers: int = Field(1, ge=1, le=64, description="Ray Train workers (data-parallel).")
-    gpus_per_worker: int = Field(0, ge=0, le=8, description="GPUs per worker; 0 trains on CPU.")
-    threads_per_worker: int = Field(1, ge=1, le=256, description="Torch threads per CPU worker (oversubscription is slow).")
-    sft: StageSettings = StageSettings()
-    dpo: DPOSettings = DPOSettings()
-    lora: LoraSettings = LoraSettings()
-    deepspeed: DeepSpeedSettings | None = Field(None, description="DeepSpeed ZeRO; none trains with plain DDP.")
     merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
-    seed: int = Field(0, description="Seed for data order and initialisation.")
+    seed: int = Field(0, ge=0, description="Seed for data order and initialisation.")
 
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.deepspeed and self.deepspeed.offload and self.gpus_per_worker == 0:
-            raise ValueError("deepspeed.offload only helps on GPU: set gpus_per_worker >= 1 or turn offload off")
-        return self
+
+class DatasetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_examples: int = Field(2000, ge=2, le=1_000_000, description="Most instruction examples built.")
+    test_fraction: float = Field(0.2, ge=0.01, le=0.5, description="Share of documents held out for evaluation.")
+    teacher_url: str | None = Field(None, description="OpenAI-compatible endpoint writing the instructions "
+                                                      "(its key: TWIN_TEACHER_KEY); default: the local model.")
+    teacher_model: str = Field("gpt-4o-mini", min_length=1, description="The teacher's model name.")
+    rejected_max_tokens: int = Field(160, ge=8, le=2048,
+                                     description="Length of the base model's (rejected) answers in preference pairs.")
+
+
+class StorageSettings(BaseModel):
+    """Where the pipeline reads and writes; None keeps what the settings (TWIN_*) say."""
+
+    model_config = ConfigDict(extra="forbid")
+    warehouse_uri: str | None = None
+    artifact_uri: str | None = None
+    milvus_uri: str | None = None
+    collection: str | None = None
+
+
+class PipelineConfig(BaseModel):
+    """`twin pipeline`: everything it does, resolved before it starts (`--print-config` shows it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    author: str = Field(min_length=1)
+    sources: Sources = Field(default_factory=Sources, description="Crawled first (empty: use what is crawled).")
+    base_model: str | None = Field(None, description="Default: the serving model (SmolLM2-135M-Instruct).")
+    version: str | None = Field(None, description="Registry version (the operator passes its stage hash).")
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    gate: Gate = Field(default_factory=Gate)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    use_ray: bool = Field(True, description="Train on Ray Train workers (False: in this process).")
+
+    @classmethod
+    def from_twinmodel(cls, document: dict) -> PipelineConfig:
+        """The operator's rendered TwinModel ({"name", "spec", "stageHashes"}) -> the pipeline's config.
+        Every spec field the pipeline acts on is read here; the rest (serving, refresh, image,
+        suspend) belong to the operator."""
+        spec = TwinModelSpec.parse(document.get("spec"))
+        teacher = spec.dataset.teacher
+        return cls(
+            author=spec.author.name, sources=spec.author.sources, base_model=spec.training.base_model,
+            version=(document.get("stageHashes") or {}).get("evaluation"),
+            dataset=DatasetSettings(max_examples=spec.dataset.max_examples, test_fraction=spec.dataset.test_fraction,
+                                    teacher_url=teacher.endpoint if teacher else None,
+                                    **({"teacher_model": teacher.model} if teacher else {})),
+            train=TrainSettings.model_validate(spec.training.model_dump(include=set(TrainSettings.model_fields))),
+            gate=spec.evaluation.gate,
+            storage=StorageSettings(warehouse_uri=spec.storage.warehouse_uri or None,
+                                    artifact_uri=spec.storage.artifact_uri, milvus_uri=spec.vector_store.milvus_uri,
+                                    collection=spec.vector_store.collection))

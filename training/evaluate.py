@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from llm_twin import prompts
+from llm_twin.twinmodel import Gate
 
 
 def perplexity(model, tokenizer, author: str, rows: list[dict], max_length: int = 512) -> float:
@@ -114,11 +115,18 @@ def evaluate(base_model: str, adapter_dir: str, author: str, test_rows: list[dic
     return result
 
 
-def gate(result: dict, max_perplexity_ratio: float = 1.0, min_style_gain: float | None = None) -> tuple[bool, str]:
-    """Whether the twin may be served, and why."""
-    if result["perplexity_ratio"] > max_perplexity_ratio:
-        return False, (f"twin perplexity / base = {result['perplexity_ratio']:.3f} > {max_perplexity_ratio}: "
+def gate(result: dict, rules: Gate) -> tuple[bool, str]:
+    """Whether the twin may be served, and why (the TwinModel's evaluation.gate)."""
+    if result["perplexity_ratio"] > rules.max_perplexity_ratio:
+        return False, (f"twin perplexity / base = {result['perplexity_ratio']:.3f} > {rules.max_perplexity_ratio}: "
                        "the twin does not model the author's held-out writing better than its base")
-    if min_style_gain is not None and "style_twin" in result and result["style_twin"] - result["style_base"] < min_style_gain:
-        return False, f"style similarity gain {result['style_twin'] - result['style_base']:.3f} < {min_style_gain}"
-    return True, f"perplexity ratio {result['perplexity_ratio']:.3f} <= {max_perplexity_ratio}"
+    why = f"perplexity ratio {result['perplexity_ratio']:.3f} <= {rules.max_perplexity_ratio}"
+    if rules.min_style_similarity > -1:
+        if "style_twin" not in result:
+            return False, ("minStyleSimilarity is set but style was not measured (no held-out examples "
+                           "to compare with): build a dataset with a test split")
+        if result["style_twin"] < rules.min_style_similarity:
+            return False, (f"style similarity {result['style_twin']:.3f} < minStyleSimilarity "
+                           f"{rules.min_style_similarity}: the twin does not write like the author yet")
+        why += f"; style similarity {result['style_twin']:.3f} >= {rules.min_style_similarity}"
+    return True, why

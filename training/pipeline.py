@@ -2,85 +2,85 @@
 
 crawl (when sources are given) -> index -> dataset -> train (Ray Train, SFT + DPO, LoRA) ->
 evaluate -> register, marked servable when the gate holds. The TwinModel operator's RayJob runs
-this with the rendered TwinModel spec; locally it runs with flags.
+this with the rendered TwinModel (`PipelineConfig.from_twinmodel`); locally it runs with flags.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from llm_twin import registry
 from llm_twin.config import Settings
+from llm_twin.warehouse import Warehouse
 
-from .config import TrainConfig
-
-
-@dataclass
-class PipelineOptions:
-    author: str
-    sources: list[str] = field(default_factory=list)
-    base_model: str | None = None
-    version: str | None = None
-    max_examples: int = 2000
-    test_fraction: float = 0.2
-    teacher_url: str | None = None
-    teacher_model: str = "gpt-4o-mini"
-    rejected_max_tokens: int = 160
-    train: dict = field(default_factory=dict)  # TrainConfig fields (sft, dpo, lora, deepspeed, workers...)
-    max_perplexity_ratio: float = 1.0
-    use_ray: bool = True
+from .config import PipelineConfig, TrainConfig
 
 
-def run(settings: Settings, options: PipelineOptions, say: Callable[[str], None] = print,
+def pipeline_settings(settings: Settings, config: PipelineConfig) -> Settings:
+    """The settings with the config's storage (the TwinModel's storage and vector store) applied."""
+    return settings.with_overrides(**config.storage.model_dump())
+
+
+def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] = print,
         progress: Callable[[str, int, int], None] = lambda *a: None) -> dict:
-    from llm_twin.app import build_crawler, build_indexer, load_embedder, open_store, open_warehouse
+    from services.crawler.core import Crawler
+    from services.embedding.core import Embedder
     from services.generation.core import Generator
     from services.generation.model_store import resolve_model
-    from services.generation.transformers_backend import TransformersBackend
+    from services.retrieval.indexer import Indexer
+    from services.retrieval.store import MilvusStore
 
-    from . import datasets, registry, trainer
+    from . import datasets, trainer
     from .evaluate import evaluate, gate
     from .sft_dpo import train
 
-    warehouse = open_warehouse(settings)
-    if options.sources:
-        report = build_crawler(settings, warehouse).crawl(options.sources, options.author)
+    settings = pipeline_settings(settings, config)
+    if config.sources.targets():
+        crawler = Crawler.from_settings(settings)
+        try:
+            report = crawler.crawl_sources(config.sources, config.author)
+        finally:
+            crawler.fetcher.close()
         say(f"crawl: {report.summary()}")
         if not report.ok:
             raise RuntimeError("nothing could be crawled from the twin's sources")
-    embedder = load_embedder(settings)
-    say(f"index: {build_indexer(settings, embedder, open_store(settings, embedder.dimension)).run().summary()}")
+    embedder = Embedder.from_settings(settings)
+    store = MilvusStore.from_settings(settings, embedder.dimension)
+    say(f"index: {Indexer.from_settings(settings, embedder, store).run().summary()}")
 
-    base_model = resolve_model(options.base_model or settings.generation_model, settings.data_dir)
-    backend = TransformersBackend(base_model, max_batch_size=settings.max_batch_size)
+    base_model = resolve_model(config.base_model or settings.generation_model, settings.data_dir)
+    generator = Generator.from_settings(settings, model=base_model)
     try:
-        local = datasets.LocalTeacher(Generator(backend=backend))
-        teacher = datasets.OpenAITeacher(options.teacher_url, options.teacher_model) if options.teacher_url else local
-        manifest = datasets.build(options.author, warehouse, settings.resolved_artifact_uri, teacher, local,
-                                  test_fraction=options.test_fraction, max_examples=options.max_examples,
-                                  rejected_max_tokens=options.rejected_max_tokens, progress=progress)
+        local = datasets.LocalTeacher(generator)
+        teacher = (datasets.OpenAITeacher(config.dataset.teacher_url, config.dataset.teacher_model,
+                                          settings.teacher_key or "unused")
+                   if config.dataset.teacher_url else local)
+        manifest = datasets.build(config.author, Warehouse(settings.resolved_warehouse_uri),
+                                  settings.resolved_artifact_uri, teacher, local,
+                                  test_fraction=config.dataset.test_fraction, max_examples=config.dataset.max_examples,
+                                  rejected_max_tokens=config.dataset.rejected_max_tokens, progress=progress)
     finally:
-        backend.close()
+        generator.backend.close()
     counts = manifest["counts"]
     say(f"dataset: {'reused' if manifest['reused'] else 'built'} {counts['train']} train / {counts['test']} test "
         f"examples, {counts['preference']} preference pairs ({manifest['path']})")
 
     output = tempfile.mkdtemp(prefix="twin-train-", dir=str(settings.data_dir))
-    cfg = TrainConfig(author=options.author, base_model=base_model, dataset_dir=manifest["path"], output_dir=output,
-                      **options.train)
-    metrics = trainer.run(cfg, str(settings.data_dir.resolve() / "ray")) if options.use_ray else train(cfg.model_dump())
+    cfg = TrainConfig(author=config.author, base_model=base_model, dataset_dir=manifest["path"], output_dir=output,
+                      **config.train.model_dump())
+    metrics = trainer.run(cfg, str(settings.data_dir.resolve() / "ray")) if config.use_ray else train(cfg.model_dump())
     say(f"train: SFT loss {metrics.get('sft_loss_first', 0):.3f} -> {metrics.get('sft_loss_last', 0):.3f} in "
         f"{metrics.get('sft_steps')} steps" + (f"; DPO loss {metrics['dpo_loss_first']:.3f} -> "
                                                 f"{metrics['dpo_loss_last']:.3f}" if "dpo_loss_last" in metrics else ""))
 
-    version = options.version or f"{manifest['key']}-{output.rsplit('-', 1)[-1]}"
-    path = registry.register(settings.resolved_artifact_uri, options.author, version, output, {
+    version = config.version or f"{manifest['key']}-{output.rsplit('-', 1)[-1]}"
+    path = registry.register(settings.resolved_artifact_uri, config.author, version, output, {
         "base_model": base_model, "dataset": manifest["path"], "dataset_digest": manifest["digest"],
         "hyperparameters": cfg.model_dump(exclude={"output_dir", "dataset_dir"}), "metrics": metrics})
-    result = evaluate(base_model, f"{output}/adapter", options.author, datasets.load(manifest["path"], "test.jsonl"),
+    result = evaluate(base_model, f"{output}/adapter", config.author, datasets.load(manifest["path"], "test.jsonl"),
                       embedder=embedder, style_examples=4)
-    ok, why = gate(result, options.max_perplexity_ratio)
+    ok, why = gate(result, config.gate)
     registry.update(path, evaluation={k: v for k, v in result.items() if k != "samples"}, servable=ok)
     for sample in result.get("samples", [])[:2]:
         say(f"  Q: {sample['instruction']}\n    base: {' '.join(sample['base'].split())[:200]}\n"

@@ -16,15 +16,15 @@ def _worker(config: dict) -> None:
 
 def check_resources(cfg: TrainConfig, resources: dict) -> None:
     """Refuse before starting what the cluster cannot run, naming the fix."""
-    gpus_needed = cfg.num_workers * cfg.gpus_per_worker
+    gpus_needed = cfg.workers * cfg.gpus_per_worker
     if gpus_needed > resources.get("GPU", 0):
-        raise ValueError(f"{cfg.num_workers} workers x {cfg.gpus_per_worker} GPUs need {gpus_needed} GPUs; the Ray "
-                         f"cluster has {int(resources.get('GPU', 0))}: lower num_workers/gpus_per_worker "
+        raise ValueError(f"{cfg.workers} workers x {cfg.gpus_per_worker} GPUs need {gpus_needed} GPUs; the Ray "
+                         f"cluster has {int(resources.get('GPU', 0))}: lower workers/gpus_per_worker "
                          "(gpus_per_worker 0 trains on CPU)")
-    cpus_needed = cfg.num_workers * (cfg.threads_per_worker if not cfg.gpus_per_worker else 1)
+    cpus_needed = cfg.workers * (cfg.threads_per_worker if not cfg.gpus_per_worker else 1)
     if cpus_needed > resources.get("CPU", 0):
-        raise ValueError(f"{cfg.num_workers} workers x {cfg.threads_per_worker} threads need {cpus_needed} CPUs; the "
-                         f"Ray cluster has {int(resources.get('CPU', 0))}: lower num_workers or threads_per_worker")
+        raise ValueError(f"{cfg.workers} workers x {cfg.threads_per_worker} threads need {cpus_needed} CPUs; the "
+                         f"Ray cluster has {int(resources.get('CPU', 0))}: lower workers or threads_per_worker")
 
 
 def run(cfg: TrainConfig, storage_path: str, name: str = "twin-train") -> dict:
@@ -44,7 +44,7 @@ def run(cfg: TrainConfig, storage_path: str, name: str = "twin-train") -> dict:
     trainer = TorchTrainer(
         _worker, train_loop_config=cfg.model_dump(),
         torch_config=TorchConfig(backend="nccl" if cfg.gpus_per_worker else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.gpus_per_worker > 0,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(storage_path=storage_path, name=name))
     result = trainer.fit()

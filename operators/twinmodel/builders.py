@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 
 import yaml
 
-from services.gateway.entrypoints import (APP_NAME, GRPC_PORT, GRPC_SERVICER_FUNCTIONS, HTTP_PORT, IMPORT_PATH,
-                                          PIPELINE_COMMAND)
+from llm_twin.documents import author_slug
+from services.gateway.serve_config import GRPC_PORT, HTTP_PORT, PIPELINE_COMMAND, serve_config
 
-from .spec import GROUP, STAGES, VERSION
+from .spec import GROUP, STAGES
 
 LABEL = f"{GROUP}/twinmodel"
 HASH_LABEL = f"{GROUP}/stage-hash"
@@ -36,8 +36,6 @@ def config_map(name: str, namespace: str, spec: dict, hashes: dict[str, str]) ->
 def model_uri(spec: dict, name: str, hashes: dict[str, str]) -> str:
     """Where `twin pipeline` registers the twin (the registry's models/<author>/<version> layout,
     the version being the evaluation stage's hash)."""
-    from llm_twin.documents import author_slug
-
     return f"{spec['storage']['artifactUri'].rstrip('/')}/models/{author_slug(spec['author']['name'])}/{hashes['evaluation']}"
 
 
@@ -45,11 +43,26 @@ def job_name(name: str, hashes: dict[str, str]) -> str:
     return f"{name}-train-{hashes['evaluation'][:10]}"
 
 
+def _secret_env(name: str, ref: dict | None) -> list[dict]:
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}}}] if ref else []
+
+
+def secret_env(spec: dict, *, teacher: bool) -> list[dict]:
+    """Secrets by reference: the Milvus token (and, for the training job, the teacher's key) reach
+    the containers as environment from their Secrets, never through the ConfigMap."""
+    env = _secret_env("TWIN_MILVUS_TOKEN", spec["vectorStore"].get("tokenSecretRef"))
+    if teacher:
+        env += _secret_env("TWIN_TEACHER_KEY", (spec["dataset"].get("teacher") or {}).get("secretRef"))
+    return env
+
+
 def _container(spec: dict, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    return {"image": spec["training"]["image"], "resources": {"limits": limits, "requests": dict(limits)}}
+    container = {"image": spec["training"]["image"], "resources": {"limits": limits, "requests": dict(limits)}}
+    env = secret_env(spec, teacher=True)
+    return {**container, "env": env} if env else container
 
 
 def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
@@ -69,12 +82,6 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 3600,
             "backoffLimit": 0,
-            "runtimeEnvYAML": yaml.safe_dump({"env_vars": {
-                "TWIN_WAREHOUSE_URI": spec["storage"].get("warehouseUri") or "",
-                "TWIN_MILVUS_URI": spec["vectorStore"]["milvusUri"],
-                "TWIN_COLLECTION": spec["vectorStore"]["collection"],
-                "TWIN_ARTIFACT_URI": spec["storage"]["artifactUri"],
-                "TWIN_MODEL_VERSION": hashes["evaluation"]}}),
             "rayClusterSpec": {
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
                                   "template": {"spec": {"containers": [head], "volumes": volumes}}},
@@ -88,29 +95,22 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
     }
 
 
-def serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
+def platform_serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
+    """The twin's Serve config: the platform's one serve config (`serve_config`) over the base
+    model, with the twin pinned to the version this spec trained (the registry version is the
+    evaluation hash), so a new version rolls out as a config change."""
     serving = spec["serving"]
     gpus = int(serving["resources"].get("gpus", 0))
-    return {
-        "grpc_options": {"port": GRPC_PORT, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
-        "http_options": {"host": "0.0.0.0", "port": HTTP_PORT},
-        "applications": [{
-            "name": APP_NAME, "import_path": IMPORT_PATH, "route_prefix": "/",
-            # The base model serves; the twin's adapter comes from the registry (artifact_uri).
-            "args": {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
-                     "artifact_uri": spec["storage"]["artifactUri"],
-                     "generation_device": "cuda" if gpus else "cpu",
-                     "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
-                     "http_host": "0.0.0.0"},
-            "deployments": [{
-                "name": "Generation",
-                "autoscaling_config": {"min_replicas": int(serving["minReplicas"]),
-                                       "max_replicas": int(serving["maxReplicas"]),
-                                       "target_ongoing_requests": int(serving["targetOngoingRequests"])},
-                "ray_actor_options": {"num_gpus": gpus, "num_cpus": 1},
-            }],
-        }],
-    }
+    args = {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
+            "generation_device": "cuda" if gpus else "cpu", "artifact_uri": spec["storage"]["artifactUri"],
+            "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
+            "pinned_models": {author_slug(spec["author"]["name"]): hashes["evaluation"]}, "http_host": "0.0.0.0"}
+    if spec["storage"].get("warehouseUri"):
+        args["warehouse_uri"] = spec["storage"]["warehouseUri"]
+    return serve_config(args, request_timeout_s=float(serving["requestTimeoutSeconds"]), generation_gpus=gpus,
+                        generation_autoscaling={"min_replicas": int(serving["minReplicas"]),
+                                                "max_replicas": int(serving["maxReplicas"]),
+                                                "target_ongoing_requests": int(serving["targetOngoingRequests"])})
 
 
 def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
@@ -123,6 +123,7 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     image = spec["training"]["image"]
+    env = {"env": secret_env(spec, teacher=False)} if secret_env(spec, teacher=False) else {}
     canary = int(serving["canaryPercent"])
     upgrade = ({"type": "NewClusterWithIncrementalUpgrade",
                 "clusterUpgradeOptions": {"stepSizePercent": canary, "intervalSeconds": 60, "maxSurgePercent": 100}}
@@ -133,18 +134,18 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
                      "annotations": {f"{GROUP}/engine": serving["engine"]}},
         "spec": {
             "upgradeStrategy": upgrade,
-            "serveConfigV2": yaml.safe_dump(serve_config(name, spec, hashes), sort_keys=False),
+            "serveConfigV2": yaml.safe_dump(platform_serve_config(name, spec, hashes), sort_keys=False),
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": {"containers": [{
                     "name": "ray-head", "image": image,
                     "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
-                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}]}}},
+                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env}]}}},
                 "workerGroupSpecs": [{
                     "groupName": "serve", "replicas": max(1, int(serving["minReplicas"])),
                     "minReplicas": int(serving["minReplicas"]), "maxReplicas": int(serving["maxReplicas"]),
                     "rayStartParams": {},
-                    "template": {"spec": {"containers": [{"name": "ray-worker", "image": image,
+                    "template": {"spec": {"containers": [{"name": "ray-worker", "image": image, **env,
                                                           "resources": {"limits": limits, "requests": dict(limits)}}]}}}],
             },
         },
@@ -199,5 +200,3 @@ def service_ready(service: dict) -> tuple[bool, str]:
             return condition.get("status") == "True", condition.get("message") or condition.get("reason", "")
     return False, "waiting for the RayService to report Ready"
 
-
-GROUP_VERSION = f"{GROUP}/{VERSION}"

@@ -16,11 +16,16 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from llm_twin.twinmodel import TwinModelSpec
+
 from . import builders
 from .spec import GROUP, PLURAL, VERSION, InvalidSpec, normalise, stage_hashes
 
 POLL_S = float(os.environ.get("TWIN_OPERATOR_POLL_S", "15"))
+# How often the refresh timer looks at each twin; a twin refreshes when its spec.refresh.interval is due.
+REFRESH_TICK_S = float(os.environ.get("TWIN_OPERATOR_REFRESH_TICK_S", "60"))
 RAY = ("ray.io", "v1")
+REVISION = f"{GROUP}/data-revision"  # bumped by a refresh that found enough new writing to retrain on
 
 
 @kopf.on.startup()
@@ -114,7 +119,7 @@ def reconcile(spec, status, meta, name, namespace, body, patch, logger, **_) -> 
         state.condition("Ready", False, "Suspended", "spec.suspend is true: nothing runs until it is false")
         return
 
-    hashes = stage_hashes(spec)
+    hashes = stage_hashes(spec, data_revision(meta))
     patch.status["stageHashes"] = hashes
     _apply_config_map(builders.config_map(name, namespace, spec, hashes), body)
 
@@ -157,6 +162,7 @@ def _serve(name, namespace, spec, hashes, body, state: _Status) -> None:
     service = _apply_custom("rayservices", builders.ray_service(name, namespace, spec, hashes), body)
     ready, why = builders.service_ready(service)
     state.patch.status["serving"] = {"rayService": name, **builders.endpoints(name, namespace),
+                                     "version": hashes["evaluation"],
                                      "revisions": [{"model": builders.model_uri(spec, name, hashes),
                                                     "servingHash": hashes["serving"],
                                                     "traffic": 100}]}
@@ -168,6 +174,76 @@ def _serve(name, namespace, spec, hashes, body, state: _Status) -> None:
     state.patch.status["stage"] = "Ready"
     state.condition("Serving", True, "RayServiceReady", "the RayService reports Ready")
     state.condition("Ready", True, "Ready", "the twin is trained, evaluated and served")
+
+
+def data_revision(meta) -> int:
+    try:
+        return int((meta.get("annotations") or {}).get(REVISION, 0))
+    except ValueError:
+        return 0
+
+
+_embedder = None
+
+
+def _refresh_embedder(settings):
+    """The embedding model, loaded on the first refresh and kept (a few seconds, ~100 MB)."""
+    global _embedder
+    if _embedder is None:
+        from services.embedding.core import Embedder
+
+        _embedder = Embedder.from_settings(settings)
+    return _embedder
+
+
+def _secret_value(namespace: str, ref) -> str | None:
+    if ref is None:
+        return None
+    import base64
+
+    secret = client.CoreV1Api().read_namespaced_secret(ref.name, namespace)
+    value = (secret.data or {}).get(ref.key)
+    if value is None:
+        raise kopf.TemporaryError(f"Secret {ref.name} has no key {ref.key!r}", delay=POLL_S)
+    return base64.b64decode(value).decode()
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_TICK_S, initial_delay=REFRESH_TICK_S)
+def refresh(spec, status, meta, namespace, patch, logger, **_) -> None:
+    """spec.refresh: re-crawl the sources when the interval is due, re-index what changed, and when
+    the changes since the served model was trained reach retrainAfterDocuments, bump the data
+    revision (an annotation: the update handler then trains, gates and rolls out a new version)."""
+    import time
+
+    from . import refresh as fresh
+
+    try:
+        parsed = TwinModelSpec.parse(dict(spec))
+    except InvalidSpec:
+        return  # the reconcile handler reports it
+    every = parsed.refresh.seconds
+    if parsed.suspend or not every:
+        return
+    previous = dict((status or {}).get("refresh") or {})
+    if time.time() - float(previous.get("lastRefreshEpoch", 0)) < every:
+        return
+    settings = fresh.settings_for(parsed).with_overrides(
+        milvus_token=_secret_value(namespace, parsed.vector_store.token_secret_ref))
+    report = fresh.refresh(parsed, settings, _refresh_embedder(settings))
+    pending = int(previous.get("pendingDocuments", 0)) + report.changes
+    revision = data_revision(meta)
+    retrain = pending >= parsed.refresh.retrain_after_documents
+    if retrain:
+        revision += 1
+        patch.metadata.annotations[REVISION] = str(revision)
+        pending = 0
+    patch.status["refresh"] = {
+        "lastRefresh": builders.now(), "lastRefreshEpoch": time.time(), "documentsAdded": report.added,
+        "documentsChanged": report.changed, "documentsRemoved": report.removed, "failed": report.failed,
+        "documents": report.documents, "chunksWritten": report.chunks_written, "pendingDocuments": pending,
+        "dataRevision": revision, "retrainTriggered": retrain}
+    logger.info(f"refresh: {report.added} added, {report.changed} changed, {report.removed} removed"
+                + (f"; retraining (data revision {revision})" if retrain else ""))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -52,7 +52,7 @@ class Chat:
         last = conversation[-1]
         if last.get("role") != "user" or not str(last.get("content") or "").strip():
             raise InvalidChatRequest("the last message must be the user's question, and not empty")
-        top_k = top_k or self.top_k
+        top_k = self.top_k if top_k is None else top_k
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidChatRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
         return str(last["content"]).strip(), top_k
@@ -62,7 +62,7 @@ class Chat:
         """Yields Sources once, then Deltas; the last Delta has finish_reason ('no_sources' when
         nothing the twin wrote is relevant: then it says so instead of inventing an answer)."""
         query, top_k = self.question(twin, conversation, top_k)
-        results = await self.retriever.search(query, twin, top_k)
+        results = await self.retriever.search(query, twin=twin, top_k=top_k)
         relevant = [r for r in results if r.similarity >= self.min_similarity]
         yield Sources(relevant)
         if not relevant:

@@ -1,17 +1,21 @@
 """Crawling logic: detect each target's source type, crawl it, store what it finds.
 
-No transport here: the CLI and (later) the gRPC service both call `Crawler.crawl`.
+No transport here: the CLI, the pipeline and the crawler deployment all call `Crawler.crawl`.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from llm_twin.config import Settings
 from llm_twin.documents import author_slug
+from llm_twin.twinmodel import Sources
 from llm_twin.warehouse import Warehouse
 
 from .errors import CrawlError, InvalidTarget
@@ -37,6 +41,7 @@ class Outcome:
     status: Status
     detail: str = ""  # the title stored, or why it failed
     doc_id: str | None = None
+    source: str = ""  # the source type it was crawled as (feed, git, auto, ...)
 
 
 @dataclass
@@ -54,6 +59,19 @@ class CrawlReport:
     def summary(self) -> str:
         return (f"{self.count('stored')} stored, {self.count('updated')} updated, "
                 f"{self.count('unchanged')} unchanged, {self.count('failed')} failed")
+
+
+def _local_copy(uri: str, folder: str) -> str:
+    """An object-storage file (s3://, gs://, file://) copied into ``folder``; its local path."""
+    import fsspec
+
+    target = str(Path(folder) / Path(uri.split("://", 1)[-1]).name)
+    try:
+        with fsspec.open(uri, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (OSError, ValueError, ImportError) as exc:
+        raise InvalidTarget(uri, f"cannot read it: {exc}") from None
+    return target
 
 
 def _sniff_web(response: Response) -> str:
@@ -78,6 +96,11 @@ class Crawler:
         self.git = GitSource(max_file_bytes)
         self.folder = FolderSource(max_file_bytes)
         self.linkedin = LinkedInExportSource()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Crawler:
+        return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings),
+                   max_file_bytes=settings.max_file_bytes, max_pages=settings.max_pages_per_source)
 
     def detect(self, target: str) -> str:
         """The source type of a target, from its shape (and for web URLs, its content)."""
@@ -112,12 +135,32 @@ class Crawler:
             try:
                 for item in self._items(target, author, source):
                     if isinstance(item, CrawlError):
-                        record(Outcome(item.target, "failed", item.reason))
+                        record(Outcome(item.target, "failed", item.reason, source=source))
                         continue
                     status = self.warehouse.put(item)
-                    record(Outcome(item.link, status, item.title, item.id))
+                    record(Outcome(item.link, status, item.title, item.id, source))
             except CrawlError as exc:
-                record(Outcome(exc.target, "failed", exc.reason))
+                record(Outcome(exc.target, "failed", exc.reason, source=source))
+        return report
+
+    def crawl_sources(self, sources: Sources, author: str,
+                      on_outcome: Callable[[Outcome], None] = lambda o: None) -> CrawlReport:
+        """A TwinModel's sources, each kind with its own source type (feeds as feeds, repositories
+        as git); a LinkedIn export in object storage is copied locally first."""
+        report = CrawlReport()
+        for kind, targets in sources.targets():
+            if kind == "linkedin-export":
+                with tempfile.TemporaryDirectory(prefix="twin-linkedin-") as tmp:
+                    for uri in targets:
+                        try:
+                            local = _local_copy(uri, tmp)
+                        except CrawlError as exc:
+                            report.outcomes.append(Outcome(uri, "failed", exc.reason, source=kind))
+                            on_outcome(report.outcomes[-1])
+                            continue
+                        report.outcomes += self.crawl([local], author, kind, on_outcome).outcomes
+            else:
+                report.outcomes += self.crawl(targets, author, kind, on_outcome).outcomes
         return report
 
     def _items(self, target: str, author: str, source: str):

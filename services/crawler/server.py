@@ -8,11 +8,9 @@ from ray import serve
 
 from llm_twin.config import Settings
 from llm_twin.telemetry import span
-from llm_twin.warehouse import Warehouse
 
 from .core import SOURCE_TYPES, Crawler
 from .errors import InvalidTarget
-from .fetch import Fetcher
 
 MAX_TARGETS = 100
 
@@ -22,9 +20,7 @@ class CrawlerDeployment:
     def __init__(self, settings: dict, retrieval):
         self.settings = Settings(**settings)
         self.retrieval = retrieval
-        self.crawler = Crawler(Warehouse(self.settings.resolved_warehouse_uri), Fetcher.from_settings(self.settings),
-                               max_file_bytes=self.settings.max_file_bytes,
-                               max_pages=self.settings.max_pages_per_source)
+        self.crawler = Crawler.from_settings(self.settings)
 
     async def crawl(self, twin: str, targets: list[str], source_type: str = "auto", index: bool = False) -> dict:
         if not (twin or "").strip():

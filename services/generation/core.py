@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from llm_twin.config import Settings, configure_torch_threads
+
 from .backend import Delta, GenerationBackend, SamplingParams
 from .errors import InvalidGenerationRequest
 
@@ -53,6 +55,26 @@ class Generator:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.repetition_penalty = repetition_penalty
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str | None = None) -> Generator:
+        """The configured engine over ``model`` (default: the settings' generation model)."""
+        from .model_store import resolve_model
+
+        path = resolve_model(model or settings.generation_model, settings.data_dir)
+        if settings.generation_engine == "tensorrt-llm":
+            from .tensorrt_backend import TensorRTLLMBackend
+
+            backend = TensorRTLLMBackend(path)
+        else:
+            from .transformers_backend import TransformersBackend
+
+            configure_torch_threads(settings)
+            backend = TransformersBackend(path, device=settings.generation_device, dtype=settings.generation_dtype,
+                                          max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
+        return cls(backend=backend, default_max_tokens=settings.default_max_tokens,
+                   max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
+                   repetition_penalty=settings.repetition_penalty)
 
     @property
     def model_id(self) -> str:

@@ -9,28 +9,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from ray import serve
 
-from llm_twin.config import Settings, configure_torch_threads
+from llm_twin import registry
+from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
 
 from .backend import Delta, SamplingParams
 from .core import Generator
-from .model_store import resolve_model
-from .transformers_backend import TransformersBackend
-
-
-def build_generator(settings: Settings) -> Generator:
-    model = resolve_model(settings.generation_model, settings.data_dir)
-    if settings.generation_engine == "tensorrt-llm":
-        from .tensorrt_backend import TensorRTLLMBackend
-
-        backend = TensorRTLLMBackend(model)
-    else:
-        configure_torch_threads(settings)
-        backend = TransformersBackend(model, device=settings.generation_device, dtype=settings.generation_dtype,
-                                      max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
-    return Generator(backend=backend, default_max_tokens=settings.default_max_tokens,
-                     max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
-                     repetition_penalty=settings.repetition_penalty)
+from .errors import ModelUnavailable
 
 
 class _LoadedAdapter:
@@ -52,16 +37,18 @@ class GenerationDeployment:
 
     def __init__(self, settings: dict):
         self.settings = Settings(**settings)
-        self.generator = build_generator(self.settings)
+        self.generator = Generator.from_settings(self.settings)
         self.loaded: dict[str, str | None] = {}  # twin -> adapter version (None: base model)
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def _adapter_for(self, twin: str) -> _LoadedAdapter:
         import asyncio
 
-        from training import registry
-
-        model = await asyncio.to_thread(registry.latest, self.settings.resolved_artifact_uri, twin)
+        pinned = self.settings.pinned_models.get(twin)
+        model = await asyncio.to_thread(registry.latest, self.settings.resolved_artifact_uri, twin, True, pinned)
+        if model is None and pinned:
+            raise ModelUnavailable(f"twin {twin!r} is pinned to version {pinned}, which the registry at "
+                                   f"{self.settings.resolved_artifact_uri} does not hold as servable")
         if model is None:  # no trained twin (yet): the base model answers
             self.loaded[twin] = None
             return _LoadedAdapter(self.generator.backend, None)

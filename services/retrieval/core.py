@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from llm_twin.config import Settings
 from llm_twin.documents import CATEGORIES, author_slug
 
 from .errors import InvalidQuery, UnknownAuthor
@@ -83,6 +84,18 @@ class Retriever:
         self.candidates = candidates
         self.dense_weight = dense_weight
         self.keyword_weight = keyword_weight
+
+    @classmethod
+    def from_settings(cls, settings: Settings, embedder: QueryEmbedder | None = None) -> Retriever:
+        """Over the configured store. Without an embedder (the Serve deployment, whose query
+        vectors come from the embedding deployment) the store's dimension is read from the
+        configured embedding model."""
+        from services.embedding.core import embedding_dimension
+
+        from .store import MilvusStore  # pymilvus stays out of this module's import
+
+        dimension = embedder.dimension if embedder else embedding_dimension(settings.embedding_model)
+        return cls(MilvusStore.from_settings(settings, dimension), embedder)
 
     def validate(self, query: str, author: str | None, category: str | None, top_k: int,
                  strategy: str) -> tuple[str, str | None]:

@@ -11,13 +11,10 @@ from ray import serve
 
 from llm_twin.config import Settings
 from llm_twin.documents import author_slug
-from llm_twin.features.chunk import Chunker
-from llm_twin.features.index import Indexer
 from llm_twin.telemetry import span
-from llm_twin.warehouse import Warehouse
 
 from .core import Retriever
-from .store import MilvusStore
+from .indexer import Indexer
 
 
 class _HandleEmbedder:
@@ -49,10 +46,8 @@ class RetrievalDeployment:
     def __init__(self, settings: dict, embedding):
         self.settings = Settings(**settings)
         self.embedding = embedding
-        self.dimension = 384
-        self.store = MilvusStore(self.settings.resolved_milvus_uri, self.settings.collection, self.dimension,
-                                 token=self.settings.milvus_token)
-        self.retriever = Retriever(self.store, embedder=None)
+        self.retriever = Retriever.from_settings(self.settings)
+        self.store = self.retriever.store
         # One MilvusClient, many request threads: keep its calls one at a time.
         self._lock = threading.Lock()
         self._index_lock = asyncio.Lock()
@@ -95,6 +90,5 @@ class RetrievalDeployment:
             return await asyncio.to_thread(self._locked, self._index, embedder)
 
     def _index(self, embedder: _HandleEmbedder) -> dict:
-        chunker = Chunker(embedder.count_tokens, self.settings.chunk_max_tokens, self.settings.chunk_overlap_tokens)
-        report = Indexer(Warehouse(self.settings.resolved_warehouse_uri), self.store, embedder, chunker).run()
+        report = Indexer.from_settings(self.settings, embedder, self.store).run()
         return {"chunks_written": report.chunks_written, "summary": report.summary()}

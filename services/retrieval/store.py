@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pymilvus import DataType, Function, FunctionType, MilvusClient, MilvusException
 
+from llm_twin.config import Settings
+
 from .errors import StoreUnavailable
 
 # Milvus Lite answers the query iterator's AllocTimestamp with "not implemented" and pymilvus
@@ -92,6 +94,11 @@ class MilvusStore:
                 "`twin serve` or `twin index`) probably has it open: stop it, or point every process at "
                 "a Milvus server with --milvus-uri / TWIN_MILVUS_URI") from None
         self._ensure_collection()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, dimension: int) -> MilvusStore:
+        """``dimension``: the embedder's (``Embedder.dimension`` or ``embedding_dimension()``)."""
+        return cls(settings.resolved_milvus_uri, settings.collection, dimension, token=settings.milvus_token)
 
     def close(self) -> None:
         self.client.close()

@@ -18,7 +18,7 @@ QUESTIONS = ROOT / "tests" / "data" / "handbook_questions.jsonl"
 
 def twin(data_dir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "llm_twin.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "twin_cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

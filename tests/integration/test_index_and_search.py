@@ -6,7 +6,7 @@ import pytest
 
 from llm_twin.documents import RawDocument
 from llm_twin.features.chunk import Chunker
-from llm_twin.features.index import Indexer
+from services.retrieval.indexer import Indexer
 from llm_twin.warehouse import Warehouse
 from services.retrieval.core import Retriever
 from services.retrieval.errors import InvalidQuery, UnknownAuthor
@@ -64,7 +64,7 @@ def test_an_interrupted_index_run_converges_with_no_duplicates(parts, embedder, 
     warehouse, store, indexer, _ = parts
     for key in TEXTS:
         warehouse.put(doc(ADA, key, TEXTS[key] * 4))
-    monkeypatch.setattr("llm_twin.features.index.INSERT_BATCH", 2)
+    monkeypatch.setattr("services.retrieval.indexer.INSERT_BATCH", 2)
     calls = {"n": 0}
     real_embed = embedder.embed
 

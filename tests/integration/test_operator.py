@@ -106,7 +106,7 @@ class Operator:
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TWIN_OPERATOR_POLL_S": "0.5",
                "TWIN_OPERATOR_NO_SCANNING": "1"}
         self.log = open(log, "a")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "operator", "-A", "--standalone"],
+        self.process = subprocess.Popen([sys.executable, "-m", "twin_cli", "operator", "-A", "--standalone"],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:

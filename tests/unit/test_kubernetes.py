@@ -15,7 +15,7 @@ import yaml
 
 from operators.twinmodel import builders
 from operators.twinmodel.spec import InvalidSpec, normalise, stage_hashes
-from services.gateway.entrypoints import GRPC_SERVICER_FUNCTIONS, IMPORT_PATH
+from services.gateway.serve_config import GRPC_SERVICER_FUNCTIONS, IMPORT_PATH, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llm-twin"
@@ -82,8 +82,7 @@ def test_ray_job_runs_the_cli_with_the_rendered_config():
     assert workers["replicas"] == 1
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
-    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert (env["TWIN_ARTIFACT_URI"], env["TWIN_MODEL_VERSION"]) == ("s3://llm-twin/artifacts", hashes["evaluation"])
+    assert "runtimeEnvYAML" not in job["spec"], "the job reads its whole configuration from the ConfigMap"
     assert builders.model_uri(spec, "mara-quill", hashes) == f"s3://llm-twin/artifacts/models/mara-quill/{hashes['evaluation']}"
     config = builders.config_map("mara-quill", "twins", spec, hashes)
     assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
@@ -99,6 +98,8 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     assert app["import_path"] == IMPORT_PATH
     assert app["args"]["generation_model"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/artifacts", "tensorrt-llm")
+    assert app["args"]["pinned_models"] == {"mara-quill": hashes["evaluation"]}
+    assert config == builders.platform_serve_config("mara-quill", spec, hashes)
     generation = app["deployments"][0]
     assert generation["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}
     assert generation["ray_actor_options"]["num_gpus"] == 1
@@ -213,9 +214,9 @@ def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
             continue
         kubernetes_validate.validate(document, "1.31.0", strict=True)
     service = next(d for d in documents if d["kind"] == "RayService")
-    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
-    assert serve_config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
-    assert serve_config["applications"][0]["import_path"] == IMPORT_PATH
+    rendered = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert rendered["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
+    assert rendered["applications"][0]["import_path"] == IMPORT_PATH
     operator = next(d for d in documents if d["kind"] == "Deployment" and "operator" in d["metadata"]["name"])
     assert operator["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--namespace=a", "--namespace=b"]
 
@@ -244,3 +245,62 @@ def test_terraform_is_formatted(tmp_path):
     (misformatted / "outputs.tf").write_text((source / "outputs.tf").read_text().replace("  value ", "value  "))
     assert TerraformCommand(str(misformatted)).fmt(check=True, recursive=True, check_input=False).value.strip() == \
         "outputs.tf"
+
+
+@pytest.mark.parametrize("gpus, model, timeout", [(0, "HuggingFaceTB/SmolLM2-135M-Instruct", 300),
+                                                  (2, "meta-llama/Llama-3.1-8B-Instruct", 45)])
+def test_the_chart_renders_the_one_serve_config(chart, gpus, model, timeout):
+    """The chart's platform RayService runs exactly what serve_config() builds for its values
+    (the template is generated from it by `make crd`)."""
+    values = {"milvusUri": "http://m:19530", "warehouseUri": "s3://w/h", "artifactUri": "s3://a/b"}
+    documents = render(chart, "platform.enabled=true", f"platform.gpus={gpus}", f"platform.model={model}",
+                       f"platform.requestTimeoutSeconds={timeout}", *(f"platform.{k}={v}" for k, v in values.items()))
+    service = next(d for d in documents if d["kind"] == "RayService")
+    expected = serve_config({"generation_model": model, "generation_device": "cuda" if gpus else "cpu",
+                             "milvus_uri": values["milvusUri"], "warehouse_uri": values["warehouseUri"],
+                             "artifact_uri": values["artifactUri"], "http_host": "0.0.0.0"},
+                            generation_gpus=gpus, request_timeout_s=timeout)
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == expected
+
+
+def test_generated_files_are_current():
+    """`make crd` output is committed: the CRD (from TwinModelSpec) and the chart's serve config."""
+    import importlib.util
+
+    from llm_twin import crd
+
+    assert CRD.read_text() == crd.render(), "the CRD is stale: run `make crd`"
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_chart_serve_config.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.TARGET.read_text() == gen.render(), "the chart's serve config is stale: run `make crd`"
+
+
+def test_secrets_reach_the_pods_by_reference_never_the_config_map():
+    document = example()
+    document["spec"]["dataset"] = {"teacher": {"endpoint": "https://api.example/v1", "model": "m",
+                                               "secretRef": {"name": "teacher", "key": "api-key"}}}
+    document["spec"]["vectorStore"]["tokenSecretRef"] = {"name": "milvus", "key": "token"}
+    spec = normalise(document["spec"])
+    hashes = stage_hashes(spec)
+    job = builders.ray_job("mara-quill", "twins", spec, hashes)
+    for group in (job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]):
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env == {"TWIN_TEACHER_KEY": {"name": "teacher", "key": "api-key"},
+                       "TWIN_MILVUS_TOKEN": {"name": "milvus", "key": "token"}}
+    service = builders.ray_service("mara-quill", "twins", spec, hashes)
+    worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert [e["name"] for e in worker["env"]] == ["TWIN_MILVUS_TOKEN"], "serving needs the Milvus token only"
+    rendered = builders.config_map("mara-quill", "twins", spec, hashes)["data"]["twinmodel.json"]
+    assert '"secretRef"' in rendered and "api-key" in rendered  # the reference travels, a value never could
+
+
+def test_unknown_and_wrong_fields_are_refused_with_their_path():
+    spec = example()["spec"]
+    spec["training"]["sft"]["learningrate"] = 0.1  # misspelt: would silently train with the default
+    with pytest.raises(InvalidSpec, match=r"spec\.training\.sft\.learningrate is not a field"):
+        normalise(spec)
+    spec = example()["spec"]
+    spec["refresh"] = {"interval": "every day"}
+    with pytest.raises(InvalidSpec, match=r"spec\.refresh\.interval"):
+        normalise(spec)

@@ -159,9 +159,9 @@ def index_sample(data_dir: Path) -> None:
     import subprocess
     import sys
 
-    from .config import Settings
-    from .documents import RawDocument
-    from .warehouse import Warehouse
+    from llm_twin.config import Settings
+    from llm_twin.documents import RawDocument
+    from llm_twin.warehouse import Warehouse
 
     warehouse = Warehouse(Settings(data_dir=data_dir).resolved_warehouse_uri)
     for slug, (title, paragraphs) in POSTS.items():
@@ -169,7 +169,7 @@ def index_sample(data_dir: Path) -> None:
         warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=link, link=link, title=title,
                                          text="\n\n".join(paragraphs)))
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
-    done = subprocess.run([sys.executable, "-m", "llm_twin.cli", "index"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "twin_cli", "index"], env=env, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"twin index failed:\n{done.stdout}\n{done.stderr}")

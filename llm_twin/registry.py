@@ -39,11 +39,14 @@ def list_models(artifact_uri: str) -> list[dict]:
     return sorted(out, key=lambda m: m.get("registered", ""), reverse=True)
 
 
-def latest(artifact_uri: str, author: str, servable_only: bool = True) -> dict | None:
-    """The newest registered model of a twin (by default only one whose evaluation passed the gate)."""
+def latest(artifact_uri: str, author: str, servable_only: bool = True, version: str | None = None) -> dict | None:
+    """The newest registered model of a twin (by default only one whose evaluation passed the gate),
+    or, with ``version``, that version (None when it is missing or, servable_only, held back)."""
     slug = author_slug(author)
     for model in list_models(artifact_uri):
-        if author_slug(model["author"]) == slug and (model.get("servable") or not servable_only):
+        if author_slug(model["author"]) != slug or (version and model.get("version") != version):
+            continue
+        if model.get("servable") or not servable_only:
             return model
     return None
 

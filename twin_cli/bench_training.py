@@ -37,7 +37,8 @@ def run() -> None:
     from training.config import TrainConfig
     from training.sft_dpo import train
 
-    from .config import Settings
+    from llm_twin.config import Settings
+
     from .sample_corpus import AUTHOR
 
     settings = Settings()

@@ -135,9 +135,10 @@ def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
 def run() -> None:
     from services.generation.model_store import resolve_model
 
-    from .config import Settings, configure_torch_threads
+    from llm_twin.config import Settings, configure_torch_threads
+
+    from .local_serving import ServeProcess
     from .sample_corpus import index_sample
-    from .serving import read_state
 
     settings = Settings()
     configure_torch_threads(settings)
@@ -148,17 +149,14 @@ def run() -> None:
         data_dir = Path(tmp)
         index_sample(data_dir)
         ports = {"grpc": 9300, "http": 8300}
-        env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_GENERATION_MODEL": model}
-        process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(ports["grpc"]),
-                                    "--http-port", str(ports["http"])], env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        platform = ServeProcess(data_dir, 9300, 8300, env={"TWIN_GENERATION_MODEL": model},
+                                log=subprocess.DEVNULL).start()
         try:
-            deadline = time.monotonic() + 600
-            while not (read_state(Settings(data_dir=data_dir)) or {}).get("ready"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("make bench: `twin serve` did not start (run it by hand to see why)")
-                time.sleep(0.5)
-            address, base = f"127.0.0.1:{ports['grpc']}", f"http://127.0.0.1:{ports['http']}"
+            try:
+                platform.wait_ready(600)
+            except RuntimeError as exc:
+                sys.exit(f"make bench: {exc} (run `twin serve` by hand to see why)")
+            address, base = platform.grpc, platform.http
             grpc_rate = _grpc_tokens_per_s(address)
             http_rate = _http_tokens_per_s(base)
             _chat_throughput(address, 1, 8)  # warm the chat path
@@ -166,9 +164,7 @@ def run() -> None:
                            for n in CHAT_TOKENS}
             generate = (_generate_throughput(address, 1), _generate_throughput(address, CLIENTS))
         finally:
-            subprocess.run([sys.executable, "-m", "llm_twin.cli", "serve", "--stop"], env=env, check=False,
-                           capture_output=True)
-            process.wait(timeout=120)
+            platform.stop()
     print(f"serving: gRPC stream {grpc_rate:.1f} tok/s / in-process generate {baseline:.1f} tok/s = "
           f"{grpc_rate / baseline:.2f} (goal >= 0.9)")
     print(f"serving: HTTP SSE {http_rate:.1f} tok/s / in-process generate {baseline:.1f} tok/s = "

@@ -14,14 +14,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.embedding.core import Embedder
-from services.retrieval.keywords import keyword_text
-from services.retrieval.store import ChunkRow, MilvusStore
+from llm_twin.config import Settings
+from llm_twin.documents import RawDocument
+from llm_twin.features.chunk import CHUNKER_VERSION, Chunk, Chunker
+from llm_twin.features.clean import CleanDocument, clean_corpus
+from llm_twin.warehouse import Warehouse
 
-from ..documents import RawDocument
-from ..warehouse import Warehouse
-from .chunk import CHUNKER_VERSION, Chunk, Chunker
-from .clean import CleanDocument, clean_corpus
+from .keywords import keyword_text
+from .store import ChunkRow, MilvusStore
 
 # How many chunks are embedded and inserted together.
 INSERT_BATCH = 128
@@ -50,11 +50,19 @@ def embedding_text(title: str, heading: str, text: str) -> str:
 
 
 class Indexer:
-    def __init__(self, warehouse: Warehouse, store: MilvusStore, embedder: Embedder, chunker: Chunker):
+    """Retrieval's write side. ``embedder``: anything with ``name``, ``dimension``,
+    ``count_tokens`` and ``embed`` (the local Embedder, or the embedding deployment's handle)."""
+
+    def __init__(self, warehouse: Warehouse, store: MilvusStore, embedder, chunker: Chunker):
         self.warehouse = warehouse
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
+
+    @classmethod
+    def from_settings(cls, settings: Settings, embedder, store: MilvusStore) -> Indexer:
+        chunker = Chunker(embedder.count_tokens, settings.chunk_max_tokens, settings.chunk_overlap_tokens)
+        return cls(Warehouse(settings.resolved_warehouse_uri), store, embedder, chunker)
 
     def _settings_key(self) -> str:
         return f"{CHUNKER_VERSION}|{self.embedder.name}|{self.chunker.max_tokens}|{self.chunker.overlap_tokens}"

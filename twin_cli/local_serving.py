@@ -15,15 +15,15 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from .config import Settings
-from services.gateway.entrypoints import APP_NAME
-
-from .telemetry import serve_tracing_env
+from llm_twin.config import Settings
+from llm_twin.telemetry import serve_tracing_env
+from services.gateway.serve_config import serve_config
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,22 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
     import ray
     from ray import serve
 
-    from services.gateway.server import GRPC_SERVICER_FUNCTIONS, build_app
+    from services.gateway.server import build_app
 
+    config = serve_config(settings.model_dump(mode="json"), http_host=settings.http_host,
+                          http_port=settings.http_port, grpc_port=settings.grpc_port,
+                          request_timeout_s=settings.request_timeout_s)
+    app = config["applications"][0]
     _say("starting Ray")
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              namespace="llm-twin", configure_logging=True)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port,
-                              "request_timeout_s": settings.request_timeout_s},
-                grpc_options={"port": settings.grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS,
-                              "request_timeout_s": settings.request_timeout_s})
+    serve.start(http_options=config["http_options"], grpc_options=config["grpc_options"])
     _say("deploying the platform (gateway, crawler, retrieval, embedding, generation)")
-    serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(app["args"], app["deployments"]), name=app["name"], route_prefix=app["route_prefix"],
+              blocking=False)
     deadline = time.monotonic() + ready_timeout_s
     while True:
-        status = serve.status().applications.get(APP_NAME)
+        status = serve.status().applications.get(app["name"])
         if status and status.status == "RUNNING":
             break
         if status and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
@@ -163,3 +165,54 @@ def stop_running(settings: Settings, timeout_s: float = 60) -> bool:
     if _alive(pid):
         raise RuntimeError(f"`twin serve` (pid {pid}) did not stop within {timeout_s:.0f} s; kill it with kill -9 {pid}")
     return True
+
+
+class ServeProcess:
+    """`twin serve` in a child process, for the demo, the benchmarks and the tests: started with
+    :meth:`start`, :meth:`wait_ready` until it answers, :meth:`stop` as a user would."""
+
+    def __init__(self, data_dir: Path, grpc_port: int, http_port: int, env: dict | None = None, log=None):
+        self.data_dir, self.grpc_port, self.http_port = Path(data_dir), grpc_port, http_port
+        self.env = {**os.environ, **(env or {}), "TWIN_DATA_DIR": str(data_dir)}
+        self.log = log
+        self.process = None
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def twin(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "twin_cli", *args], env=self.env, **kwargs)
+
+    def start(self) -> ServeProcess:
+        self.process = subprocess.Popen([sys.executable, "-m", "twin_cli", "serve", "--grpc-port", str(self.grpc_port),
+                                         "--http-port", str(self.http_port)], env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT if self.log is not None else None)
+        return self
+
+    def wait_ready(self, timeout_s: float = 600) -> float:
+        """Seconds until ready; raises RuntimeError when the process exits or the time runs out."""
+        started = time.monotonic()
+        settings = Settings(data_dir=self.data_dir)
+        while not (read_state(settings) or {}).get("ready"):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"`twin serve` exited with {self.process.returncode}")
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"`twin serve` was not ready within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    def stop(self, timeout_s: float = 180) -> subprocess.CompletedProcess:
+        """`twin serve --stop`, then wait for the server process to end."""
+        done = self.twin("serve", "--stop", capture_output=True, text=True, timeout=timeout_s)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise
+        return done

@@ -4,9 +4,9 @@
 - retrieval: hybrid MRR@10 / chunk-level RRF MRR@10 on the handbook question set, and hybrid
   latency / dense-only latency;
 - indexing: chunks per second embedded and loaded;
-- serving (llm_twin/bench_serving.py): tokens/s through gRPC and HTTP against in-process
+- serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against in-process
   `generate`, and 8 concurrent chat clients against one;
-- training (llm_twin/bench_training.py): Ray Train samples/s against plain TRL's.
+- training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's.
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 """
 
@@ -26,15 +26,16 @@ def main() -> None:
         sys.exit(f"make bench needs {SHARED} (the benchmark pages and the handbook corpus)")
     import trafilatura
 
+    from llm_twin.config import Settings
+    from llm_twin.evaluation.extraction import run_benchmark
+    from llm_twin.evaluation.retrieval import evaluate, load_questions
+    from llm_twin.handbook import import_handbook
+    from llm_twin.warehouse import Warehouse
     from services.crawler.extract import _CONFIG, extract_article
+    from services.embedding.core import Embedder
     from services.retrieval.core import Retriever
-
-    from .app import build_indexer, load_embedder, open_store
-    from .config import Settings
-    from .evaluation.extraction import run_benchmark
-    from .evaluation.retrieval import evaluate, load_questions
-    from .handbook import import_handbook
-    from .warehouse import Warehouse
+    from services.retrieval.indexer import Indexer
+    from services.retrieval.store import MilvusStore
 
     pages = SHARED / "benchmarks" / "article-extraction"
     ours = run_benchmark(pages, lambda raw: extract_article(raw).text)
@@ -44,10 +45,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), torch_threads=2)
         import_handbook(SHARED / "corpus" / "llm-engineers-handbook", Warehouse(settings.resolved_warehouse_uri))
-        embedder = load_embedder(settings)
-        store = open_store(settings, embedder.dimension)
+        embedder = Embedder.from_settings(settings)
+        store = MilvusStore.from_settings(settings, embedder.dimension)
         started = time.perf_counter()
-        report = build_indexer(settings, embedder, store).run()
+        report = Indexer.from_settings(settings, embedder, store).run()
         seconds = time.perf_counter() - started
         print(f"indexing: {report.chunks_written} chunks in {seconds:.1f} s = {report.chunks_written / seconds:.1f} chunks/s")
 

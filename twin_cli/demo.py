@@ -23,6 +23,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .local_serving import ServeProcess
 from .sample_corpus import AUTHOR, POSTS, write_site
 
 GRPC_QUESTIONS = [
@@ -45,7 +46,7 @@ def step(title: str) -> None:
 def twin(data_dir: Path, *args: str) -> None:
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "llm_twin.cli", *args], env=env)
+    done = subprocess.run([sys.executable, "-m", "twin_cli", *args], env=env)
     print(f"   ({time.perf_counter() - started:.1f} s)")
     if done.returncode != 0:
         sys.exit(f"demo failed at: twin {' '.join(args)}")
@@ -59,20 +60,6 @@ def free_port(preferred: int) -> int:
         except OSError:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
-
-
-def wait_until_ready(process: subprocess.Popen, data_dir: Path, timeout_s: float = 900) -> None:
-    from .config import Settings
-    from .serving import read_state
-
-    settings = Settings(data_dir=data_dir)
-    deadline = time.monotonic() + timeout_s
-    while not (read_state(settings) or {}).get("ready"):
-        if process.poll() is not None:
-            sys.exit("demo failed: `twin serve` exited (its output is above)")
-        if time.monotonic() > deadline:
-            sys.exit("demo failed: the platform did not become ready")
-        time.sleep(0.5)
 
 
 def show_sources(sources) -> None:
@@ -154,22 +141,21 @@ def main() -> None:
         finally:
             server.shutdown()
     step("fine-tune a twin: backtranslated dataset -> LoRA SFT + DPO of SmolLM2 -> evaluation (a short run)")
-    twin(data_dir, "pipeline", "--author", AUTHOR, "--max-examples", "12", "--sft-steps", "8", "--dpo-steps", "2",
+    twin(data_dir, "pipeline", "--author", AUTHOR, "--max-examples", "12", "--sft-max-steps", "8", "--sft-batch-size",
+         "2", "--dpo-max-steps", "2", "--dpo-batch-size", "2", "--threads-per-worker", os.environ.get("TWIN_TORCH_THREADS", "2"),
          "--rejected-max-tokens", "64", "--no-ray")
     step(f"twin serve: Ray Serve, gRPC on :{grpc_port}, HTTP on :{http_port}")
-    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "llm_twin.cli", "serve", "--grpc-port", str(grpc_port),
-                                "--http-port", str(http_port)], env=env)
+    platform = ServeProcess(data_dir, grpc_port, http_port).start()
     try:
-        wait_until_ready(process, data_dir)
-        print(f"   (ready after {time.perf_counter() - started:.1f} s)")
-        ask_grpc(f"127.0.0.1:{grpc_port}")
-        ask_http(f"http://127.0.0.1:{http_port}", "mara-quill")
+        try:
+            print(f"   (ready after {platform.wait_ready(900):.1f} s)")
+        except RuntimeError as exc:
+            sys.exit(f"demo failed: {exc} (its output is above)")
+        ask_grpc(platform.grpc)
+        ask_http(platform.http, "mara-quill")
     finally:
         step("shut down")
-        twin(data_dir, "serve", "--stop")
-        process.wait(timeout=120)
+        print(platform.stop().stdout.strip())
     step(f"done in {time.perf_counter() - demo_started:.0f} s. Serve it again with: "
          f"TWIN_DATA_DIR={data_dir} .venv/bin/twin serve")
 

@@ -1,0 +1,208 @@
+"""The HTTP transport: the OpenAI-compatible API and a JSON mirror of twin.v1, over the data plane.
+
+Routes are plain functions (Ray Serve's ingress keeps them as they are); each finds the replica's
+data plane through :func:`plane`. Errors become responses in one place (:func:`error_response`),
+and in one place once a stream has started (:func:`error_event`).
+"""
+
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import openai_format as oa
+from .dataplane import DataPlane, collect
+from .status import InvalidRequest, status_for
+
+# No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
+
+http = FastAPI(title="LLM Twin", version="0.1.0",
+               description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
+SSE_HEADERS = {"Cache-Control": "no-cache"}
+
+
+def plane(request: Request) -> DataPlane:
+    """The data plane: set on the app in tests; in Ray Serve, the replica's Gateway holds it (the
+    replica serves a deserialized copy of this app, so module state would not reach it)."""
+    found = getattr(request.app.state, "plane", None)
+    if found is None:
+        from ray import serve
+
+        found = serve.get_replica_context().servable_object.plane
+    return found
+
+
+def _mapped(exc: BaseException) -> tuple[int, str]:
+    mapped = status_for(exc)
+    return (mapped[1], mapped[2]) if mapped else (500, f"internal error: {type(exc).__name__}")
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, message = _mapped(exc)
+    return JSONResponse(oa.error_body(message, status), status_code=status)
+
+
+def error_event(exc: BaseException) -> str:
+    """An error after the response has started travels as an SSE event."""
+    status, message = _mapped(exc)
+    return oa.sse(oa.error_body(message, status))
+
+
+@http.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid" or (
+            first.get("type") in ("model_attributes_type", "dict_type") and tuple(first.get("loc", ())) == ("body",)):
+        return JSONResponse(oa.error_body("the body is not a valid JSON object", 400), status_code=400)
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+    return JSONResponse(oa.error_body(message, 400, where or None), status_code=400)
+
+
+@http.exception_handler(Exception)
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(exc)
+
+
+# -- request bodies of the JSON mirror ---------------------------------------------------------------
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchBody(Body):
+    query: str
+    twin: str | None = None
+    category: str | None = None
+    top_k: int | None = Field(None, description="Documents to return (default 5).")
+    strategy: str | None = Field(None, description="hybrid (default), rrf, dense or keyword.")
+
+
+class CrawlBody(Body):
+    twin: str
+    targets: list[str]
+    source_type: str | None = None
+    index: bool = False
+
+
+class MessageBody(Body):
+    role: str
+    content: str
+
+
+class GenerateBody(Body):
+    messages: list[MessageBody]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    stream: bool = False
+
+
+# -- OpenAI-compatible -------------------------------------------------------------------------------
+@http.get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@http.get("/v1/models")
+async def models(dp: DataPlane = Depends(plane)) -> dict:
+    return oa.model_list(await dp.twins())
+
+
+@http.get("/v1/models/{model_id}")
+async def model(model_id: str, dp: DataPlane = Depends(plane)):
+    twins = await dp.twins()
+    if model_id not in twins:
+        return JSONResponse(oa.error_body(f"no twin {model_id!r}; see /v1/models", 404), status_code=404)
+    return oa.model_list({model_id: twins[model_id]})["data"][0]
+
+
+@http.post("/v1/chat/completions")
+async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = Depends(plane)):
+    if body.n != 1:
+        raise InvalidRequest("n must be 1")
+    params = dp.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+                         body.repetition_penalty)
+    dp.twin_id(body.model)
+    started = await dp.start_chat(body.model, [m.text() for m in body.messages], params, body.top_k, "http")
+    cid = oa.completion_id()
+    if not body.stream:
+        text, last = await collect(started.deltas)
+        return oa.chat_completion(cid, started.model, text, last.finish_reason, last.prompt_tokens,
+                                  last.completion_tokens, started.sources)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(_chat_events(cid, started.model, started.sources, started.deltas, include_usage),
+                             media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterator, include_usage: bool):
+    yield oa.chunk_event(cid, model, {"role": "assistant", "content": ""}, sources=[oa.source_json(s) for s in sources])
+    last = None
+    try:
+        async for delta in deltas:
+            last = delta
+            if delta.text:
+                yield oa.chunk_event(cid, model, {"content": delta.text})
+        yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
+        if include_usage and last:
+            yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)
+    except Exception as exc:  # noqa: BLE001 - the response has started
+        yield error_event(exc)
+    finally:
+        await deltas.aclose()
+    yield oa.sse("[DONE]")
+
+
+@http.post("/v1/embeddings")
+async def embeddings(body: oa.EmbeddingRequest, dp: DataPlane = Depends(plane)) -> dict:
+    result = await dp.embed([body.input] if isinstance(body.input, str) else body.input)
+    return oa.embeddings(result["vectors"], result["model"], result["prompt_tokens"], body.encoding_format)
+
+
+# -- JSON mirror of twin.v1 --------------------------------------------------------------------------
+@http.post("/v1/search")
+async def search(body: SearchBody, dp: DataPlane = Depends(plane)) -> dict:
+    results = await dp.search(body.query, body.twin, body.category, body.top_k, body.strategy)
+    return {"sources": [oa.source_json(r) for r in results]}
+
+
+@http.post("/v1/crawl")
+async def crawl(body: CrawlBody, dp: DataPlane = Depends(plane)) -> dict:
+    return await dp.crawl(body.twin, body.targets, body.source_type, body.index)
+
+
+@http.post("/v1/generate")
+async def generate(body: GenerateBody, dp: DataPlane = Depends(plane)):
+    """GenerationService as JSON; streamed as SSE events {"delta"}, the last with "finish_reason" and "usage"."""
+    messages = [m.model_dump() for m in body.messages]
+    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty)
+    if not body.stream:
+        r = await dp.generate(messages, params, "http")
+        return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
+                "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
+    deltas = await dp.generate_stream(messages, params)
+    return StreamingResponse(_generate_events(deltas), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _generate_events(deltas: AsyncIterator) -> AsyncIterator[str]:
+    try:
+        async for d in deltas:
+            event: dict = {"delta": d.text}
+            if d.finish_reason:
+                event.update(finish_reason=d.finish_reason, usage=oa.usage_json(d.prompt_tokens, d.completion_tokens))
+            yield oa.sse(event)
+    except Exception as exc:  # noqa: BLE001 - the response has started
+        yield error_event(exc)
+    finally:
+        await deltas.aclose()
+    yield oa.sse("[DONE]")
+
+
+@http.get("/v1/stats")
+async def stats(dp: DataPlane = Depends(plane)) -> dict:
+    """Generation engine counters (queued, active, batches, cancelled): what operators watch."""
+    return await dp.stats()
+

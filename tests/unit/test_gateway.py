@@ -1,0 +1,315 @@
+"""The gateway without Ray: its data plane under the real HTTP routes (FastAPI's test client) and
+the real gRPC methods, over a fake generation engine and fake service handles.
+
+Fakes, said plainly: the engine is a GenerationBackend that echoes the question word by word
+behind the real `Generator` (prompt validation, limits); retrieval, embedding and crawling are
+in-process objects with the deployments' methods. The real deployments behind real Ray Serve are
+tested in tests/integration/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import grpc
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from llm_twin import prompts
+from llm_twin.config import Settings
+from services.gateway import http_api
+from services.gateway.dataplane import DataPlane
+from services.gateway.grpc_api import GrpcApi
+from services.generation.backend import Delta
+from services.generation.core import Generator
+from services.retrieval.core import Result
+from services.retrieval.errors import InvalidQuery, UnknownAuthor
+from twin.v1 import chat_pb2, common_pb2, generation_pb2, retrieval_pb2
+
+TWINS = {"mara-quill": {"name": "Mara Quill", "documents": 2, "chunks": 5}}
+
+
+class EchoEngine:
+    """A generation engine: streams 'you asked: <question>' one word at a time."""
+
+    model_id = "echo-engine"
+
+    def __init__(self):
+        self.closed_early = 0
+
+    def render(self, messages) -> str:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def stream(self, prompt, params, adapter=None):
+        question = prompt.rsplit("user: ", 1)[-1]
+        words = f"you asked: {question}".split()
+        n = min(len(words), params.max_tokens)
+        finished = False
+        try:
+            for i, word in enumerate(words[:n]):
+                last = i == n - 1
+                yield Delta(word + ("" if last else " "), ("length" if n < len(words) else "stop") if last else None,
+                            self.count_tokens(prompt), i + 1)
+            finished = True
+        finally:
+            self.closed_early += not finished
+
+    def stats(self) -> dict:
+        return {"queued": 0, "active": 0}
+
+
+class FakeGeneration:
+    """The generation deployment's methods over the real Generator and the echo engine."""
+
+    def __init__(self):
+        self.engine = EchoEngine()
+        self.generator = Generator(backend=self.engine, max_prompt_tokens=200)
+        self.twins = []
+
+    async def validate(self, messages):
+        self.generator.prompt(messages)
+
+    def stream(self, messages, params, twin=None):
+        self.twins.append(twin)
+        return self.generator.stream(messages, params)
+
+    async def generate(self, messages, params):
+        c = await self.generator.complete(messages, params)
+        return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "model": c.model}
+
+    async def stats(self):
+        return self.engine.stats()
+
+    async def model_id(self):
+        return self.engine.model_id
+
+
+class FakeRetrieval:
+    def __init__(self, similarity: float = 0.8):
+        self.similarity, self.calls = similarity, []
+
+    async def search(self, query, twin=None, category=None, top_k=5, strategy="hybrid"):
+        self.calls.append({"query": query, "twin": twin, "category": category, "top_k": top_k, "strategy": strategy})
+        if not query.strip():
+            raise InvalidQuery("the query is empty: ask a question")
+        if twin and twin not in TWINS:
+            raise UnknownAuthor(f"no twin {twin!r} in the index")
+        return [Result(chunk_id=f"c{i}", doc_id=f"d{i}", score=1 / (i + 1), text=f"passage {i} about {query}",
+                       title=f"Post {i}", link=f"https://mara.test/{i}", author="Mara Quill", category="article",
+                       chunk_no=0, similarity=self.similarity) for i in range(top_k)]
+
+    async def twins(self):
+        return TWINS
+
+    async def has_twin(self, twin):
+        return twin in TWINS
+
+
+class FakeEmbedding:
+    async def embed(self, texts):
+        if not texts:
+            from services.embedding.errors import InvalidEmbeddingRequest
+
+            raise InvalidEmbeddingRequest("send at least one text to embed")
+        return {"vectors": np.ones((len(texts), 4), dtype=np.float32) / 2, "prompt_tokens": sum(map(len, texts))}
+
+    async def info(self):
+        return {"model": "fake-embedder", "dimension": 4}
+
+
+class BrokenCrawler:
+    async def crawl(self, twin, targets, source_type, index):
+        raise RuntimeError("secret internal detail")
+
+
+def make_plane(similarity: float = 0.8) -> DataPlane:
+    return DataPlane(Settings(default_max_tokens=50, max_new_tokens=100), crawler=BrokenCrawler(),
+                     retrieval=FakeRetrieval(similarity), embedding=FakeEmbedding(), generation=FakeGeneration())
+
+
+@pytest.fixture
+def plane():
+    return make_plane()
+
+
+@pytest.fixture
+def client(plane):
+    http_api.http.state.plane = plane
+    yield TestClient(http_api.http, raise_server_exceptions=False)
+    del http_api.http.state.plane
+
+
+def ask(question="How do I chunk?", **extra) -> dict:
+    return {"model": "mara-quill", "messages": [{"role": "user", "content": question}], **extra}
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------
+def test_chat_completion_answers_with_the_twins_sources(client, plane):
+    reply = client.post("/v1/chat/completions", json=ask(max_tokens=40))
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == "mara-quill"
+    assert body["choices"][0]["message"]["content"].startswith("you asked:")
+    assert [s["title"] for s in body["sources"]] == ["Post 0", "Post 1", "Post 2", "Post 3"]
+    assert body["usage"]["completion_tokens"] > 0
+    assert plane.generation.twins == ["mara-quill"], "the twin's adapter is asked for"
+
+
+def test_streamed_chat_sends_sources_first_then_tokens_then_done(client):
+    with client.stream("POST", "/v1/chat/completions", json=ask(stream=True, stream_options={"include_usage": True})) as r:
+        assert r.status_code == 200
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks[0]["sources"]) == 4 and chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text.startswith("you asked:") and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_nothing_relevant_is_said_not_invented(client):
+    http_api.http.state.plane = make_plane(similarity=0.01)
+    body = client.post("/v1/chat/completions", json=ask()).json()
+    assert body["sources"] == [] and body["choices"][0]["message"]["content"] == prompts.NO_SOURCES_ANSWER
+
+
+@pytest.mark.parametrize("request_body, status, fragment", [
+    (ask(temperature=5), 400, "temperature"),
+    (ask(max_tokens=10_000), 400, "max_tokens"),
+    (ask(top_k=0), 400, "top_k"),
+    ({**ask(), "model": "nobody-here"}, 404, "nobody-here"),
+    ({"model": "mara-quill", "messages": []}, 400, "messages"),
+    ({"model": "mara-quill"}, 400, "messages"),
+    (ask(n=2), 400, "n must be 1"),
+    (ask(question="word " * 300), 400, "the prompt is"),
+])
+def test_bad_chat_requests_get_4xx_naming_the_problem(client, request_body, status, fragment):
+    reply = client.post("/v1/chat/completions", json=request_body)
+    assert reply.status_code == status, reply.text
+    assert fragment in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path, body, fragment", [
+    ("/v1/search", {"query": "x", "top_k": "abc"}, "top_k"),
+    ("/v1/search", {"query": "x", "colour": "red"}, "colour"),
+    ("/v1/search", {"query": ""}, "empty"),
+    ("/v1/generate", {"messages": [{"role": "user"}]}, "content"),
+    ("/v1/generate", {"messages": [{"role": "user", "content": "hi"}], "top_p": "high"}, "top_p"),
+    ("/v1/crawl", {"twin": "x", "targets": "http://a"}, "targets"),
+    ("/v1/embeddings", {"input": []}, "at least one"),
+])
+def test_the_json_mirror_validates_every_field(client, path, body, fragment):
+    reply = client.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    assert fragment in reply.json()["error"]["message"]
+
+
+def test_an_unexpected_failure_is_a_500_that_leaks_nothing(client):
+    reply = client.post("/v1/crawl", json={"twin": "Mara Quill", "targets": ["https://mara.test/"]})
+    assert reply.status_code == 500
+    assert reply.json()["error"]["message"] == "internal error: RuntimeError"
+
+
+def test_search_generate_embed_models_and_stats(client, plane):
+    found = client.post("/v1/search", json={"query": "chunking", "twin": "mara-quill", "top_k": 2}).json()
+    assert [s["link"] for s in found["sources"]] == ["https://mara.test/0", "https://mara.test/1"]
+    assert plane.retrieval.calls[-1] == {"query": "chunking", "twin": "mara-quill", "category": None, "top_k": 2,
+                                         "strategy": "hybrid"}
+    generated = client.post("/v1/generate", json={"messages": [{"role": "user", "content": "a b c"}],
+                                                  "max_tokens": 2}).json()
+    assert generated["text"] == "you asked:" and generated["finish_reason"] == "length"
+    with client.stream("POST", "/v1/generate", json={"messages": [{"role": "user", "content": "a b"}],
+                                                     "stream": True}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["delta"] for e in events) == "you asked: a b" and events[-1]["finish_reason"] == "stop"
+    vectors = client.post("/v1/embeddings", json={"input": ["a", "b"], "encoding_format": "base64"}).json()
+    assert np.frombuffer(base64.b64decode(vectors["data"][1]["embedding"]), dtype="<f4").tolist() == [0.5] * 4
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["mara-quill"]
+    assert client.get("/v1/models/someone").status_code == 404
+    assert client.get("/v1/stats").json() == {"generation": {"queued": 0, "active": 0}}
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
+    async def leave_early():
+        started = await plane.start_chat("mara-quill", [{"role": "user", "content": "one two three four"}],
+                                         plane.sampling(max_tokens=50), None, "test")
+        await anext(started.deltas)
+        await started.deltas.aclose()
+
+    asyncio.run(leave_early())
+    assert plane.generation.engine.closed_early == 1
+
+
+# -- gRPC ------------------------------------------------------------------------------------------------
+class Context:
+    def __init__(self):
+        self.code, self.details = None, ""
+
+    def set_code(self, code):
+        self.code = code
+
+    def set_details(self, details):
+        self.details = details
+
+
+class Servicer(GrpcApi):
+    def __init__(self, plane):
+        self.plane = plane
+
+
+def chat_request(question="How do I chunk?", twin="mara-quill", **sampling) -> chat_pb2.ChatRequest:
+    return chat_pb2.ChatRequest(twin=twin, messages=[common_pb2.ChatMessage(role="user", content=question)],
+                                sampling=generation_pb2.SamplingParams(**sampling))
+
+
+def test_grpc_chat_and_stream_agree(plane):
+    servicer, context = Servicer(plane), Context()
+    reply = asyncio.run(servicer.Chat(chat_request(max_tokens=30), context))
+    assert context.code is None and reply.answer.startswith("you asked:") and len(reply.sources) == 4
+
+    async def stream():
+        return [c async for c in servicer.ChatStream(chat_request(max_tokens=30), Context())]
+
+    chunks = asyncio.run(stream())
+    assert len(chunks[0].sources) == 4 and "".join(c.delta for c in chunks) == reply.answer
+    assert chunks[-1].finish_reason == reply.finish_reason and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("request_, code", [
+    (chat_request(twin="nobody"), grpc.StatusCode.NOT_FOUND),
+    (chat_request(temperature=9), grpc.StatusCode.INVALID_ARGUMENT),
+    (chat_request(question=" "), grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_grpc_errors_are_status_codes(plane, request_, code):
+    context = Context()
+    asyncio.run(Servicer(plane).Chat(request_, context))
+    assert context.code == code and context.details
+
+    async def stream():
+        return [c async for c in Servicer(plane).ChatStream(request_, streamed)]
+
+    streamed = Context()
+    with pytest.raises(Exception):  # noqa: B017 - a streaming RPC reports its status by raising
+        asyncio.run(stream())
+    assert streamed.code == code
+
+
+def test_grpc_search_list_twins_and_health(plane):
+    servicer, context = Servicer(plane), Context()
+    found = asyncio.run(servicer.Search(retrieval_pb2.SearchRequest(query="q", twin="mara-quill", top_k=3), context))
+    assert len(found.sources) == 3 and found.sources[0].link == "https://mara.test/0"
+    twins = asyncio.run(servicer.ListTwins(retrieval_pb2.ListTwinsRequest(), context))
+    assert [(t.id, t.chunks) for t in twins.twins] == [("mara-quill", 5)]
+    from grpc_health.v1 import health_pb2
+
+    ok = asyncio.run(servicer.Check(health_pb2.HealthCheckRequest(service="twin.v1.ChatService"), context))
+    assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    unknown = Context()
+    asyncio.run(servicer.Check(health_pb2.HealthCheckRequest(service="nope"), unknown))
+    assert unknown.code == grpc.StatusCode.NOT_FOUND

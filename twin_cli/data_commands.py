@@ -1,0 +1,219 @@
+"""The data path: crawl, extract, import, index, search, status, and the data-quality evaluations."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from llm_twin.config import Settings
+
+from .common import bar, fail, settings_of
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--author", required=True, help="Whose writing this is, e.g. 'Paul Iusztin'.")
+@click.option("--source", default="auto", show_default=True,
+              type=click.Choice(["auto", "article", "feed", "sitemap", "git", "folder", "linkedin-export"]),
+              help="Source type; auto detects it from the path or the fetched content.")
+@click.pass_context
+def crawl(ctx: click.Context, targets, author, source) -> None:
+    """Crawl URLs or paths into the warehouse: articles, feeds, sitemaps, git repos, folders, LinkedIn exports."""
+    from services.crawler.core import Crawler
+    from services.crawler.errors import CrawlError
+
+    if not author.strip():
+        fail("--author is empty: name the person whose writing this is")
+    crawler = Crawler.from_settings(settings_of(ctx))
+    marks = {"stored": ("stored   ", "green"), "updated": ("updated  ", "cyan"),
+             "unchanged": ("unchanged", None), "failed": ("failed   ", "red")}
+
+    def show(outcome) -> None:
+        mark, colour = marks[outcome.status]
+        click.echo(click.style(mark, fg=colour) + f" {outcome.target}" + (f"  ({outcome.detail})" if outcome.detail else ""))
+
+    try:
+        report = crawler.crawl(targets, author, source, on_outcome=show)
+    except (CrawlError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        crawler.fetcher.close()
+    click.echo(f"{report.summary()}")
+    if not report.ok:
+        fail("nothing could be crawled")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--jsonl", is_flag=True, help="Print one {path, title, text} JSON object per file.")
+def extract(paths, jsonl) -> None:
+    """Run the main-text extractor on saved pages (.html or .html.gz)."""
+    from services.crawler.errors import CrawlError
+    from services.crawler.extract import extract_article, read_saved_page
+
+    failed = 0
+    for path in paths:
+        try:
+            page = extract_article(read_saved_page(path), url=None)
+            title, text = page.title, page.text
+        except (CrawlError, OSError) as exc:
+            failed += 1
+            click.secho(f"failed {path}: {getattr(exc, 'reason', exc)}", fg="red", err=True)
+            title, text = "", ""
+            if not jsonl:
+                continue
+        if jsonl:
+            click.echo(json.dumps({"path": str(path), "title": title, "text": text}, ensure_ascii=False))
+        else:
+            click.echo(f"# {title}\n\n{text}\n")
+    if failed == len(paths):
+        sys.exit(1)
+
+
+@click.command("import-handbook")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def import_handbook_cmd(ctx: click.Context, directory: Path) -> None:
+    """Import the LLM Engineer's Handbook warehouse export (ArticleDocument.json, ...)."""
+    from llm_twin.handbook import HandbookImportError, import_handbook
+    from llm_twin.warehouse import Warehouse
+
+    try:
+        counts = import_handbook(directory, Warehouse(settings_of(ctx).resolved_warehouse_uri))
+    except HandbookImportError as exc:
+        fail(str(exc))
+    click.echo(f"{counts['stored']} stored, {counts['updated']} updated, {counts['unchanged']} unchanged")
+
+
+@click.command()
+@click.pass_context
+def index(ctx: click.Context) -> None:
+    """Clean, chunk, embed and load new or changed documents into Milvus (incremental)."""
+    from services.embedding.core import Embedder
+    from services.retrieval.indexer import Indexer
+    from services.retrieval.store import MilvusStore
+
+    settings = settings_of(ctx)
+    started = time.perf_counter()
+    click.echo("loading the embedding model ...", err=True)
+    embedder = Embedder.from_settings(settings)
+    store = MilvusStore.from_settings(settings, embedder.dimension)
+    report = Indexer.from_settings(settings, embedder, store).run(
+        progress=lambda label, total: bar(label, total, "chunk").update)
+    click.echo(f"{report.summary()} in {time.perf_counter() - started:.1f} s")
+
+
+def _retriever(settings: Settings):
+    from services.embedding.core import Embedder
+    from services.retrieval.core import Retriever
+
+    return Retriever.from_settings(settings, Embedder.from_settings(settings))
+
+
+STRATEGIES = click.Choice(["hybrid", "rrf", "dense", "keyword"])
+
+
+@click.command()
+@click.argument("question")
+@click.option("--author", help="Only this twin's writing (name or slug).")
+@click.option("--category", type=click.Choice(["article", "post", "code"]), help="Only this category.")
+@click.option("--top-k", default=5, show_default=True, type=int, help="Documents to return.")
+@click.option("--strategy", default="hybrid", show_default=True, type=STRATEGIES)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def search(ctx: click.Context, question, author, category, top_k, strategy, as_json) -> None:
+    """Search the index: hybrid dense + keyword retrieval, one result per document."""
+    from services.retrieval.errors import RetrievalError
+
+    try:
+        results = _retriever(settings_of(ctx)).search(question, author=author, category=category, top_k=top_k,
+                                                      strategy=strategy)
+    except RetrievalError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in results], ensure_ascii=False, indent=1))
+        return
+    if not results:
+        click.echo("no results (is the index empty? run `twin index`)")
+    for rank, r in enumerate(results, start=1):
+        click.secho(f"{rank}. [{r.score:.4f}] {r.title}", bold=True)
+        click.echo(f"   {r.author} · {r.category} · {r.link}")
+        snippet = " ".join(r.text.split())
+        click.echo(f"   {snippet[:300]}{'...' if len(snippet) > 300 else ''}\n")
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure extraction, retrieval and model quality."""
+
+
+@eval_group.command("retrieval")
+@click.option("--questions", required=True, type=click.Path(path_type=Path), help="JSONL question file.")
+@click.option("--strategy", default="hybrid", show_default=True, type=STRATEGIES)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def eval_retrieval(ctx: click.Context, questions, strategy, as_json) -> None:
+    """hit@1, hit@5 and MRR@10 (document level) of the current index on a question file."""
+    from llm_twin.evaluation.retrieval import QuestionFileError, evaluate, load_questions
+    from services.retrieval.errors import RetrievalError
+
+    try:
+        items = load_questions(questions)
+        retriever = _retriever(settings_of(ctx))
+        scores = evaluate(items, lambda q: [r.link for r in retriever.search(
+            q.question, author=q.author, top_k=10, strategy=strategy)])
+    except (QuestionFileError, RetrievalError) as exc:
+        fail(str(exc))
+    misses = scores.pop("misses")
+    if as_json:
+        click.echo(json.dumps(scores))
+        return
+    click.echo(f"strategy {strategy}: hit@1 {scores['hit@1']:.3f}  hit@5 {scores['hit@5']:.3f}  "
+               f"MRR@10 {scores['mrr@10']:.3f}  (n={scores['n']})")
+    for question in misses:
+        click.echo(f"  not in top 10: {question}")
+
+
+@eval_group.command("extraction")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_extraction(directory: Path, as_json) -> None:
+    """Score main-text extraction on the article-extraction benchmark (html/ + ground-truth.json)."""
+    from tqdm import tqdm
+
+    from llm_twin.evaluation.extraction import run_benchmark
+    from services.crawler.extract import extract_article
+
+    if not (directory / "ground-truth.json").is_file():
+        fail(f"{directory}: no ground-truth.json (expected the article-extraction benchmark folder)")
+    result = run_benchmark(directory, lambda raw: extract_article(raw).text,
+                           progress=lambda it: tqdm(it, desc="extracting", file=sys.stderr, disable=None, leave=False))
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        click.echo(f"F1 {result.f1:.4f}  precision {result.precision:.4f}  recall {result.recall:.4f}  "
+                   f"({result.pages} pages, {result.failures} without text)")
+
+
+@click.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """What is in the warehouse and the index."""
+    from llm_twin.warehouse import Warehouse
+    from services.embedding.core import embedding_dimension
+    from services.retrieval.store import MilvusStore
+
+    settings = settings_of(ctx)
+    warehouse = Warehouse(settings.resolved_warehouse_uri)
+    click.echo(f"warehouse {settings.resolved_warehouse_uri}")
+    for slug, name in warehouse.authors().items():
+        click.echo(f"  {name} ({slug}): {len(warehouse.paths(slug))} documents")
+    store = MilvusStore.from_settings(settings, embedding_dimension(settings.embedding_model))
+    click.echo(f"index {settings.resolved_milvus_uri} collection {settings.collection}: {store.count()} chunks")
+
+
+COMMANDS = [crawl, extract, import_handbook_cmd, index, search, eval_group, status]
