@@ -116,6 +116,20 @@ class Settings(BaseSettings):
     pinned_models: dict[str, str] = Field(
         {}, description="Twin id -> registry version to serve (the operator pins the version it trained and "
         "evaluated; JSON in TWIN_PINNED_MODELS). Twins not named serve their newest servable version.")
+    api_keys_file: Path | None = Field(
+        None, description="API keys file (`twin keys`; hashes only). Default: <data_dir>/api-keys.json; on Kubernetes "
+        "a file mounted from a Secret. With no key in it the server answers loopback clients only.")
+    insecure_no_auth: bool = Field(False, description="Serve everyone without keys (only behind your own gateway).")
+    crawl_allowed_networks: list[str] = Field(
+        [], description="CIDRs the crawler may reach although they are not public (e.g. an intranet wiki: "
+        '["10.1.0.0/16"]); everything else non-public is refused.')
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="Largest HTTP request body (413 beyond).")
+    max_messages: int = Field(64, ge=1, le=10_000, description="Most messages in one chat or generate request.")
+    max_request_chars: int = Field(100_000, ge=100, description="Most characters of all messages of one request.")
+    max_queued_requests: int = Field(
+        100, ge=1, description="Requests waiting per deployment replica before new ones are refused at once "
+        "(503 / RESOURCE_EXHAUSTED) instead of queueing without end.")
+    crawl_deadline_s: float = Field(600, gt=0, description="Longest one crawl request may run (pages after it fail).")
     grpc_port: int = Field(9000, ge=1, le=65535, description="Port of Ray Serve's gRPC proxy.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP gateway (JSON + OpenAI API).")
     http_host: str = Field("127.0.0.1", description="Interface the HTTP gateway binds (0.0.0.0 in a cluster).")
@@ -133,6 +147,10 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_uri(self) -> str:
         return self.artifact_uri or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def resolved_api_keys_file(self) -> Path:
+        return self.api_keys_file or (self.data_dir / "api-keys.json").resolve()
 
     @property
     def resolved_milvus_uri(self) -> str:

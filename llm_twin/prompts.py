@@ -19,6 +19,29 @@ NO_SOURCES_ANSWER = (
 )
 
 
+WORD_JOINER = "\u2060"  # invisible, and no tokenizer's special token contains it
+
+
+def control_tokens(tokenizer) -> frozenset[str]:
+    """The strings a tokenizer turns into control tokens (<|im_start|>, </s>, ...)."""
+    found = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    try:
+        found |= {t for t in tokenizer.get_added_vocab() if not t.isalnum()}
+    except (AttributeError, TypeError):
+        pass
+    return frozenset(t for t in found if len(t) > 1)
+
+
+def as_text(text: str, tokens: frozenset[str] | Sequence[str]) -> str:
+    """Control-token strings written in user content or in a crawled page stay text: a word joiner
+    after their first character keeps the tokenizer from matching them, so nobody can forge a role
+    (`<|im_start|>system`) by typing it. A reader sees the same characters."""
+    for token in sorted(tokens, key=len, reverse=True):
+        if token in text:
+            text = text.replace(token, token[0] + WORD_JOINER + token[1:])
+    return text
+
+
 @dataclass(frozen=True)
 class Passage:
     title: str

@@ -36,11 +36,11 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from twin_cli.bench_training import synthetic_dataset
-    from twin_cli.sample_corpus import AUTHOR, POSTS
     from training.config import TrainConfig
     from training.sft_dpo import train
     from training.tiny import build_tiny_model
+    from twin_cli.bench_training import synthetic_dataset
+    from twin_cli.sample_corpus import AUTHOR, POSTS
 
     assert torch.cuda.is_available(), "no CUDA device"
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))

@@ -174,8 +174,6 @@ def ray_processes() -> set[int]:
 def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     """`twin serve` in its own process over a small index of the sample corpus, with real Ray Serve,
     its gRPC proxy and the HTTP gateway on free ports; stopped with `twin serve --stop`."""
-    import subprocess
-    import sys
     import time
 
     import httpx

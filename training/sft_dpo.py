@@ -23,19 +23,24 @@ from .config import TrainConfig
 from .datasets import load
 
 
-def sft_records(author: str, rows: list[dict]) -> list[dict]:
-    """Prompt/completion pairs in the serving framing (llm_twin.prompts): loss on the answer only."""
+def sft_records(author: str, rows: list[dict], specials: frozenset[str] = frozenset()) -> list[dict]:
+    """Prompt/completion pairs in the serving framing (llm_twin.prompts): loss on the answer only.
+    ``specials``: the tokenizer's control tokens, kept as text in the author's writing (as in serving)."""
     out = []
     for row in rows:
-        messages = prompts.training_example(author, row["instruction"], row["answer"])
+        messages = prompts.training_example(author, prompts.as_text(row["instruction"], specials),
+                                            prompts.as_text(row["answer"], specials))
         out.append({"prompt": messages[:-1], "completion": messages[-1:]})
     return out
 
 
-def dpo_records(author: str, rows: list[dict]) -> list[dict]:
-    return [{"prompt": prompts.chat_messages(author, [{"role": "user", "content": r["instruction"]}]),
-             "chosen": [{"role": "assistant", "content": r["chosen"]}],
-             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+def dpo_records(author: str, rows: list[dict], specials: frozenset[str] = frozenset()) -> list[dict]:
+    def text(value: str) -> str:
+        return prompts.as_text(value, specials)
+
+    return [{"prompt": prompts.chat_messages(author, [{"role": "user", "content": text(r["instruction"])}]),
+             "chosen": [{"role": "assistant", "content": text(r["chosen"])}],
+             "rejected": [{"role": "assistant", "content": text(r["rejected"])}]} for r in rows]
 
 
 def _in_ray_train() -> bool:
@@ -106,7 +111,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                          learning_rate=cfg.sft.learning_rate, per_device_train_batch_size=cfg.sft.batch_size,
                          max_length=cfg.sft.max_length, completion_only_loss=True,
                          deepspeed=cfg.deepspeed.as_dict(cfg.sft.batch_size) if cfg.deepspeed else None, **common)
-    sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows)),
+    sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows, prompts.control_tokens(tokenizer))),
                      processing_class=tokenizer)
     _quiet(sft)
     sft_result = sft.train()
@@ -130,7 +135,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                                  deepspeed=cfg.deepspeed.as_dict(cfg.dpo.batch_size) if cfg.deepspeed else None,
                                  **common)
             dpo = DPOTrainer(model=model, ref_model=None, args=dpo_args,
-                             train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs)), processing_class=tokenizer)
+                             train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs, prompts.control_tokens(tokenizer))), processing_class=tokenizer)
             _quiet(dpo)
             dpo_result = dpo.train()
             dpo_losses = [log["loss"] for log in dpo.state.log_history if "loss" in log]

@@ -12,7 +12,6 @@ Needs nothing from ../shared: it serves the sample corpus.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -133,9 +132,8 @@ def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
 
 
 def run() -> None:
-    from services.generation.model_store import resolve_model
-
     from llm_twin.config import Settings, configure_torch_threads
+    from services.generation.model_store import resolve_model
 
     from .local_serving import ServeProcess
     from .sample_corpus import index_sample
@@ -148,7 +146,6 @@ def run() -> None:
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
         data_dir = Path(tmp)
         index_sample(data_dir)
-        ports = {"grpc": 9300, "http": 8300}
         platform = ServeProcess(data_dir, 9300, 8300, env={"TWIN_GENERATION_MODEL": model},
                                 log=subprocess.DEVNULL).start()
         try:

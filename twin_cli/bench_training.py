@@ -32,12 +32,11 @@ def synthetic_dataset(folder: Path, rows: int, articles_per_answer: int = 1) -> 
 
 
 def run() -> None:
+    from llm_twin.config import Settings
     from services.generation.model_store import resolve_model
     from training import trainer
     from training.config import TrainConfig
     from training.sft_dpo import train
-
-    from llm_twin.config import Settings
 
     from .sample_corpus import AUTHOR
 

@@ -230,7 +230,8 @@ def refresh(spec, status, meta, namespace, patch, logger, **_) -> None:
     settings = fresh.settings_for(parsed).with_overrides(
         milvus_token=_secret_value(namespace, parsed.vector_store.token_secret_ref))
     report = fresh.refresh(parsed, settings, _refresh_embedder(settings))
-    pending = int(previous.get("pendingDocuments", 0)) + report.changes
+    # The first refresh is the baseline: the served model was trained on a crawl of the same sources.
+    pending = int(previous.get("pendingDocuments", 0)) + (report.changes if previous else 0)
     revision = data_revision(meta)
     retrain = pending >= parsed.refresh.retrain_after_documents
     if retrain:
@@ -242,6 +243,11 @@ def refresh(spec, status, meta, namespace, patch, logger, **_) -> None:
         "documentsChanged": report.changed, "documentsRemoved": report.removed, "failed": report.failed,
         "documents": report.documents, "chunksWritten": report.chunks_written, "pendingDocuments": pending,
         "dataRevision": revision, "retrainTriggered": retrain}
+    if report.changes:  # kept until the next refresh that changes something (status patches merge)
+        patch.status["refresh"]["lastChange"] = {
+            "time": builders.now(), "added": report.added, "changed": report.changed, "removed": report.removed,
+            "chunksWritten": report.chunks_written, "pendingDocuments": pending, "retrainTriggered": retrain,
+            "baseline": not previous}
     logger.info(f"refresh: {report.added} added, {report.changed} changed, {report.removed} removed"
                 + (f"; retraining (data revision {revision})" if retrain else ""))
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind
 
 from llm_twin.config import Settings
+from llm_twin.keys import Caller
 from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
-from services.generation.backend import Delta, SamplingParams
+from services.generation.backend import Delta, SamplingParams, collect
 from services.generation.core import sampling_params
 
-from .status import InvalidRequest
+from .auth import Authorizer
+from .status import InvalidRequest, TooLarge
 
 SERVICES = ("twin.v1.CrawlerService", "twin.v1.EmbeddingService", "twin.v1.RetrievalService",
             "twin.v1.GenerationService", "twin.v1.ChatService")
@@ -54,21 +57,41 @@ async def _chained(head: Delta | None, rest: AsyncIterator[Delta]) -> AsyncItera
         await rest.aclose()
 
 
-async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:
-    """All deltas joined, and the last one (finish reason and usage)."""
-    parts, last = [], None
-    async for delta in deltas:
-        parts.append(delta.text)
-        last = delta
-    return "".join(parts), last
+def api_crawl_target(target: str, source_type: str) -> None:
+    """Over the network only web pages, feeds, sitemaps and https git remotes may be crawled: a
+    local path, file://, a zip or an ssh remote would read or reach the server's own files."""
+    if source_type in ("folder", "linkedin-export"):
+        raise InvalidRequest(f"source_type {source_type!r} reads server files and is not offered over the API "
+                             "(use `twin crawl` on the machine that holds them)")
+    parts = urlsplit(target)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"targets: {target[:200]!r} is not an http(s) URL; over the API only web pages, "
+                             "feeds, sitemaps and https:// git repositories can be crawled")
+    if source_type == "git" and parts.scheme != "https":
+        raise InvalidRequest(f"targets: {target[:200]!r}: git repositories are crawled over https:// only")
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, *, crawler, retrieval, embedding, generation):
+    def __init__(self, settings: Settings, *, crawler, retrieval, embedding, generation,
+                 authorizer: Authorizer | None = None):
         self.settings = settings
         self.crawler, self.retrieval, self.embedding, self.generation = crawler, retrieval, embedding, generation
         self.chat_core = Chat(retrieval, generation, top_k=settings.chat_top_k,
                               min_similarity=settings.min_source_similarity)
+        self.authorizer = authorizer or Authorizer.from_settings(settings)
+
+    def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
+        """Raises Unauthenticated / PermissionDenied (see auth.py)."""
+        return self.authorizer.authorize(authorization, client, operation)
+
+    def check_messages(self, messages: list[dict]) -> None:
+        if len(messages) > self.settings.max_messages:
+            raise TooLarge(f"messages: {len(messages)} messages; the limit is {self.settings.max_messages} "
+                           "(TWIN_MAX_MESSAGES)")
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        if chars > self.settings.max_request_chars:
+            raise TooLarge(f"messages: {chars} characters in all; the limit is {self.settings.max_request_chars} "
+                           "(TWIN_MAX_REQUEST_CHARS)")
 
     def sampling(self, max_tokens=None, temperature=None, top_p=None, seed=None,
                  repetition_penalty=None) -> SamplingParams:
@@ -88,6 +111,7 @@ class DataPlane:
     # -- chat ----------------------------------------------------------------------------------------
     async def start_chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                          transport: str) -> ChatStart:
+        self.check_messages(messages)
         with span("twin.chat", SpanKind.SERVER, **{"twin.id": twin, "rpc.system": transport,
                                                    "gen_ai.operation.name": "chat"}):
             events = self.chat_core.stream(twin, messages, params, top_k)
@@ -105,11 +129,13 @@ class DataPlane:
 
     # -- generation without retrieval ----------------------------------------------------------------
     async def generate(self, messages: list[dict], params: SamplingParams, transport: str) -> dict:
+        self.check_messages(messages)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
             return await self.generation.generate(messages, params)
 
     async def generate_stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
         """Validated before the first delta, so a bad request fails before a response starts."""
+        self.check_messages(messages)
         await self.generation.validate(messages)
         return self.generation.stream(messages, params)
 
@@ -128,7 +154,10 @@ class DataPlane:
         return {**result, **await self.embedding.info()}
 
     async def crawl(self, twin: str, targets: list[str], source_type: str | None, index: bool) -> dict:
-        return await self.crawler.crawl(twin, targets, source_type or "auto", index)
+        source_type = source_type or "auto"
+        for target in targets:
+            api_crawl_target(target, source_type)
+        return await self.crawler.crawl(twin, targets, source_type, index, exact_twin=True)
 
     async def stats(self) -> dict:
         return {"generation": await self.generation.stats()}

@@ -44,6 +44,11 @@ class GrpcApi:
 
     plane: DataPlane
 
+    def _allow(self, grpc_context, operation: str) -> None:
+        """The caller's key (metadata `authorization: Bearer KEY`) must cover ``operation``."""
+        metadata = {k.lower(): v for k, v in (grpc_context.invocation_metadata() or ())}
+        self.plane.authorize(metadata.get("authorization"), grpc_context.peer(), operation)
+
     def _sampling(self, s: generation_pb2.SamplingParams):
         # proto3 zero values mean "not set": the server defaults apply.
         return self.plane.sampling(s.max_tokens or None, s.temperature, s.top_p or None, s.seed or None,
@@ -51,6 +56,7 @@ class GrpcApi:
 
     async def Crawl(self, request: crawler_pb2.CrawlRequest, grpc_context) -> crawler_pb2.CrawlResponse:
         try:
+            self._allow(grpc_context, "crawl")
             r = await self.plane.crawl(request.twin, list(request.targets), request.source_type, request.index)
         except Exception as exc:
             abort(exc, grpc_context)
@@ -63,6 +69,7 @@ class GrpcApi:
 
     async def Embed(self, request: embedding_pb2.EmbedRequest, grpc_context) -> embedding_pb2.EmbedResponse:
         try:
+            self._allow(grpc_context, "embed")
             r = await self.plane.embed(list(request.texts))
         except Exception as exc:
             abort(exc, grpc_context)
@@ -73,6 +80,7 @@ class GrpcApi:
 
     async def Search(self, request: retrieval_pb2.SearchRequest, grpc_context) -> retrieval_pb2.SearchResponse:
         try:
+            self._allow(grpc_context, "search")
             results = await self.plane.search(request.query, request.twin, request.category, request.top_k,
                                               request.strategy)
         except Exception as exc:
@@ -82,6 +90,7 @@ class GrpcApi:
 
     async def ListTwins(self, request: retrieval_pb2.ListTwinsRequest, grpc_context) -> retrieval_pb2.ListTwinsResponse:
         try:
+            self._allow(grpc_context, "models")
             twins = await self.plane.twins()
         except Exception as exc:
             abort(exc, grpc_context)
@@ -92,6 +101,7 @@ class GrpcApi:
 
     async def Generate(self, request: generation_pb2.GenerateRequest, grpc_context) -> generation_pb2.GenerateResponse:
         try:
+            self._allow(grpc_context, "generate")
             r = await self.plane.generate(_messages(request.messages), self._sampling(request.sampling), "grpc")
         except Exception as exc:
             abort(exc, grpc_context)
@@ -102,6 +112,7 @@ class GrpcApi:
 
     async def GenerateStream(self, request: generation_pb2.GenerateRequest, grpc_context):
         try:
+            self._allow(grpc_context, "generate")
             deltas = await self.plane.generate_stream(_messages(request.messages), self._sampling(request.sampling))
             async for d in deltas:
                 yield generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
@@ -111,6 +122,7 @@ class GrpcApi:
 
     async def Chat(self, request: chat_pb2.ChatRequest, grpc_context) -> chat_pb2.ChatResponse:
         try:
+            self._allow(grpc_context, "chat")
             a = await self.plane.chat(request.twin, _messages(request.messages), self._sampling(request.sampling),
                                       request.top_k or None, "grpc")
         except Exception as exc:
@@ -123,6 +135,7 @@ class GrpcApi:
 
     async def ChatStream(self, request: chat_pb2.ChatRequest, grpc_context):
         try:
+            self._allow(grpc_context, "chat")
             started = await self.plane.start_chat(request.twin, _messages(request.messages),
                                                   self._sampling(request.sampling), request.top_k or None, "grpc")
             yield chat_pb2.ChatChunk(sources=[source_proto(s) for s in started.sources])

@@ -12,9 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.generation.backend import collect
+
 from . import openai_format as oa
-from .dataplane import DataPlane, collect
-from .status import InvalidRequest, status_for
+from .dataplane import DataPlane
+from .status import STATUS, InvalidRequest, TooLarge, status_for
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
 
@@ -23,15 +25,69 @@ http = FastAPI(title="LLM Twin", version="0.1.0",
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def plane(request: Request) -> DataPlane:
+def _plane_of(app) -> DataPlane:
     """The data plane: set on the app in tests; in Ray Serve, the replica's Gateway holds it (the
     replica serves a deserialized copy of this app, so module state would not reach it)."""
-    found = getattr(request.app.state, "plane", None)
+    found = getattr(app.state, "plane", None)
     if found is None:
         from ray import serve
 
         found = serve.get_replica_context().servable_object.plane
     return found
+
+
+def plane(request: Request) -> DataPlane:
+    return _plane_of(request.app)
+
+
+def allowed(operation: str):
+    """A route's guard: the caller's API key must cover ``operation`` (see auth.py)."""
+
+    def check(request: Request, dp: DataPlane = Depends(plane)) -> DataPlane:
+        dp.authorize(request.headers.get("authorization"), request.client.host if request.client else None, operation)
+        return dp
+
+    return Depends(check)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``TWIN_MAX_REQUEST_BYTES`` gets 413 before it is parsed,
+    declared (Content-Length) or streamed (chunked)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = _plane_of(scope["app"]).settings.max_request_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._refuse(send, limit)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise TooLarge(f"the request body exceeds {limit} bytes (TWIN_MAX_REQUEST_BYTES)")
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except TooLarge:
+            await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body = JSONResponse(oa.error_body(f"the request body exceeds {limit} bytes (TWIN_MAX_REQUEST_BYTES)", 413),
+                            status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+
+http.add_middleware(BodyLimit)
 
 
 def _mapped(exc: BaseException) -> tuple[int, str]:
@@ -41,7 +97,8 @@ def _mapped(exc: BaseException) -> tuple[int, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     status, message = _mapped(exc)
-    return JSONResponse(oa.error_body(message, status), status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(oa.error_body(message, status), status_code=status, headers=headers)
 
 
 def error_event(exc: BaseException) -> str:
@@ -61,9 +118,13 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
     return JSONResponse(oa.error_body(message, 400, where or None), status_code=400)
 
 
-@http.exception_handler(Exception)
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
+
+
+# Domain errors are answered where they are raised (no traceback logged); anything else is a bug: 500.
+for _error in (*STATUS, Exception):
+    http.add_exception_handler(_error, _domain_error)
 
 
 # -- request bodies of the JSON mirror ---------------------------------------------------------------
@@ -108,12 +169,12 @@ async def healthz() -> dict:
 
 
 @http.get("/v1/models")
-async def models(dp: DataPlane = Depends(plane)) -> dict:
+async def models(dp: DataPlane = allowed("models")) -> dict:
     return oa.model_list(await dp.twins())
 
 
 @http.get("/v1/models/{model_id}")
-async def model(model_id: str, dp: DataPlane = Depends(plane)):
+async def model(model_id: str, dp: DataPlane = allowed("models")):
     twins = await dp.twins()
     if model_id not in twins:
         return JSONResponse(oa.error_body(f"no twin {model_id!r}; see /v1/models", 404), status_code=404)
@@ -121,7 +182,7 @@ async def model(model_id: str, dp: DataPlane = Depends(plane)):
 
 
 @http.post("/v1/chat/completions")
-async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = Depends(plane)):
+async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allowed("chat")):
     if body.n != 1:
         raise InvalidRequest("n must be 1")
     params = dp.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
@@ -157,25 +218,25 @@ async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterato
 
 
 @http.post("/v1/embeddings")
-async def embeddings(body: oa.EmbeddingRequest, dp: DataPlane = Depends(plane)) -> dict:
+async def embeddings(body: oa.EmbeddingRequest, dp: DataPlane = allowed("embed")) -> dict:
     result = await dp.embed([body.input] if isinstance(body.input, str) else body.input)
     return oa.embeddings(result["vectors"], result["model"], result["prompt_tokens"], body.encoding_format)
 
 
 # -- JSON mirror of twin.v1 --------------------------------------------------------------------------
 @http.post("/v1/search")
-async def search(body: SearchBody, dp: DataPlane = Depends(plane)) -> dict:
+async def search(body: SearchBody, dp: DataPlane = allowed("search")) -> dict:
     results = await dp.search(body.query, body.twin, body.category, body.top_k, body.strategy)
     return {"sources": [oa.source_json(r) for r in results]}
 
 
 @http.post("/v1/crawl")
-async def crawl(body: CrawlBody, dp: DataPlane = Depends(plane)) -> dict:
+async def crawl(body: CrawlBody, dp: DataPlane = allowed("crawl")) -> dict:
     return await dp.crawl(body.twin, body.targets, body.source_type, body.index)
 
 
 @http.post("/v1/generate")
-async def generate(body: GenerateBody, dp: DataPlane = Depends(plane)):
+async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
     """GenerationService as JSON; streamed as SSE events {"delta"}, the last with "finish_reason" and "usage"."""
     messages = [m.model_dump() for m in body.messages]
     params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty)
@@ -202,7 +263,7 @@ async def _generate_events(deltas: AsyncIterator) -> AsyncIterator[str]:
 
 
 @http.get("/v1/stats")
-async def stats(dp: DataPlane = Depends(plane)) -> dict:
+async def stats(dp: DataPlane = allowed("stats")) -> dict:
     """Generation engine counters (queued, active, batches, cancelled): what operators watch."""
     return await dp.stats()
 

@@ -10,9 +10,15 @@ from services.embedding.errors import InvalidEmbeddingRequest
 from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
 from services.retrieval.errors import InvalidQuery, StoreUnavailable, UnknownAuthor
 
+from .auth import PermissionDenied, Unauthenticated
+
 
 class InvalidRequest(Exception):
     """A request the gateway itself rejects (malformed JSON, wrong types, unknown fields)."""
+
+
+class TooLarge(Exception):
+    """A request over a size limit (413 / RESOURCE_EXHAUSTED); the message names the limit's setting."""
 
 
 STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
@@ -22,6 +28,9 @@ STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
     InvalidQuery: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidEmbeddingRequest: (grpc.StatusCode.INVALID_ARGUMENT, 400),
     InvalidTarget: (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    TooLarge: (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
     UnknownAuthor: (grpc.StatusCode.NOT_FOUND, 404),
     CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
     ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),

@@ -33,6 +33,15 @@ class Delta:
     completion_tokens: int = 0
 
 
+async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:
+    """A stream joined: the whole text and the last delta (finish reason and usage)."""
+    parts, last = [], None
+    async for delta in deltas:
+        parts.append(delta.text)
+        last = delta
+    return "".join(parts), last
+
+
 class GenerationBackend(Protocol):
     model_id: str
 

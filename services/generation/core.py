@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from llm_twin import prompts
 from llm_twin.config import Settings, configure_torch_threads
 
-from .backend import Delta, GenerationBackend, SamplingParams
+from .backend import Delta, GenerationBackend, SamplingParams, collect
 from .errors import InvalidGenerationRequest
 
 ROLES = ("system", "user", "assistant")
+MAX_SEED = 2**63 - 1
 MAX_MESSAGE_CHARS = 32_000
 
 
@@ -40,10 +42,12 @@ def sampling_params(max_tokens: int | None = None, temperature: float | None = N
     top_p = 1.0 if top_p is None else float(top_p)
     if not 0.0 < top_p <= 1.0:
         raise InvalidGenerationRequest(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise InvalidGenerationRequest(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     penalty = default_repetition_penalty if repetition_penalty is None else float(repetition_penalty)
     if not 1.0 <= penalty <= 2.0:
         raise InvalidGenerationRequest(f"repetition_penalty must be between 1 and 2, got {penalty}")
-    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed or None,
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           repetition_penalty=penalty)
 
 
@@ -102,7 +106,8 @@ class Generator:
                     f"messages[{i}].content has {len(content)} characters; the limit is {MAX_MESSAGE_CHARS}")
         if messages[-1]["role"] != "user":
             raise InvalidGenerationRequest("the last message must be the user's")
-        prompt = self.backend.render(messages)
+        specials = getattr(self.backend, "control_tokens", ())
+        prompt = self.backend.render([{**m, "content": prompts.as_text(m["content"], specials)} for m in messages])
         n = self.backend.count_tokens(prompt)
         if n > self.max_prompt_tokens:
             raise InvalidGenerationRequest(
@@ -117,9 +122,6 @@ class Generator:
 
     async def complete(self, messages: Sequence[dict], params: SamplingParams,
                        adapter: str | None = None) -> Completion:
-        parts, last = [], None
-        async for delta in self.stream(messages, params, adapter):
-            parts.append(delta.text)
-            last = delta
-        return Completion("".join(parts), last.finish_reason or "stop", last.prompt_tokens,
+        text, last = await collect(self.stream(messages, params, adapter))
+        return Completion(text, last.finish_reason or "stop", last.prompt_tokens,
                           last.completion_tokens, self.model_id)

@@ -13,7 +13,7 @@ from llm_twin import registry
 from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
 
-from .backend import Delta, SamplingParams
+from .backend import Delta, SamplingParams, collect
 from .core import Generator
 from .errors import ModelUnavailable
 
@@ -102,9 +102,6 @@ class GenerationDeployment:
             span.end()
 
     async def generate(self, messages: list[dict], params: SamplingParams) -> dict:
-        parts, last = [], None
-        async for delta in self.stream(messages, params):
-            parts.append(delta.text)
-            last = delta
-        return {"text": "".join(parts), "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
+        text, last = await collect(self.stream(messages, params))
+        return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
                 "completion_tokens": last.completion_tokens, "model": self.generator.model_id}

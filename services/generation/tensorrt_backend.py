@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
+from llm_twin import prompts
+
 from .backend import Delta, SamplingParams
 from .errors import ModelUnavailable
 
@@ -36,6 +38,7 @@ class TensorRTLLMBackend:
             llm = LLM(model=model, lora_config=LoraConfig(max_lora_rank=max_lora_rank, max_loras=max_loras))
         self.llm = llm
         self.tokenizer = llm.tokenizer
+        self.control_tokens = prompts.control_tokens(self.tokenizer)
         self.model_id = model_id or str(model).rstrip("/").rsplit("/", 1)[-1]
         self._adapters: dict[str, tuple[int, str]] = {}  # name -> (engine's LoRA id, path)
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "active": 0}

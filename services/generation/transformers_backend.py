@@ -21,8 +21,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from llm_twin import prompts
+
 from .backend import Delta, SamplingParams
-from .errors import ModelUnavailable
+from .core import MAX_SEED
+from .errors import InvalidGenerationRequest, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class TransformersBackend:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.control_tokens = prompts.control_tokens(self.tokenizer)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_pick_dtype(dtype, device))
         except OSError as exc:
             raise ModelUnavailable(f"cannot load model {model!r}: {exc}. Set TWIN_GENERATION_MODEL to a "
@@ -103,6 +107,8 @@ class TransformersBackend:
             raise ModelUnavailable(f"adapter {adapter!r} is not loaded")
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = _Request(ids, params, asyncio.get_running_loop(), asyncio.Queue(), adapter=adapter)
+        # Everything that can fail for one request's own input fails here, before it joins a batch.
+        request.generator = self._generator(params.seed)
         self._bump(requests=1)
         self._pending.put(request)
         try:
@@ -266,7 +272,6 @@ class TransformersBackend:
         for row, r in enumerate(batch):  # left padding: every prompt ends at the last column
             ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
             mask[row, width - len(r.prompt_ids):] = 1
-            r.generator = self._generator(r.params.seed)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -329,7 +334,10 @@ class TransformersBackend:
         if seed is None:
             return None
         g = self._torch.Generator(device=self.device)
-        g.manual_seed(seed)
+        try:
+            g.manual_seed(seed)
+        except (RuntimeError, TypeError, OverflowError, ValueError):
+            raise InvalidGenerationRequest(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}") from None
         return g
 
     def _sample(self, logits, params: SamplingParams, generator) -> int:

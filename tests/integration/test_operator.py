@@ -102,9 +102,9 @@ def condition(obj: dict | None, type_: str) -> dict:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, log: Path):
+    def __init__(self, kubeconfig: Path, log: Path, **env_vars: str):
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TWIN_OPERATOR_POLL_S": "0.5",
-               "TWIN_OPERATOR_NO_SCANNING": "1"}
+               "TWIN_OPERATOR_NO_SCANNING": "1", "TWIN_TORCH_THREADS": "2", **env_vars}
         self.log = open(log, "a")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "twin_cli", "operator", "-A", "--standalone"],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -245,5 +245,86 @@ def test_a_failed_job_and_an_invalid_spec_give_false_conditions_with_reasons(clu
         assert cluster.get(ray_path("rayservices", "mara-quill")) is None
         jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
         assert [j["metadata"]["name"] for j in jobs] == [job_name], "only the valid, unsuspended twin trains"
+    finally:
+        operator.stop()
+
+
+def page(title: str, body: str) -> str:
+    paragraph = " ".join([body] * 12)
+    return f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1><p>{paragraph}</p>" \
+           f"<p>{paragraph} Again, {body.lower()}</p></article></body></html>"
+
+
+def sitemap(site, *paths: str) -> str:
+    urls = "".join(f"<url><loc>{site.url}{p}</loc></url>" for p in paths)
+    return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
+
+
+def test_refresh_recrawls_on_its_timer_and_retrains_when_enough_changed(cluster, site, tmp_path):
+    """spec.refresh on a site that changes between ticks: the first refresh is the baseline, a
+    changed page counts, a new and a removed page push the count past retrainAfterDocuments, and a
+    new training job runs; once it succeeds the RayService serves the new version."""
+    site.add("/a", page("Alpha", "Chunk documents by headings and keep overlaps small."))
+    site.add("/b", page("Beta", "Retry flaky calls with exponential backoff and jitter."))
+    site.add("/sitemap.xml", sitemap(site, "/a", "/b"), "application/xml")
+    twin = manifest(name="fresh")
+    twin["spec"]["author"] = {"name": "Fresh Writer", "sources": {"pages": [f"{site.url}/sitemap.xml"]}}
+    twin["spec"]["storage"] = {"warehouseUri": str(tmp_path / "warehouse"), "artifactUri": str(tmp_path / "artifacts")}
+    twin["spec"]["vectorStore"] = {"milvusUri": str(tmp_path / "milvus.db"), "collection": "fresh"}
+    twin["spec"]["serving"].update(engine="transformers", resources={"cpu": "2", "memory": "8Gi", "gpus": 0})
+    twin["spec"]["refresh"] = {"interval": "1s", "retrainAfterDocuments": 2}
+    apply(cluster, twin)
+    operator = Operator(cluster.kubeconfig, cluster.log, TWIN_OPERATOR_REFRESH_TICK_S="1")
+    path = twin_path("fresh")
+
+    def refresh_status():
+        return ((cluster.get(path) or {}).get("status") or {}).get("refresh") or {}
+
+    try:
+        first_job = wait_for(lambda: ((cluster.get(path) or {}).get("status") or {}).get("training", {}).get("rayJob"),
+                             "the first RayJob")
+        cluster.merge(ray_path("rayjobs", first_job), {"status": {"jobDeploymentStatus": "Complete",
+                                                                   "jobStatus": "SUCCEEDED"}})
+        wait_for(lambda: cluster.get(ray_path("rayservices", "fresh")), "the RayService")
+        cluster.merge(ray_path("rayservices", "fresh"), {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "RayServiceReady", "message": ""}]}})
+        first_version = wait_for(lambda: cluster.get(path)["status"].get("serving", {}).get("version"), "a version")
+
+        def last_change(**wanted):
+            change = refresh_status().get("lastChange") or {}
+            return change if all(change.get(k) == v for k, v in wanted.items()) else None
+
+        baseline = wait_for(lambda: last_change(baseline=True), "the baseline refresh", timeout_s=180)
+        assert (baseline["added"], baseline["pendingDocuments"], baseline["retrainTriggered"]) == (2, 0, False)
+        assert baseline["chunksWritten"] >= 2, "both pages were indexed"
+        assert refresh_status()["documents"] == 2
+
+        site.add("/a", page("Alpha", "Chunk documents by meaning, not by a fixed number of characters."))
+        changed = wait_for(lambda: last_change(baseline=False), "a refresh that sees the changed page")
+        assert (changed["added"], changed["changed"], changed["removed"], changed["pendingDocuments"],
+                changed["retrainTriggered"]) == (0, 1, 0, 1, False)
+        jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
+        assert [j["metadata"]["name"] for j in jobs] == [first_job], "one change is below retrainAfterDocuments"
+        stored = list((tmp_path / "warehouse").rglob("*.json"))
+        assert any("by meaning" in f.read_text() for f in stored), "the changed page replaced the old one"
+
+        site.add("/c", page("Gamma", "Alerts need an owner, a runbook and a clear threshold."))
+        site.add("/sitemap.xml", sitemap(site, "/a", "/c"), "application/xml")
+        retrained = wait_for(lambda: last_change(retrainTriggered=True), "a refresh that triggers retraining")
+        assert (retrained["added"], retrained["changed"], retrained["removed"], retrained["pendingDocuments"]) == (
+            1, 0, 1, 0)
+        assert refresh_status()["dataRevision"] == 1 and refresh_status()["documents"] == 2
+        texts = " ".join(f.read_text() for f in (tmp_path / "warehouse").rglob("*.json"))
+        assert "exponential backoff" not in texts and "runbook" in texts, "the removed page left the warehouse"
+        assert cluster.get(path)["metadata"]["annotations"]["llmtwin.dev/data-revision"] == "1"
+
+        new_job = wait_for(lambda: (lambda n: n if n != first_job else None)(
+            cluster.get(path)["status"]["training"]["rayJob"]), "a new RayJob for the new writing")
+        cluster.merge(ray_path("rayjobs", new_job), {"status": {"jobDeploymentStatus": "Complete",
+                                                                 "jobStatus": "SUCCEEDED"}})
+        version = wait_for(lambda: (lambda v: v if v and v != first_version else None)(
+            cluster.get(path)["status"].get("serving", {}).get("version")), "the new version served")
+        served = yaml.safe_load(cluster.get(ray_path("rayservices", "fresh"))["spec"]["serveConfigV2"])
+        assert served["applications"][0]["args"]["pinned_models"] == {"fresh-writer": version}
     finally:
         operator.stop()

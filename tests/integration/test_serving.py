@@ -379,4 +379,4 @@ def test_json_mirror_of_search_and_generate(platform):
     assert "".join(d["delta"] for d in deltas) == plain["text"]
     assert deltas[-1]["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]
     bad = httpx.post(f"{platform.http}/v1/generate", json={"messages": "hi"}, timeout=60)
-    assert bad.status_code == 400 and "messages must be a list" in bad.json()["error"]["message"]
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("messages: ")

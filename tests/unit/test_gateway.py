@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 
 from llm_twin import prompts
 from llm_twin.config import Settings
+from llm_twin.keys import KeyStore
+from services.gateway.auth import Authorizer
 from services.gateway import http_api
 from services.gateway.dataplane import DataPlane
 from services.gateway.grpc_api import GrpcApi
@@ -125,13 +127,26 @@ class FakeEmbedding:
 
 
 class BrokenCrawler:
-    async def crawl(self, twin, targets, source_type, index):
+    async def crawl(self, twin, targets, source_type, index, exact_twin=False):
         raise RuntimeError("secret internal detail")
 
 
-def make_plane(similarity: float = 0.8) -> DataPlane:
-    return DataPlane(Settings(default_max_tokens=50, max_new_tokens=100), crawler=BrokenCrawler(),
-                     retrieval=FakeRetrieval(similarity), embedding=FakeEmbedding(), generation=FakeGeneration())
+class RecordingCrawler:
+    def __init__(self):
+        self.calls = []
+
+    async def crawl(self, twin, targets, source_type, index, exact_twin=False):
+        self.calls.append((twin, targets, source_type, index, exact_twin))
+        return {"outcomes": [], "stored": 0, "updated": 0, "unchanged": 0, "failed": 0, "chunks_indexed": 0}
+
+
+OPEN = Authorizer(KeyStore("/nonexistent/keys.json"), disabled=True)  # auth is tested on its own below
+
+
+def make_plane(similarity: float = 0.8, authorizer: Authorizer = OPEN, crawler=None, **settings) -> DataPlane:
+    return DataPlane(Settings(default_max_tokens=50, max_new_tokens=100, **settings), crawler=crawler or BrokenCrawler(),
+                     retrieval=FakeRetrieval(similarity), embedding=FakeEmbedding(), generation=FakeGeneration(),
+                     authorizer=authorizer)
 
 
 @pytest.fixture
@@ -248,8 +263,15 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
 
 # -- gRPC ------------------------------------------------------------------------------------------------
 class Context:
-    def __init__(self):
+    def __init__(self, peer="ipv4:127.0.0.1:50000", metadata=()):
         self.code, self.details = None, ""
+        self._peer, self._metadata = peer, tuple(metadata)
+
+    def peer(self):
+        return self._peer
+
+    def invocation_metadata(self):
+        return self._metadata
 
     def set_code(self, code):
         self.code = code
@@ -313,3 +335,84 @@ def test_grpc_search_list_twins_and_health(plane):
     unknown = Context()
     asyncio.run(servicer.Check(health_pb2.HealthCheckRequest(service="nope"), unknown))
     assert unknown.code == grpc.StatusCode.NOT_FOUND
+
+
+# -- who may call, and how much ---------------------------------------------------------------------------
+@pytest.fixture
+def keyed(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    chat_key, admin_key = store.create("reader", "chat"), store.create("ops", "admin")
+    crawler = RecordingCrawler()
+    http_api.http.state.plane = make_plane(authorizer=Authorizer(store), crawler=crawler)
+    yield TestClient(http_api.http, raise_server_exceptions=False), chat_key, admin_key, crawler
+    del http_api.http.state.plane
+
+
+def test_http_keys_and_scopes(keyed):
+    client, chat_key, admin_key, crawler = keyed
+    assert client.get("/healthz").status_code == 200  # probes stay open
+    refused = client.post("/v1/chat/completions", json=ask())
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/chat/completions", json=ask(), headers={"Authorization": "Bearer twk_nope"}).status_code == 401
+    chat = {"Authorization": f"Bearer {chat_key}"}
+    assert client.post("/v1/chat/completions", json=ask(), headers=chat).status_code == 200
+    assert client.get("/v1/models", headers=chat).status_code == 200
+    crawl = {"twin": "Mara Quill", "targets": ["https://mara.test/feed.xml"]}
+    denied = client.post("/v1/crawl", json=crawl, headers=chat)
+    assert denied.status_code == 403 and "admin" in denied.json()["error"]["message"]
+    assert client.post("/v1/crawl", json=crawl, headers={"Authorization": f"Bearer {admin_key}"}).status_code == 200
+    assert crawler.calls == [("Mara Quill", ["https://mara.test/feed.xml"], "auto", False, True)]
+
+
+def test_without_keys_remote_clients_are_refused(tmp_path):
+    http_api.http.state.plane = make_plane(authorizer=Authorizer(KeyStore(tmp_path / "none.json")))
+    try:
+        reply = TestClient(http_api.http).post("/v1/chat/completions", json=ask())  # client "testclient"
+        assert reply.status_code == 401 and "loopback clients only" in reply.json()["error"]["message"]
+    finally:
+        del http_api.http.state.plane
+
+
+@pytest.mark.parametrize("target, source_type", [
+    ("/etc", "auto"), ("file:///etc/passwd", "auto"), ("~/notes", "auto"), ("export.zip", "auto"),
+    ("git@github.com:a/b.git", "git"), ("ssh://git@host/a.git", "git"), ("http://host/a.git", "git"),
+    ("https://host/x", "folder"), ("https://host/x.zip", "linkedin-export"), ("ftp://host/x", "auto"),
+])
+def test_the_api_crawls_only_web_sources(keyed, target, source_type):
+    client, _, admin_key, crawler = keyed
+    reply = client.post("/v1/crawl", json={"twin": "Mara Quill", "targets": [target], "source_type": source_type},
+                        headers={"Authorization": f"Bearer {admin_key}"})
+    assert reply.status_code == 400, reply.text
+    assert crawler.calls == []
+
+
+def test_grpc_keys_and_scopes(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    chat_key = store.create("reader", "chat")
+    servicer = Servicer(make_plane(authorizer=Authorizer(store), crawler=RecordingCrawler()))
+    anonymous = Context()
+    asyncio.run(servicer.Chat(chat_request(), anonymous))
+    assert anonymous.code == grpc.StatusCode.UNAUTHENTICATED
+    keyed = Context(metadata=[("authorization", f"Bearer {chat_key}")])
+    assert asyncio.run(servicer.Chat(chat_request(max_tokens=5), keyed)).answer and keyed.code is None
+    from twin.v1 import crawler_pb2
+
+    denied = Context(metadata=[("authorization", f"Bearer {chat_key}")])
+    asyncio.run(servicer.Crawl(crawler_pb2.CrawlRequest(twin="x", targets=["https://a.test/"]), denied))
+    assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+    remote = Context(peer="ipv4:10.9.8.7:5000")
+    asyncio.run(Servicer(make_plane(authorizer=Authorizer(KeyStore(tmp_path / "none.json")))).ListTwins(
+        retrieval_pb2.ListTwinsRequest(), remote))
+    assert remote.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_oversize_bodies_and_too_many_messages_are_refused(client):
+    http_api.http.state.plane = make_plane(max_request_bytes=2048, max_messages=3, max_request_chars=500)
+    big = client.post("/v1/chat/completions", content=b'{"model": "x", "pad": "' + b"a" * 5000 + b'"}',
+                      headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and "TWIN_MAX_REQUEST_BYTES" in big.json()["error"]["message"]
+    many = [{"role": "user", "content": "hi"}] * 4
+    reply = client.post("/v1/chat/completions", json={"model": "mara-quill", "messages": many})
+    assert reply.status_code == 413 and "TWIN_MAX_MESSAGES" in reply.json()["error"]["message"]
+    long = client.post("/v1/generate", json={"messages": [{"role": "user", "content": "x " * 400}]})
+    assert long.status_code == 413 and "TWIN_MAX_REQUEST_CHARS" in long.json()["error"]["message"]

@@ -28,10 +28,9 @@ def test_generated_code_is_up_to_date(tmp_path):
 
 def test_every_rpc_has_a_gateway_method():
     """Ray Serve's proxy routes an RPC to the ingress method of the same name."""
-    from twin.v1 import chat_pb2, crawler_pb2, embedding_pb2, generation_pb2, retrieval_pb2
-
     from services.gateway.dataplane import SERVICES
     from services.gateway.server import Gateway
+    from twin.v1 import chat_pb2, crawler_pb2, embedding_pb2, generation_pb2, retrieval_pb2
 
     rpcs = {m.name for module in (chat_pb2, crawler_pb2, embedding_pb2, generation_pb2, retrieval_pb2)
             for service in module.DESCRIPTOR.services_by_name.values() for m in service.methods}

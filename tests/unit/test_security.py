@@ -1,0 +1,130 @@
+"""The pieces that decide who may call and what the crawler may reach, without a server:
+API keys, the authorization policy, and the address guard against each refused address form."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from llm_twin.keys import KeyFileError, KeyStore
+from services.crawler.guard import AddressGuard, RefusedAddress
+from services.gateway.auth import Authorizer, PermissionDenied, Unauthenticated, is_loopback
+
+
+# -- keys ------------------------------------------------------------------------------------------------
+def test_a_key_is_shown_once_and_only_its_hash_is_kept(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    key = store.create("ada", "chat")
+    text = (tmp_path / "keys.json").read_text()
+    assert key.startswith("twk_") and len(key) > 40 and key not in text
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+    assert store.verify(key).name == "ada" and store.verify(key).scope == "chat"
+    assert store.verify(key + "x") is None and store.verify("") is None
+    assert [k["name"] for k in store.list()] == ["ada"] and "sha256" not in store.list()[0]
+
+
+def test_keys_are_validated(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    store.create("ada", "admin")
+    with pytest.raises(KeyFileError, match="exists"):
+        store.create("ada", "chat")
+    with pytest.raises(KeyFileError, match="scope must be one of"):
+        store.create("bob", "root")
+    with pytest.raises(KeyFileError, match="name the key"):
+        store.create("  ", "chat")
+
+
+def test_a_running_server_sees_new_and_revoked_keys_within_seconds(tmp_path):
+    path = tmp_path / "keys.json"
+    server, admin = KeyStore(path), KeyStore(path)  # two processes: the server and `twin keys`
+    assert not server.configured()
+    key = admin.create("ada", "chat")
+    deadline = time.monotonic() + 3
+    while server.verify(key) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.verify(key) is not None
+    assert admin.revoke("ada") and not admin.revoke("ada")
+    deadline = time.monotonic() + 3
+    while server.verify(key) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.verify(key) is None
+
+
+def test_a_broken_keys_file_is_an_error_that_names_the_fix(tmp_path):
+    (tmp_path / "keys.json").write_text("{not json")
+    with pytest.raises(KeyFileError, match="twin keys create"):
+        KeyStore(tmp_path / "keys.json").list()
+
+
+# -- the policy ------------------------------------------------------------------------------------------
+@pytest.fixture
+def keys(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    return store, store.create("chatter", "chat"), store.create("root", "admin")
+
+
+@pytest.mark.parametrize("client, loopback", [
+    ("127.0.0.1", True), ("::1", True), ("ipv4:127.0.0.1:51000", True), ("ipv6:[::1]:51000", True),
+    ("::ffff:127.0.0.1", True), ("ipv4:10.0.0.5:1", False), ("192.168.1.2", False), ("", False), (None, False),
+    ("unix:/tmp/x", False), ("ipv6:[fe80::1%eth0]:5", False),
+])
+def test_loopback_clients(client, loopback):
+    assert is_loopback(client) is loopback
+
+
+def test_without_keys_only_loopback_clients_get_in(tmp_path):
+    auth = Authorizer(KeyStore(tmp_path / "none.json"))
+    assert auth.authorize(None, "127.0.0.1", "crawl").scope == "admin"
+    with pytest.raises(Unauthenticated, match="loopback clients only"):
+        auth.authorize(None, "ipv4:10.1.2.3:5000", "chat")
+    assert Authorizer(KeyStore(tmp_path / "none.json"), disabled=True).authorize(None, "10.1.2.3", "crawl")
+
+
+def test_with_keys_every_caller_needs_one_and_scopes_hold(keys):
+    store, chat_key, admin_key = keys
+    auth = Authorizer(store)
+    with pytest.raises(Unauthenticated, match="Bearer"):
+        auth.authorize(None, "127.0.0.1", "chat")  # loopback is no exception once keys exist
+    for header in ("Bearer twk_wrong", f"Basic {chat_key}", "Bearer", f"Bearer  {chat_key}x"):
+        with pytest.raises(Unauthenticated):
+            auth.authorize(header, "127.0.0.1", "chat")
+    assert auth.authorize(f"Bearer {chat_key}", "10.0.0.1", "chat").name == "chatter"
+    assert auth.authorize(f"bearer {chat_key}", "10.0.0.1", "search").name == "chatter"
+    with pytest.raises(PermissionDenied, match="admin"):
+        auth.authorize(f"Bearer {chat_key}", "10.0.0.1", "crawl")
+    assert auth.authorize(f"Bearer {admin_key}", "10.0.0.1", "crawl").name == "root"
+
+
+# -- the crawl guard -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/", "http://localhost/", "http://[::1]/", "http://2130706433/", "http://0x7f.1/",
+    "http://0177.0.0.1/", "http://127.1/", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.8/",
+    "http://172.16.5.4/", "http://192.168.0.1/", "http://100.64.1.1/", "http://0.0.0.0/", "http://[::]/",
+    "http://[::ffff:127.0.0.1]/", "http://[::ffff:a9fe:a9fe]/", "http://[fe80::1]/", "http://[fd00::1]/",
+    "http://224.0.0.1/", "http://240.0.0.1/", "http://255.255.255.255/",
+])
+def test_non_public_addresses_are_refused_naming_the_address_and_the_setting(url):
+    with pytest.raises(RefusedAddress) as refused:
+        AddressGuard().check(url)
+    assert "refused" in refused.value.reason and "TWIN_CRAWL_ALLOWED_NETWORKS" in refused.value.reason
+
+
+def test_a_name_that_resolves_to_loopback_is_refused(monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))])
+    with pytest.raises(RefusedAddress, match="resolves to 127.0.0.1, a loopback address"):
+        AddressGuard().check("https://rebind.example/")
+
+
+def test_public_addresses_pass_and_allowed_networks_open_named_ranges():
+    assert AddressGuard().check("http://93.184.215.14:8080/x").address == "93.184.215.14"
+    assert AddressGuard(["10.1.0.0/16"]).check("http://10.1.2.3/").address == "10.1.2.3"
+    with pytest.raises(RefusedAddress):
+        AddressGuard(["10.1.0.0/16"]).check("http://10.2.0.1/")
+    assert AddressGuard(allow_private=True).check("http://127.0.0.1:9/").port == 9
+    with pytest.raises(ValueError, match="TWIN_CRAWL_ALLOWED_NETWORKS"):
+        AddressGuard(["not-a-network"])
