@@ -227,6 +227,8 @@ class Serving(Section):
     target_ongoing_requests: int = Field(8, ge=1, le=1000, description="Autoscaling target per replica.")
     canary_percent: int = Field(0, ge=0, le=100, description="Traffic step of a new version (0: switch at once).")
     request_timeout_seconds: float = Field(300, gt=0, le=3600, description="End-to-end limit of one request.")
+    max_queued_requests: int = Field(100, ge=1, le=100_000, description="Requests waiting per replica before new "
+                                     "ones are refused at once (503 / RESOURCE_EXHAUSTED).")
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ VALUES = {
     "artifactUri": "{{ .Values.platform.artifactUri | quote }}",
     "gpus": "{{ .Values.platform.gpus }}",
     "timeout": "{{ .Values.platform.requestTimeoutSeconds }}",
+    "queue": "{{ .Values.platform.maxQueuedRequests }}",
 }
 
 
@@ -33,7 +34,8 @@ def render() -> str:
         {"generation_model": placeholder("model"), "generation_device": placeholder("device"),
          "milvus_uri": placeholder("milvusUri"), "warehouse_uri": placeholder("warehouseUri"),
          "artifact_uri": placeholder("artifactUri"), "http_host": "0.0.0.0"},
-        generation_gpus=placeholder("gpus"), request_timeout_s=placeholder("timeout"))
+        generation_gpus=placeholder("gpus"), request_timeout_s=placeholder("timeout"),
+        max_queued_requests=placeholder("queue"))
     text = yaml.safe_dump(config, sort_keys=False, width=200)
     for name, expression in VALUES.items():
         text = text.replace(f"'{placeholder(name)}'", expression).replace(placeholder(name), expression)

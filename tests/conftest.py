@@ -59,11 +59,11 @@ class _Handler(SimpleHTTPRequestHandler):
 class FixtureSite:
     """An HTTP server on 127.0.0.1 serving routes set by a test, and files under ``root``."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
         handler = type("Handler", (_Handler,), {"routes": {}, "hits": {}})
         self.routes, self.hits = handler.routes, handler.hits
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), lambda *a: handler(*a, directory=str(root)))
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def add(self, path: str, body, content_type: str = "text/html; charset=utf-8", status: int = 200) -> str:
@@ -78,6 +78,18 @@ class FixtureSite:
 @pytest.fixture
 def site(tmp_path):
     server = FixtureSite(tmp_path)
+    yield server
+    server.close()
+
+
+# The test platform's crawler may reach this one loopback address (TWIN_CRAWL_ALLOWED_NETWORKS), so
+# a site on it stands for an allowed intranet host; every other local address stays refused.
+ALLOWED_HOST = "127.0.0.2"
+
+
+@pytest.fixture
+def allowed_site(tmp_path):
+    server = FixtureSite(tmp_path, ALLOWED_HOST)
     yield server
     server.close()
 
@@ -186,7 +198,8 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     (data_dir / "models").mkdir()
     (data_dir / "models" / "SmolLM2-135M-Instruct").symlink_to(smol_model)
     settings = Settings(data_dir=data_dir)
-    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2",
+           "TWIN_CRAWL_ALLOWED_NETWORKS": f'["{ALLOWED_HOST}/32"]'}
     index_sample(data_dir)
     # A registered, servable adapter for the sample author: her chats go through it.
     from llm_twin.registry import register

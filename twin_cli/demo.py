@@ -135,7 +135,8 @@ def main() -> None:
         write_site(Path(tmp), base)
         try:
             step("crawl the feed and the repository")
-            twin(data_dir, "crawl", f"{base}/feed.xml", f"{base}/mara-tools.git", "--author", AUTHOR)
+            twin(data_dir, "crawl", f"{base}/feed.xml", f"{base}/mara-tools.git", "--author", AUTHOR,
+                 "--allow-private")  # the sample site is on this machine
             step("index: clean, chunk, embed (all-MiniLM-L6-v2), load into Milvus Lite")
             twin(data_dir, "index")
         finally:

@@ -54,7 +54,8 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
 
     config = serve_config(settings.model_dump(mode="json"), http_host=settings.http_host,
                           http_port=settings.http_port, grpc_port=settings.grpc_port,
-                          request_timeout_s=settings.request_timeout_s)
+                          request_timeout_s=settings.request_timeout_s,
+                          max_queued_requests=settings.max_queued_requests)
     app = config["applications"][0]
     _say("starting Ray")
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
@@ -75,6 +76,19 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
         time.sleep(0.5)
     return {"grpc": f"127.0.0.1:{settings.grpc_port}", "http": f"http://{settings.http_host}:{settings.http_port}",
             "model": model}
+
+
+def access_line(settings: Settings) -> str:
+    """Who may call: said when the server starts, so nobody exposes it by accident."""
+    from llm_twin.keys import KeyStore
+
+    if settings.insecure_no_auth:
+        return "access: NO AUTHENTICATION (--insecure-no-auth): anyone who reaches these ports may use them"
+    store = KeyStore(settings.resolved_api_keys_file)
+    if store.configured():
+        return f"access: API keys from {store.path} (Authorization: Bearer KEY); `twin keys` manages them"
+    return ("access: no API keys, so loopback clients only (the gRPC proxy listens on every interface; others get "
+            "UNAUTHENTICATED / 401). Create a key with `twin keys create NAME` to serve others")
 
 
 def stop_local() -> None:
@@ -116,6 +130,7 @@ def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
         path.write_text(json.dumps({"pid": os.getpid(), "ready": True, **endpoints}))
         _say(f"ready: gRPC {endpoints['grpc']} (twin.v1, reflection, grpc.health.v1) · HTTP {endpoints['http']} "
              f"(OpenAI API at {endpoints['http']}/v1) · stop with Ctrl-C or `twin serve --stop`")
+        _say(access_line(settings))
         while not stop.wait(1.0):
             pass
     finally:

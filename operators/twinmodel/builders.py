@@ -108,6 +108,7 @@ def platform_serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict
     if spec["storage"].get("warehouseUri"):
         args["warehouse_uri"] = spec["storage"]["warehouseUri"]
     return serve_config(args, request_timeout_s=float(serving["requestTimeoutSeconds"]), generation_gpus=gpus,
+                        max_queued_requests=int(serving["maxQueuedRequests"]),
                         generation_autoscaling={"min_replicas": int(serving["minReplicas"]),
                                                 "max_replicas": int(serving["maxReplicas"]),
                                                 "target_ongoing_requests": int(serving["targetOngoingRequests"])})

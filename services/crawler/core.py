@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,20 +89,30 @@ def _sniff_web(response: Response) -> str:
 
 class Crawler:
     def __init__(self, warehouse: Warehouse, fetcher: Fetcher, *, max_file_bytes: int = 512 * 1024,
-                 max_pages: int = 500):
+                 max_pages: int = 500, deadline_s: float | None = None):
         self.warehouse = warehouse
         self.fetcher = fetcher
         self.article = ArticleSource(fetcher)
         self.feed = FeedSource(fetcher, max_pages)
         self.sitemap = SitemapSource(fetcher, max_pages)
-        self.git = GitSource(max_file_bytes)
+        self.git = GitSource(max_file_bytes, fetcher.guard)
+        self.deadline_s = deadline_s
         self.folder = FolderSource(max_file_bytes)
         self.linkedin = LinkedInExportSource()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Crawler:
-        return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings),
-                   max_file_bytes=settings.max_file_bytes, max_pages=settings.max_pages_per_source)
+    def from_settings(cls, settings: Settings, *, allow_private: bool = False) -> Crawler:
+        """``allow_private``: reach non-public addresses too (`twin crawl --allow-private`, the CLI only)."""
+        return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings, allow_private=allow_private),
+                   max_file_bytes=settings.max_file_bytes, max_pages=settings.max_pages_per_source,
+                   deadline_s=settings.crawl_deadline_s)
+
+    def check_twin_name(self, author: str) -> None:
+        """Over the API a crawl may add to an existing twin only under the exact name it was created
+        with: 'PAUL IUSZTIN' must not add writing to paul-iusztin."""
+        existing = self.warehouse.authors().get(author_slug(author))
+        if existing is not None and existing != author:
+            raise InvalidTarget("twin", f"{author!r} is the twin {existing!r}; use that exact name to add to it")
 
     def detect(self, target: str) -> str:
         """The source type of a target, from its shape (and for web URLs, its content)."""
@@ -120,8 +132,12 @@ class Crawler:
         return "folder"
 
     def crawl(self, targets: Iterable[str], author: str, source: str = "auto",
-              on_outcome: Callable[[Outcome], None] = lambda o: None) -> CrawlReport:
-        """Crawl every target; a failing target or page is reported, never aborts the batch."""
+              on_outcome: Callable[[Outcome], None] = lambda o: None,
+              stop: threading.Event | None = None) -> CrawlReport:
+        """Crawl every target; a failing target or page is reported, never aborts the batch. The crawl
+        ends early (what is left is reported as failed) past ``deadline_s`` or once ``stop`` is set
+        (the client went away)."""
+        deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
         if source not in SOURCE_TYPES:
             raise InvalidTarget(source, f"unknown source type; choose one of {', '.join(SOURCE_TYPES)}")
         author_slug(author)  # fail fast on an author name that cannot make an id
@@ -134,6 +150,11 @@ class Crawler:
         for target in targets:
             try:
                 for item in self._items(target, author, source):
+                    if stop is not None and stop.is_set():
+                        raise CrawlError(target, "stopped: the client went away")
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise CrawlError(target, f"stopped: the crawl ran past its {self.deadline_s:.0f} s deadline "
+                                                 "(TWIN_CRAWL_DEADLINE_S)")
                     if isinstance(item, CrawlError):
                         record(Outcome(item.target, "failed", item.reason, source=source))
                         continue

@@ -10,8 +10,22 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from .errors import FetchError, InvalidTarget
+from .guard import AddressGuard, Destination
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 5
+
+
+def pinned(url: str, destination: Destination) -> tuple[str, dict, dict]:
+    """The request for ``url`` sent to the checked address: (URL with the IP, headers, extensions).
+    The Host header and TLS SNI keep the name, so virtual hosts and certificates work as usual."""
+    parts = urlsplit(url)
+    ip = f"[{destination.address}]" if ":" in destination.address else destination.address
+    netloc = f"{ip}:{parts.port}" if parts.port else ip
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    extensions = {"sni_hostname": destination.host} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), {"Host": host_header}, extensions
 
 
 @dataclass(frozen=True)
@@ -45,26 +59,28 @@ class Fetcher:
 
     def __init__(self, *, timeout_s: float = 20.0, max_bytes: int = 10 * 1024 * 1024,
                  retries: int = 3, backoff_s: float = 0.5, user_agent: str = "LLMTwinCrawler/0.1",
-                 respect_robots: bool = True):
+                 respect_robots: bool = True, guard: AddressGuard | None = None):
         self.max_bytes = max_bytes
         self.retries = retries
         self.backoff_s = backoff_s
         self.user_agent = user_agent
         self.respect_robots = respect_robots
+        self.guard = guard or AddressGuard()
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s),
-            follow_redirects=True,
+            follow_redirects=False,  # each hop is checked by the guard (see _get_once)
             headers={"User-Agent": user_agent, "Accept": "*/*"},
             # Never pick up a proxy from the environment: the crawler talks to what it is given.
             trust_env=False,
         )
 
     @classmethod
-    def from_settings(cls, settings) -> Fetcher:
+    def from_settings(cls, settings, *, allow_private: bool = False) -> Fetcher:
         return cls(timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes,
                    retries=settings.http_retries, backoff_s=settings.http_backoff_s,
-                   user_agent=settings.user_agent, respect_robots=settings.respect_robots)
+                   user_agent=settings.user_agent, respect_robots=settings.respect_robots,
+                   guard=AddressGuard.from_settings(settings, allow_private=allow_private))
 
     def close(self) -> None:
         self._client.close()
@@ -119,7 +135,22 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def _get_once(self, url: str) -> Response:
-        with self._client.stream("GET", url) as stream:
+        """One GET, following redirects one hop at a time, each hop's address checked and pinned."""
+        for _ in range(MAX_REDIRECTS + 1):
+            check_http_url(url)
+            request_url, headers, extensions = pinned(url, self.guard.check(url))
+            response = self._get_pinned(url, request_url, headers, extensions)
+            if not isinstance(response, str):
+                return response
+            url = response
+        raise FetchError(url, f"more than {MAX_REDIRECTS} redirects")
+
+    def _get_pinned(self, url: str, request_url: str, headers: dict, extensions: dict) -> Response | str:
+        """The response, or the next URL when it redirects."""
+        with self._client.stream("GET", request_url, headers=headers, extensions=extensions) as stream:
+            location = stream.headers.get("location")
+            if stream.status_code in REDIRECT_STATUS and location:
+                return urljoin(url, location)
             declared = stream.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise FetchError(url, f"response of {int(declared)} bytes exceeds the {self.max_bytes}-byte cap "
@@ -131,5 +162,5 @@ class Fetcher:
                     raise FetchError(url, f"response exceeds the {self.max_bytes}-byte cap "
                                           "(raise TWIN_HTTP_MAX_BYTES to allow it)")
                 chunks.append(chunk)
-            return Response(url=str(stream.url), status=stream.status_code,
+            return Response(url=url, status=stream.status_code,
                             content_type=stream.headers.get("content-type", ""), body=b"".join(chunks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from ray import serve
 
@@ -22,7 +23,9 @@ class CrawlerDeployment:
         self.retrieval = retrieval
         self.crawler = Crawler.from_settings(self.settings)
 
-    async def crawl(self, twin: str, targets: list[str], source_type: str = "auto", index: bool = False) -> dict:
+    async def crawl(self, twin: str, targets: list[str], source_type: str = "auto", index: bool = False,
+                    exact_twin: bool = False) -> dict:
+        """``exact_twin`` (the API): an existing twin may only be added to under its exact name."""
         if not (twin or "").strip():
             raise InvalidTarget("twin", "name the author whose writing this is")
         if not targets:
@@ -32,8 +35,15 @@ class CrawlerDeployment:
         source_type = source_type or "auto"
         if source_type not in SOURCE_TYPES:
             raise InvalidTarget("source_type", f"unknown {source_type!r}; use one of {', '.join(SOURCE_TYPES)}")
+        if exact_twin:
+            await asyncio.to_thread(self.crawler.check_twin_name, twin)
         with span("crawler.crawl", **{"twin.name": twin, "crawler.targets": len(targets)}):
-            report = await asyncio.to_thread(self.crawler.crawl, targets, twin, source_type)
+            stop = threading.Event()
+            try:
+                report = await asyncio.to_thread(self.crawler.crawl, targets, twin, source_type, stop=stop)
+            except asyncio.CancelledError:  # the client went away: the crawl stops at its next page
+                stop.set()
+                raise
             result = {"outcomes": [o.__dict__ for o in report.outcomes], "chunks_indexed": 0}
             for status in ("stored", "updated", "unchanged", "failed"):
                 result[status] = report.count(status)

@@ -26,11 +26,13 @@ PIPELINE_COMMAND = ["twin", "pipeline", "--config", "/etc/llm-twin/twinmodel.jso
 
 def serve_config(args: dict, *, http_host: str = "0.0.0.0", http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
                  request_timeout_s: float = 300.0, generation_gpus: float | str = 0,
-                 generation_autoscaling: dict | None = None) -> dict:
+                 generation_autoscaling: dict | None = None, max_queued_requests: int | str = 100) -> dict:
     """The Serve config (a RayService's serveConfigV2). ``args`` are Settings fields handed to
     :func:`services.gateway.server.build_app`; the Generation deployment gets its GPUs and, in a
     cluster, its autoscaling (min_replicas, max_replicas, target_ongoing_requests)."""
-    generation: dict = {"name": "Generation"}
+    # Overload answers at once (503 / RESOURCE_EXHAUSTED) instead of queueing without end.
+    gateway = {"name": "Gateway", "max_queued_requests": max_queued_requests}
+    generation: dict = {"name": "Generation", "max_queued_requests": max_queued_requests}
     if generation_autoscaling:
         generation["autoscaling_config"] = dict(generation_autoscaling)
     generation["ray_actor_options"] = {"num_gpus": generation_gpus, "num_cpus": 1}
@@ -39,5 +41,5 @@ def serve_config(args: dict, *, http_host: str = "0.0.0.0", http_port: int = HTT
                          "request_timeout_s": request_timeout_s},
         "http_options": {"host": http_host, "port": http_port, "request_timeout_s": request_timeout_s},
         "applications": [{"name": APP_NAME, "import_path": IMPORT_PATH, "route_prefix": "/", "args": dict(args),
-                          "deployments": [generation]}],
+                          "deployments": [gateway, generation]}],
     }

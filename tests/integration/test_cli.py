@@ -24,18 +24,22 @@ def twin(data_dir: Path, *args: str, timeout: int = 900) -> subprocess.Completed
 
 def test_crawl_prints_a_line_per_url_and_a_summary(site, tmp_path):
     urls = serve_blog(site, broken="gone")
-    done = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer")
+    refused = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer")  # 127.0.0.1 is not public
+    assert refused.returncode == 1 and "127.0.0.1, a loopback address" in refused.stdout
+    assert "TWIN_CRAWL_ALLOWED_NETWORKS" in refused.stdout
+    done = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer", "--allow-private")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert sum(line.startswith("stored") for line in lines) == 3
     assert any(line.startswith("failed") and "gone.html" in line and "HTTP 404" in line for line in lines)
     assert lines[-1] == "3 stored, 0 updated, 0 unchanged, 1 failed"
-    again = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer")
+    again = twin(tmp_path, "crawl", urls["rss"], "--author", "Ada Writer", "--allow-private")
     assert again.stdout.strip().splitlines()[-1] == "0 stored, 0 updated, 3 unchanged, 1 failed"
 
 
 def test_crawl_exits_non_zero_only_when_nothing_could_be_crawled(tmp_path):
-    done = twin(tmp_path, "crawl", "ftp://example.invalid/x", "http://127.0.0.1:9/", "--author", "Ada")
+    done = twin(tmp_path, "crawl", "ftp://example.invalid/x", "http://127.0.0.1:9/", "--author", "Ada",
+                "--allow-private")
     assert done.returncode == 1
     assert "not an http(s) URL" in done.stdout and "unreachable" in done.stdout
     assert "nothing could be crawled" in done.stderr

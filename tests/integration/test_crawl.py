@@ -12,6 +12,7 @@ import pytest
 
 from llm_twin.warehouse import Warehouse
 from services.crawler.core import Crawler
+from services.crawler.guard import AddressGuard
 from services.crawler.fetch import Fetcher
 from tests.fixtures_pages import PARAGRAPHS, article_html, serve_blog
 
@@ -25,7 +26,8 @@ def warehouse(tmp_path) -> Warehouse:
 
 @pytest.fixture
 def crawler(warehouse):
-    fetcher = Fetcher(timeout_s=5, retries=2, backoff_s=0.01, max_bytes=200_000)
+    # The fixture sites run on 127.0.0.1, which the crawler refuses unless it is allowed by name.
+    fetcher = Fetcher(timeout_s=5, retries=2, backoff_s=0.01, max_bytes=200_000, guard=AddressGuard(["127.0.0.0/8"]))
     yield Crawler(warehouse, fetcher)
     fetcher.close()
 

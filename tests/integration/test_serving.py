@@ -211,9 +211,10 @@ def test_bad_requests_to_other_rpcs(channel):
     with pytest.raises(grpc.RpcError) as err:
         embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed(embedding_pb2.EmbedRequest())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    # A target that cannot be crawled is reported in the response, never aborts the batch.
-    reply = crawler_pb2_grpc.CrawlerServiceStub(channel).Crawl(crawler_pb2.CrawlRequest(twin="x", targets=["ftp://nope"]))
-    assert (reply.stored, reply.failed) == (0, 1) and "not an http(s) URL" in reply.outcomes[0].detail
+    # Over the API only web sources are crawled: anything else is refused before any work.
+    with pytest.raises(grpc.RpcError) as err:
+        crawler_pb2_grpc.CrawlerServiceStub(channel).Crawl(crawler_pb2.CrawlRequest(twin="x", targets=["ftp://nope"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an http(s) URL" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         crawler_pb2_grpc.CrawlerServiceStub(channel).Crawl(crawler_pb2.CrawlRequest(twin="x", targets=["a"],
                                                                                     source_type="fax"))
@@ -343,10 +344,10 @@ def test_one_chat_request_is_one_trace_across_processes(platform, channel, otlp,
 
 
 # -- crawling through the service ------------------------------------------------------------------------
-def test_crawl_rpc_stores_and_indexes_a_new_article(platform, channel, site):
+def test_crawl_rpc_stores_and_indexes_a_new_article(platform, channel, allowed_site):
     from tests.fixtures_pages import article_html
 
-    url = site.add("/posts/tea.html", article_html(
+    url = allowed_site.add("/posts/tea.html", article_html(
         "Green tea brewing temperatures",
         ["I brew green tea at seventy degrees Celsius, never with boiling water.",
          "Boiling water scalds the leaves and makes the tea bitter within a minute.",

@@ -100,7 +100,7 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/artifacts", "tensorrt-llm")
     assert app["args"]["pinned_models"] == {"mara-quill": hashes["evaluation"]}
     assert config == builders.platform_serve_config("mara-quill", spec, hashes)
-    generation = app["deployments"][0]
+    generation = next(d for d in app["deployments"] if d["name"] == "Generation")
     assert generation["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}
     assert generation["ray_actor_options"]["num_gpus"] == 1
     assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
@@ -259,7 +259,7 @@ def test_the_chart_renders_the_one_serve_config(chart, gpus, model, timeout):
     expected = serve_config({"generation_model": model, "generation_device": "cuda" if gpus else "cpu",
                              "milvus_uri": values["milvusUri"], "warehouse_uri": values["warehouseUri"],
                              "artifact_uri": values["artifactUri"], "http_host": "0.0.0.0"},
-                            generation_gpus=gpus, request_timeout_s=timeout)
+                            generation_gpus=gpus, request_timeout_s=timeout, max_queued_requests=100)
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == expected
 
 

@@ -3,7 +3,6 @@ API keys, the authorization policy, and the address guard against each refused a
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 

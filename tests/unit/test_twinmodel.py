@@ -40,7 +40,7 @@ FULL = {
                  "deepspeed": {"zeroStage": 3, "offload": True}},
     "evaluation": {"gate": {"maxPerplexityRatio": 0.95, "minStyleSimilarity": 0.4}},
     "serving": {"engine": "tensorrt-llm", "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 16,
-                "canaryPercent": 25, "requestTimeoutSeconds": 90, "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
+                "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
     "refresh": {"interval": "12h", "retrainAfterDocuments": 3},
 }
 # Acted on by the operator itself; tests/integration/test_operator.py shows each.
@@ -72,7 +72,8 @@ def destinations(spec: dict) -> dict:
     service = builders.ray_service("ada", "twins", normal, hashes)
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     args = serve["applications"][0]["args"]
-    generation = serve["applications"][0]["deployments"][0]
+    generation = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Generation")
+    gateway = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Gateway")
     worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     job_env = {e["name"]: e["valueFrom"]["secretKeyRef"]
                for e in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
@@ -116,6 +117,8 @@ def destinations(spec: dict) -> dict:
         "serving.minReplicas": generation["autoscaling_config"]["min_replicas"],
         "serving.maxReplicas": generation["autoscaling_config"]["max_replicas"],
         "serving.targetOngoingRequests": generation["autoscaling_config"]["target_ongoing_requests"],
+        "serving.maxQueuedRequests": generation["max_queued_requests"] == gateway["max_queued_requests"]
+        and gateway["max_queued_requests"],
         "serving.canaryPercent": service["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]["stepSizePercent"],
         "serving.requestTimeoutSeconds": serve["http_options"]["request_timeout_s"]
         == serve["grpc_options"]["request_timeout_s"] and serve["http_options"]["request_timeout_s"],

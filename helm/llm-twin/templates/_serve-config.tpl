@@ -26,7 +26,10 @@ applications:
     artifact_uri: {{ .Values.platform.artifactUri | quote }}
     http_host: 0.0.0.0
   deployments:
+  - name: Gateway
+    max_queued_requests: {{ .Values.platform.maxQueuedRequests }}
   - name: Generation
+    max_queued_requests: {{ .Values.platform.maxQueuedRequests }}
     ray_actor_options:
       num_gpus: {{ .Values.platform.gpus }}
       num_cpus: 1

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from llm_twin.documents import RawDocument
 
 from ..errors import FetchError, InvalidTarget
+from ..guard import AddressGuard
 from .base import Item
 
 LOCK_FILES = {
@@ -76,21 +77,32 @@ def _git(args: list[str], cwd: Path | None, target: str) -> str:
 class GitSource:
     name = "git"
 
-    def __init__(self, max_file_bytes: int = 512 * 1024):
+    def __init__(self, max_file_bytes: int = 512 * 1024, guard: AddressGuard | None = None):
         self.max_file_bytes = max_file_bytes
+        self.guard = guard or AddressGuard()
+
+    def _pinning(self, target: str) -> list[str]:
+        """git options that make an http(s) clone reach only the checked address, with no redirects."""
+        if not target.startswith(("http://", "https://")):
+            return []  # ssh/git remotes: the CLI's own sources (the API refuses them)
+        destination = self.guard.check(target)
+        address = f"[{destination.address}]" if ":" in destination.address else destination.address
+        return ["-c", "http.followRedirects=false",
+                "-c", f"http.curloptResolve={destination.host}:{destination.port}:{address}"]
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         if is_remote(target):
             with tempfile.TemporaryDirectory(prefix="twin-git-") as tmp:
                 checkout = Path(tmp) / "repo"
+                pin = self._pinning(target)
                 try:
-                    _git(["clone", "--depth", "1", "--quiet", target, str(checkout)], None, target)
+                    _git([*pin, "clone", "--depth", "1", "--quiet", target, str(checkout)], None, target)
                 except FetchError as exc:
                     if "shallow" not in exc.reason:
                         raise
                     # Servers speaking git's "dumb" HTTP protocol cannot serve shallow clones.
                     shutil.rmtree(checkout, ignore_errors=True)
-                    _git(["clone", "--quiet", target, str(checkout)], None, target)
+                    _git([*pin, "clone", "--quiet", target, str(checkout)], None, target)
                 yield from self._files(checkout, target, author, remote=True)
         else:
             path = Path(target).expanduser()
