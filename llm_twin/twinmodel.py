@@ -229,6 +229,8 @@ class Serving(Section):
     request_timeout_seconds: float = Field(300, gt=0, le=3600, description="End-to-end limit of one request.")
     max_queued_requests: int = Field(100, ge=1, le=100_000, description="Requests waiting per replica before new "
                                      "ones are refused at once (503 / RESOURCE_EXHAUSTED).")
+    api_keys_secret: str = Field("", max_length=253, description="A Secret with the key api-keys.json (`twin keys "
+                                 "create` with TWIN_API_KEYS_FILE set): who may call. Empty: loopback clients only.")
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")

@@ -47,9 +47,11 @@ class _Handler(SimpleHTTPRequestHandler):
         route = self.routes.get(path)
         if route is None:
             return super().do_GET()  # files under the served folder (a git repo over dumb HTTP)
-        status, content_type, body = route(self.hits[path]) if callable(route) else route
+        status, content_type, body, *headers = route(self.hits[path]) if callable(route) else route
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
+        for name, value in (headers[0] if headers else {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -66,8 +68,9 @@ class FixtureSite:
         self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def add(self, path: str, body, content_type: str = "text/html; charset=utf-8", status: int = 200) -> str:
-        self.routes[path] = (status, content_type, body)
+    def add(self, path: str, body, content_type: str = "text/html; charset=utf-8", status: int = 200,
+            headers: dict | None = None) -> str:
+        self.routes[path] = (status, content_type, body, headers or {})
         return self.url + path
 
     def close(self) -> None:

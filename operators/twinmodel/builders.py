@@ -56,6 +56,23 @@ def secret_env(spec: dict, *, teacher: bool) -> list[dict]:
     return env
 
 
+# Ray pods need no Kubernetes API and no root. Ray writes its session files under /tmp, so the root
+# file system stays writable; everything else is locked down.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
+KEYS_DIR = "/etc/llm-twin/keys"
+
+
+def ray_pod(containers: list[dict], volumes: list[dict]) -> dict:
+    """A Ray pod template: labelled for the chart's NetworkPolicy, hardened, no service account token."""
+    spec = {"automountServiceAccountToken": False, "securityContext": dict(POD_SECURITY),
+            "containers": [{**c, "securityContext": dict(CONTAINER_SECURITY)} for c in containers]}
+    if volumes:
+        spec["volumes"] = volumes
+    return {"metadata": {"labels": {f"{GROUP}/ray": "true"}}, "spec": spec}
+
+
 def _container(spec: dict, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
@@ -83,13 +100,12 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
             "ttlSecondsAfterFinished": 3600,
             "backoffLimit": 0,
             "rayClusterSpec": {
-                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"},
-                                  "template": {"spec": {"containers": [head], "volumes": volumes}}},
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([head], volumes)},
                 "workerGroupSpecs": [{
                     "groupName": "train", "replicas": int(training["workers"]),
                     "minReplicas": int(training["workers"]), "maxReplicas": int(training["workers"]),
                     "rayStartParams": {},
-                    "template": {"spec": {"containers": [worker], "volumes": volumes}}}],
+                    "template": ray_pod([worker], volumes)}],
             },
         },
     }
@@ -124,7 +140,13 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     image = spec["training"]["image"]
-    env = {"env": secret_env(spec, teacher=False)} if secret_env(spec, teacher=False) else {}
+    # Who may call: the keys file from serving.apiKeysSecret; without one the platform answers loopback only.
+    env = {"env": [{"name": "TWIN_API_KEYS_FILE", "value": f"{KEYS_DIR}/api-keys.json"},
+                   *secret_env(spec, teacher=False)]}
+    volumes, mounts = [], {}
+    if serving.get("apiKeysSecret"):
+        volumes = [{"name": "api-keys", "secret": {"secretName": serving["apiKeysSecret"]}}]
+        mounts = {"volumeMounts": [{"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True}]}
     canary = int(serving["canaryPercent"])
     upgrade = ({"type": "NewClusterWithIncrementalUpgrade",
                 "clusterUpgradeOptions": {"stepSizePercent": canary, "intervalSeconds": 60, "maxSurgePercent": 100}}
@@ -138,16 +160,16 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
             "serveConfigV2": yaml.safe_dump(platform_serve_config(name, spec, hashes), sort_keys=False),
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": True,
-                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": {"spec": {"containers": [{
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([{
                     "name": "ray-head", "image": image,
                     "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
-                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env}]}}},
+                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env, **mounts}], volumes)},
                 "workerGroupSpecs": [{
                     "groupName": "serve", "replicas": max(1, int(serving["minReplicas"])),
                     "minReplicas": int(serving["minReplicas"]), "maxReplicas": int(serving["maxReplicas"]),
                     "rayStartParams": {},
-                    "template": {"spec": {"containers": [{"name": "ray-worker", "image": image, **env,
-                                                          "resources": {"limits": limits, "requests": dict(limits)}}]}}}],
+                    "template": ray_pod([{"name": "ray-worker", "image": image, **env, **mounts,
+                                          "resources": {"limits": limits, "requests": dict(limits)}}], volumes)}],
             },
         },
     }

@@ -18,6 +18,7 @@ from llm_twin.keys import Caller
 from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
+from services.crawler.core import SOURCE_TYPES
 from services.generation.backend import Delta, SamplingParams, collect
 from services.generation.core import sampling_params
 
@@ -155,6 +156,8 @@ class DataPlane:
 
     async def crawl(self, twin: str, targets: list[str], source_type: str | None, index: bool) -> dict:
         source_type = source_type or "auto"
+        if source_type not in SOURCE_TYPES:
+            raise InvalidRequest(f"source_type: unknown {source_type!r}; use one of {', '.join(SOURCE_TYPES)}")
         for target in targets:
             api_crawl_target(target, source_type)
         return await self.crawler.crawl(twin, targets, source_type, index, exact_twin=True)

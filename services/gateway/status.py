@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from ray.serve.exceptions import BackPressureError
 
 from services.chat.errors import InvalidChatRequest
 from services.crawler.errors import CrawlError, InvalidTarget
@@ -35,6 +36,8 @@ STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
     CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
     ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
+    # A deployment's queue is full (max_queued_requests): overload is answered at once.
+    BackPressureError: (grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
 }
 
 

@@ -207,8 +207,13 @@ def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
 
     documents = render(chart, "platform.enabled=true", "platform.gpus=1", "operator.watchNamespaces={a,b}")
     kinds = sorted({d["kind"] for d in documents})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "RayService", "Service",
-                     "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "RayService",
+                     "Role", "RoleBinding", "Service", "ServiceAccount"]
+    # watchNamespaces: the namespaced rights are Roles there; the ClusterRole keeps discovery only.
+    roles = {(d["kind"], d["metadata"]["namespace"]) for d in documents if d["kind"] in ("Role", "RoleBinding")}
+    assert roles == {("Role", "a"), ("Role", "b"), ("RoleBinding", "a"), ("RoleBinding", "b")}
+    cluster_role = next(d for d in documents if d["kind"] == "ClusterRole")
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
     for document in documents:
         if document["apiVersion"].startswith("ray.io"):
             continue
@@ -222,7 +227,8 @@ def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
 
 
 def test_disabled_components_render_nothing(chart):
-    documents = render(chart, "operator.enabled=false", "tracing.enabled=false", "grafana.enabled=false")
+    documents = render(chart, "operator.enabled=false", "tracing.enabled=false", "grafana.enabled=false",
+                       "networkPolicy.enabled=false")
     assert documents == []
 
 
@@ -290,7 +296,8 @@ def test_secrets_reach_the_pods_by_reference_never_the_config_map():
                        "TWIN_MILVUS_TOKEN": {"name": "milvus", "key": "token"}}
     service = builders.ray_service("mara-quill", "twins", spec, hashes)
     worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-    assert [e["name"] for e in worker["env"]] == ["TWIN_MILVUS_TOKEN"], "serving needs the Milvus token only"
+    secrets = [e["name"] for e in worker["env"] if "valueFrom" in e]
+    assert secrets == ["TWIN_MILVUS_TOKEN"], "serving needs the Milvus token only"
     rendered = builders.config_map("mara-quill", "twins", spec, hashes)["data"]["twinmodel.json"]
     assert '"secretRef"' in rendered and "api-key" in rendered  # the reference travels, a value never could
 
@@ -304,3 +311,52 @@ def test_unknown_and_wrong_fields_are_refused_with_their_path():
     spec["refresh"] = {"interval": "every day"}
     with pytest.raises(InvalidSpec, match=r"spec\.refresh\.interval"):
         normalise(spec)
+
+
+def test_every_pod_is_locked_down(chart):
+    """Non-root, no privilege escalation, all capabilities dropped, no API token where no API is used,
+    read-only root where the program allows (Ray writes under /tmp, so its root stays writable)."""
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=platform-keys")
+    spec = normalise(example()["spec"])
+    spec["serving"]["apiKeysSecret"] = "twin-keys"
+    hashes = stage_hashes(spec)
+    pods = []
+    for d in documents:
+        if d["kind"] == "Deployment":
+            pods.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
+        if d["kind"] == "RayService":
+            cluster = d["spec"]["rayClusterConfig"]
+            pods += [("platform-head", cluster["headGroupSpec"]["template"]["spec"]),
+                     *(("platform-worker", g["template"]["spec"]) for g in cluster["workerGroupSpecs"])]
+    for built in (builders.ray_job("m", "t", spec, hashes)["spec"]["rayClusterSpec"],
+                  builders.ray_service("m", "t", spec, hashes)["spec"]["rayClusterConfig"]):
+        pods += [("twin-head", built["headGroupSpec"]["template"]["spec"]),
+                 *(("twin-worker", g["template"]["spec"]) for g in built["workerGroupSpecs"])]
+    assert len(pods) == 8
+    for name, pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        if "operator" not in name:
+            assert pod["automountServiceAccountToken"] is False, name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}, name
+            if "operator" in name or "collector" in name:
+                assert security["readOnlyRootFilesystem"] is True, name
+    keyed = [pod for name, pod in pods if name.startswith(("platform", "twin")) and pod.get("volumes")
+             and any(v.get("secret") for v in pod["volumes"])]
+    assert {v["secret"]["secretName"] for pod in keyed for v in pod["volumes"] if v.get("secret")} == {
+        "platform-keys", "twin-keys"}
+
+
+def test_the_network_policy_opens_only_the_gateway_ports_to_the_namespace(chart):
+    documents = render(chart, "platform.enabled=true", "networkPolicy.ingressNamespace=ingress-nginx")
+    ray = next(d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
+    gateway, internal = ray["spec"]["ingress"]
+    assert sorted(p["port"] for p in gateway["ports"]) == [8000, 9000]
+    assert {"podSelector": {}} in gateway["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in gateway["from"]
+    assert internal == {"from": [{"podSelector": {"matchLabels": {"llmtwin.dev/ray": "true"}}}]}
+    service = next(d for d in documents if d["kind"] == "RayService")
+    assert service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"] == {
+        "llmtwin.dev/ray": "true"}

@@ -40,7 +40,7 @@ FULL = {
                  "deepspeed": {"zeroStage": 3, "offload": True}},
     "evaluation": {"gate": {"maxPerplexityRatio": 0.95, "minStyleSimilarity": 0.4}},
     "serving": {"engine": "tensorrt-llm", "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 16,
-                "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
+                "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "apiKeysSecret": "ada-keys", "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
     "refresh": {"interval": "12h", "retrainAfterDocuments": 3},
 }
 # Acted on by the operator itself; tests/integration/test_operator.py shows each.
@@ -77,7 +77,8 @@ def destinations(spec: dict) -> dict:
     worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     job_env = {e["name"]: e["valueFrom"]["secretKeyRef"]
                for e in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
-    serve_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"]}
+    serve_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in worker["env"] if "valueFrom" in e}
+    keys_volume = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"][0]
     job_workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     return {
         "author.name": p.author,
@@ -119,6 +120,7 @@ def destinations(spec: dict) -> dict:
         "serving.targetOngoingRequests": generation["autoscaling_config"]["target_ongoing_requests"],
         "serving.maxQueuedRequests": generation["max_queued_requests"] == gateway["max_queued_requests"]
         and gateway["max_queued_requests"],
+        "serving.apiKeysSecret": keys_volume["secret"]["secretName"],
         "serving.canaryPercent": service["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]["stepSizePercent"],
         "serving.requestTimeoutSeconds": serve["http_options"]["request_timeout_s"]
         == serve["grpc_options"]["request_timeout_s"] and serve["http_options"]["request_timeout_s"],

@@ -17,3 +17,48 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "llm-twin.serviceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create -}}{{ default (printf "%s-operator" (include "llm-twin.fullname" .)) .Values.operator.serviceAccount.name }}{{- else -}}{{ default "default" .Values.operator.serviceAccount.name }}{{- end -}}
 {{- end -}}
+
+{{/* Pods that need no Kubernetes API and no root: every pod the chart creates but the operator. */}}
+{{- define "llm-twin.podSecurity" -}}
+automountServiceAccountToken: false
+securityContext: {runAsNonRoot: true, runAsUser: 10001, runAsGroup: 10001, fsGroup: 10001, seccompProfile: {type: RuntimeDefault}}
+{{- end -}}
+
+{{/* Ray writes its session files under /tmp and its sockets beside them, so its root stays writable. */}}
+{{- define "llm-twin.rayContainerSecurity" -}}
+securityContext: {allowPrivilegeEscalation: false, privileged: false, capabilities: {drop: [ALL]}}
+{{- end -}}
+
+{{/* The platform's environment: who may call (API keys from auth.apiKeysSecret; without any key
+only loopback clients are answered) and where traces go. */}}
+{{- define "llm-twin.platformEnv" -}}
+- {name: TWIN_API_KEYS_FILE, value: /etc/llm-twin/keys/api-keys.json}
+- {name: TWIN_INSECURE_NO_AUTH, value: {{ .Values.auth.insecureNoAuth | quote }}}
+{{- if .Values.tracing.enabled }}
+- {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://{{ include "llm-twin.fullname" . }}-otel-collector:4318"}
+- {name: RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH, value: "llm_twin.telemetry:span_processors"}
+- {name: RAY_SERVE_TRACING_SAMPLING_RATIO, value: {{ .Values.tracing.samplingRatio | quote }}}
+{{- end }}
+{{- end -}}
+
+{{- define "llm-twin.operatorRules" -}}
+- apiGroups: [llmtwin.dev]
+  resources: [twinmodels]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [llmtwin.dev]
+  resources: [twinmodels/status]
+  verbs: [get, patch, update]
+- apiGroups: [ray.io]
+  resources: [rayjobs, rayservices]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch, delete]
+# Refresh re-indexes with the Milvus token named by spec.vectorStore.tokenSecretRef (read only).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
