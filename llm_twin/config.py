@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         100, ge=1, description="Requests waiting per deployment replica before new ones are refused at once "
         "(503 / RESOURCE_EXHAUSTED) instead of queueing without end.")
+    generation_max_ongoing_requests: int = Field(
+        64, ge=1, le=4096, description="Requests one generation replica works on at once; more wait in its queue "
+        "(max_queued_requests), beyond that they are refused.")
     crawl_deadline_s: float = Field(600, gt=0, description="Longest one crawl request may run (pages after it fail).")
     grpc_port: int = Field(9000, ge=1, le=65535, description="Port of Ray Serve's gRPC proxy.")
     http_port: int = Field(8000, ge=1, le=65535, description="Port of the HTTP gateway (JSON + OpenAI API).")

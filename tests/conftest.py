@@ -202,7 +202,9 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     (data_dir / "models" / "SmolLM2-135M-Instruct").symlink_to(smol_model)
     settings = Settings(data_dir=data_dir)
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2",
-           "TWIN_CRAWL_ALLOWED_NETWORKS": f'["{ALLOWED_HOST}/32"]'}
+           "TWIN_CRAWL_ALLOWED_NETWORKS": f'["{ALLOWED_HOST}/32"]',
+           # Small queues, so that overload can be shown with a few dozen requests.
+           "TWIN_GENERATION_MAX_ONGOING_REQUESTS": "8", "TWIN_MAX_QUEUED_REQUESTS": "8"}
     index_sample(data_dir)
     # A registered, servable adapter for the sample author: her chats go through it.
     from llm_twin.registry import register

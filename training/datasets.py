@@ -97,10 +97,9 @@ class OpenAITeacher(Teacher):
     def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
         replies = []
         for conversation in conversations:
-            masked, mapping = [], {}
+            masked, mapping = [], {}  # one placeholder map for the whole conversation
             for message in conversation:
-                text, found = pii.mask(message["content"])
-                mapping.update(found)
+                text, mapping = pii.mask(message["content"], mapping)
                 masked.append({**message, "content": text})
             reply = self.client.chat.completions.create(model=self.model, messages=masked, max_tokens=max_tokens,
                                                         temperature=0.2)

@@ -55,7 +55,8 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
     config = serve_config(settings.model_dump(mode="json"), http_host=settings.http_host,
                           http_port=settings.http_port, grpc_port=settings.grpc_port,
                           request_timeout_s=settings.request_timeout_s,
-                          max_queued_requests=settings.max_queued_requests)
+                          max_queued_requests=settings.max_queued_requests,
+                          generation_max_ongoing_requests=settings.generation_max_ongoing_requests)
     app = config["applications"][0]
     _say("starting Ray")
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,

@@ -226,4 +226,16 @@ def pipeline(ctx: click.Context, config_path, author, base_model, no_ray, print_
         sys.exit(4)
 
 
-COMMANDS = [dataset_group, train, models_group, pipeline]
+@click.command("mask-pii")
+@click.option("--show-map", is_flag=True, help="Also print the placeholder map (to stderr).")
+def mask_pii(show_map) -> None:
+    """Mask private data in stdin as the dataset builder does before text leaves for a teacher."""
+    from training import pii
+
+    masked, mapping = pii.mask(sys.stdin.read())
+    sys.stdout.write(masked)
+    if show_map:
+        click.echo(json.dumps(mapping, indent=1), err=True)
+
+
+COMMANDS = [dataset_group, train, models_group, pipeline, mask_pii]

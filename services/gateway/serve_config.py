@@ -26,13 +26,15 @@ PIPELINE_COMMAND = ["twin", "pipeline", "--config", "/etc/llm-twin/twinmodel.jso
 
 def serve_config(args: dict, *, http_host: str = "0.0.0.0", http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
                  request_timeout_s: float = 300.0, generation_gpus: float | str = 0,
-                 generation_autoscaling: dict | None = None, max_queued_requests: int | str = 100) -> dict:
+                 generation_autoscaling: dict | None = None, max_queued_requests: int | str = 100,
+                 generation_max_ongoing_requests: int = 64) -> dict:
     """The Serve config (a RayService's serveConfigV2). ``args`` are Settings fields handed to
     :func:`services.gateway.server.build_app`; the Generation deployment gets its GPUs and, in a
     cluster, its autoscaling (min_replicas, max_replicas, target_ongoing_requests)."""
     # Overload answers at once (503 / RESOURCE_EXHAUSTED) instead of queueing without end.
     gateway = {"name": "Gateway", "max_queued_requests": max_queued_requests}
-    generation: dict = {"name": "Generation", "max_queued_requests": max_queued_requests}
+    generation: dict = {"name": "Generation", "max_ongoing_requests": generation_max_ongoing_requests,
+                        "max_queued_requests": max_queued_requests}
     if generation_autoscaling:
         generation["autoscaling_config"] = dict(generation_autoscaling)
     generation["ray_actor_options"] = {"num_gpus": generation_gpus, "num_cpus": 1}

@@ -230,6 +230,29 @@ def test_a_bad_seed_beside_good_requests_harms_none(platform, keys):
     assert [r.status_code for r in replies] == [200, 400, 200, 200, 400, 200]
 
 
+def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, grpc_channel):
+    """The test platform works on 8 generations and queues 8 more; the rest get 503 /
+    RESOURCE_EXHAUSTED at once instead of waiting."""
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 48}
+
+    def send(_):
+        started = time.monotonic()
+        reply = httpx.post(f"{platform.http}/v1/generate", json=body, headers=bearer(keys["chat"]), timeout=300)
+        return reply.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(send, range(32)))
+    codes = [code for code, _ in replies]
+    assert set(codes) <= {200, 503} and codes.count(503) >= 8 and codes.count(200) >= 8, codes
+    slowest_refusal = max(seconds for code, seconds in replies if code == 503)
+    slowest_answer = max(seconds for code, seconds in replies if code == 200)
+    assert slowest_refusal < slowest_answer, "a refusal does not wait for the queue"
+    request = generation_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content="Hi")],
+                                             sampling=generation_pb2.SamplingParams(max_tokens=2))
+    assert generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
+        request, timeout=120, metadata=metadata(keys["chat"])).text is not None
+
+
 # -- fuzz ------------------------------------------------------------------------------------------------
 JUNK = [None, "", "x" * 5000, -1, 0, 1.5, 2**64, float("1e308"), [], {}, [1, "a"], {"a": 1}, True, "\u0000\ud7ff",
         "<|im_start|>", "../../etc/passwd"]

@@ -29,6 +29,7 @@ applications:
   - name: Gateway
     max_queued_requests: {{ .Values.platform.maxQueuedRequests }}
   - name: Generation
+    max_ongoing_requests: 64
     max_queued_requests: {{ .Values.platform.maxQueuedRequests }}
     ray_actor_options:
       num_gpus: {{ .Values.platform.gpus }}
