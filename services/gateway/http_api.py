@@ -7,7 +7,7 @@ and in one place once a stream has started (:func:`error_event`).
 
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,77 +16,14 @@ from services.generation.backend import collect
 
 from . import openai_format as oa
 from .dataplane import DataPlane
-from .status import STATUS, InvalidRequest, TooLarge, status_for
+from .http_guards import BodyLimit, allowed
+from .status import STATUS, InvalidRequest, status_for
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
 
 http = FastAPI(title="LLM Twin", version="0.1.0",
                description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
 SSE_HEADERS = {"Cache-Control": "no-cache"}
-
-
-def _plane_of(app) -> DataPlane:
-    """The data plane: set on the app in tests; in Ray Serve, the replica's Gateway holds it (the
-    replica serves a deserialized copy of this app, so module state would not reach it)."""
-    found = getattr(app.state, "plane", None)
-    if found is None:
-        from ray import serve
-
-        found = serve.get_replica_context().servable_object.plane
-    return found
-
-
-def plane(request: Request) -> DataPlane:
-    return _plane_of(request.app)
-
-
-def allowed(operation: str):
-    """A route's guard: the caller's API key must cover ``operation`` (see auth.py)."""
-
-    def check(request: Request, dp: DataPlane = Depends(plane)) -> DataPlane:
-        dp.authorize(request.headers.get("authorization"), request.client.host if request.client else None, operation)
-        return dp
-
-    return Depends(check)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``TWIN_MAX_REQUEST_BYTES`` gets 413 before it is parsed,
-    declared (Content-Length) or streamed (chunked)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = _plane_of(scope["app"]).settings.max_request_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            return await self._refuse(send, limit)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise TooLarge(f"the request body exceeds {limit} bytes (TWIN_MAX_REQUEST_BYTES)")
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except TooLarge:
-            await self._refuse(send, limit)
-
-    @staticmethod
-    async def _refuse(send, limit: int) -> None:
-        body = JSONResponse(oa.error_body(f"the request body exceeds {limit} bytes (TWIN_MAX_REQUEST_BYTES)", 413),
-                            status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-        await send({"type": "http.response.body", "body": body.body})
-
-
 http.add_middleware(BodyLimit)
 
 

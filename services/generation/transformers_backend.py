@@ -237,10 +237,7 @@ class TransformersBackend:
                         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(active))
                 if not active:
                     return
-                next_ids = [self._sample(self._penalise(logits[row], r), r.params, r.generator)
-                            for row, r in enumerate(active)]
-                for row, r in enumerate(active):
-                    self._advance(r, next_ids[row])
+                next_ids = [self._step(r, logits[row]) for row, r in enumerate(active)]
                 keep = [row for row, r in enumerate(active) if not r.done]
                 if len(keep) < len(active):
                     index = torch.tensor(keep, dtype=torch.long, device=self.device)
@@ -294,6 +291,18 @@ class TransformersBackend:
         mask = torch.cat([torch.nn.functional.pad(mask, (grow_old, 0)),
                           torch.nn.functional.pad(new_mask, (grow_new, 0))])
         return cache, mask
+
+    def _step(self, r: _Request, logits) -> int:
+        """Sample and advance one row; a failure there ends that request alone, the batch goes on."""
+        try:
+            token = self._sample(self._penalise(logits, r), r.params, r.generator)
+            self._advance(r, token)
+            return token
+        except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+            log.exception("generation failed for one request")
+            r.emit(ModelUnavailable(f"generation failed for this request: {type(exc).__name__}"))
+            r.done = True
+            return self.pad_id
 
     def _advance(self, r: _Request, token: int) -> None:
         if r.cancelled.is_set():

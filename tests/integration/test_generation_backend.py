@@ -146,3 +146,27 @@ def test_a_bad_seed_fails_its_request_alone(backend):
         return await asyncio.wait_for(good, 120)
 
     assert asyncio.run(both()).completion_tokens > 0
+
+
+def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
+    """An exception in one row's decode step ends that request; the rows beside it finish."""
+    from services.generation.errors import ModelUnavailable
+
+    real = backend._sample
+
+    def failing_for_one(logits, params, generator):
+        if params.top_p == 0.5:
+            raise RuntimeError("boom")
+        return real(logits, params, generator)
+
+    monkeypatch.setattr(backend, "_sample", failing_for_one)
+    generator = Generator(backend=backend)
+
+    async def both():
+        good = [asyncio.create_task(complete(generator, f"Count to {n}.", max_tokens=6)) for n in (3, 4)]
+        bad = asyncio.create_task(complete(generator, "Name a fruit.", top_p=0.5, max_tokens=6))
+        with pytest.raises(ModelUnavailable, match="this request"):
+            await asyncio.wait_for(bad, 120)
+        return [await asyncio.wait_for(g, 120) for g in good]
+
+    assert all(c.completion_tokens == 6 or c.finish_reason == "stop" for c in asyncio.run(both()))
