@@ -132,22 +132,29 @@ async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allow
         return oa.chat_completion(cid, started.model, text, last.finish_reason, last.prompt_tokens,
                                   last.completion_tokens, started.sources)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(_chat_events(cid, started.model, started.sources, started.deltas, include_usage),
-                             media_type="text/event-stream", headers=SSE_HEADERS)
+    events = _chat_events(cid, started.model, started.sources, started.deltas, include_usage)
+    return StreamingResponse(_sse(events, started.deltas), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterator, include_usage: bool):
     yield oa.chunk_event(cid, model, {"role": "assistant", "content": ""}, sources=[oa.source_json(s) for s in sources])
     last = None
+    async for delta in deltas:
+        last = delta
+        if delta.text:
+            yield oa.chunk_event(cid, model, {"content": delta.text})
+    yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
+    if include_usage and last:
+        yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)
+
+
+async def _sse(events: AsyncIterator[str], deltas: AsyncIterator) -> AsyncIterator[str]:
+    """An SSE body: the events, an error event if one comes after the response started, [DONE];
+    the deltas are closed however it ends (a client that leaves cancels the generation)."""
     try:
-        async for delta in deltas:
-            last = delta
-            if delta.text:
-                yield oa.chunk_event(cid, model, {"content": delta.text})
-        yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
-        if include_usage and last:
-            yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)
-    except Exception as exc:  # noqa: BLE001 - the response has started
+        async for event in events:
+            yield event
+    except Exception as exc:  # noqa: BLE001 - the response has started: the error travels as an event
         yield error_event(exc)
     finally:
         await deltas.aclose()
@@ -182,21 +189,16 @@ async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
         return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
                 "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
     deltas = await dp.generate_stream(messages, params)
-    return StreamingResponse(_generate_events(deltas), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(_sse(_generate_events(deltas), deltas), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
 
 
 async def _generate_events(deltas: AsyncIterator) -> AsyncIterator[str]:
-    try:
-        async for d in deltas:
-            event: dict = {"delta": d.text}
-            if d.finish_reason:
-                event.update(finish_reason=d.finish_reason, usage=oa.usage_json(d.prompt_tokens, d.completion_tokens))
-            yield oa.sse(event)
-    except Exception as exc:  # noqa: BLE001 - the response has started
-        yield error_event(exc)
-    finally:
-        await deltas.aclose()
-    yield oa.sse("[DONE]")
+    async for d in deltas:
+        event: dict = {"delta": d.text}
+        if d.finish_reason:
+            event.update(finish_reason=d.finish_reason, usage=oa.usage_json(d.prompt_tokens, d.completion_tokens))
+        yield oa.sse(event)
 
 
 @http.get("/v1/stats")
