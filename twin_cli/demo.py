@@ -157,8 +157,9 @@ def main() -> None:
     finally:
         step("shut down")
         print(platform.stop().stdout.strip())
-    step(f"done in {time.perf_counter() - demo_started:.0f} s. Serve it again with: "
-         f"TWIN_DATA_DIR={data_dir} .venv/bin/twin serve")
+    step(f"done in {time.perf_counter() - demo_started:.0f} s. Chat with the twin in your browser:")
+    print(f"   TWIN_DATA_DIR={data_dir} .venv/bin/twin serve --http-port {http_port}\n"
+          f"   then open http://127.0.0.1:{http_port}/  (the chat page; Ctrl-C stops the server)", flush=True)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
         path.write_text(json.dumps({"pid": os.getpid(), "ready": True, **endpoints}))
         _say(f"ready: gRPC {endpoints['grpc']} (twin.v1, reflection, grpc.health.v1) · HTTP {endpoints['http']} "
              f"(OpenAI API at {endpoints['http']}/v1) · stop with Ctrl-C or `twin serve --stop`")
+        _say(f"chat page: {endpoints['http']}/ (open it in a browser)")
         _say(access_line(settings))
         while not stop.wait(1.0):
             pass

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.generation.backend import collect
 
 from . import openai_format as oa
+from . import page
 from .dataplane import DataPlane
 from .http_guards import BodyLimit, allowed
 from .status import STATUS, InvalidRequest, status_for
@@ -25,6 +26,7 @@ http = FastAPI(title="LLM Twin", version="0.1.0",
                description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 http.add_middleware(BodyLimit)
+http.include_router(page.router)
 
 
 def _mapped(exc: BaseException) -> tuple[int, str]:

@@ -416,3 +416,12 @@ def test_oversize_bodies_and_too_many_messages_are_refused(client):
     assert reply.status_code == 413 and "TWIN_MAX_MESSAGES" in reply.json()["error"]["message"]
     long = client.post("/v1/generate", json={"messages": [{"role": "user", "content": "x " * 400}]})
     assert long.status_code == 413 and "TWIN_MAX_REQUEST_CHARS" in long.json()["error"]["message"]
+
+
+def test_the_chat_page_is_served_open_and_only_its_own_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/static/chat.js">' in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/chat.js").headers["content-type"].startswith("text/javascript")
+    for path in ("/static/..%2Fserver.py", "/static/../server.py", "/static/index.htm", "/static/%2e%2e%2fauth.py"):
+        assert client.get(path).status_code == 404, path
