@@ -72,6 +72,8 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element("id", "twin")).select_by_value("mara-quill")
+    assert not browser.find_element("id", "key-form").is_displayed(), "no key needed on loopback without keys"
+    assert not browser.find_element("id", "error").is_displayed()
     # Record what the page sends, to see that follow-ups carry the conversation.
     browser.execute_script("""window.sent = []; const f = window.fetch;
         window.fetch = (url, opts) => { if (opts && opts.body) window.sent.push(JSON.parse(opts.body)); return f(url, opts); };""")
@@ -80,16 +82,18 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     links = first.find_elements("css selector", ".sources a")
     assert links and all(a.get_attribute("href").startswith("http") and a.text for a in links)
     assert first.find_element("css selector", ".text").text.strip()
+    assert first.find_element("css selector", ".who").text == "Mara Quill"
     assert "nothing" not in first.get_attribute("class")
-    send(browser, "And how big should each one be?")
+    status = browser.find_element("id", "status").text
+    assert "mara-quill" in status and "tokens/s" in status and "first token after" in status
+    assert "adapter: test-adapter" in status  # the registered adapter answers for this twin
+    send(browser, "And what about the overlap between chunks?")
     wait(browser, lambda b: len(answers(b)) == 2, "the follow-up's answer")
     sent = browser.execute_script("return window.sent")
     chats = [body for body in sent if "messages" in body]
     assert chats[0]["messages"] == [{"role": "user", "content": "How should I cut documents\ninto chunks?"}]
     assert [m["role"] for m in chats[1]["messages"]] == ["user", "assistant", "user"], "follow-ups use the history"
     assert chats[1]["stream"] is True
-    status = browser.find_element("id", "status").text
-    assert "mara-quill" in status and "tokens/s" in status and "first token after" in status
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "chat-page.png"))
 

@@ -51,6 +51,7 @@ async function loadTwins() {
     const option = document.createElement("option");
     option.value = t.id;
     option.textContent = `${t.name} (${t.documents} documents)`;
+    option.dataset.name = t.name;
     return option;
   }));
   if (!twins.length) showError("No twins yet: crawl and index someone's writing first (twin crawl, twin index).");
@@ -62,7 +63,8 @@ function bubble(kind, text) {
   div.className = `message ${kind}`;
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = kind === "user" ? "You" : ($("twin").selectedOptions[0] || {}).textContent || "Twin";
+  const option = $("twin").selectedOptions[0];
+  who.textContent = kind === "user" ? "You" : (option && option.dataset.name) || "Twin";
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
