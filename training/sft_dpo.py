@@ -13,6 +13,7 @@ adapter-disabled model as its reference, so no second copy of the weights is hel
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from llm_twin import prompts
 from .config import TrainConfig
 from .datasets import load
 
+
+log = logging.getLogger(__name__)
 
 def sft_records(author: str, rows: list[dict], specials: frozenset[str] = frozenset()) -> list[dict]:
     """Prompt/completion pairs in the serving framing (llm_twin.prompts): loss on the answer only.
@@ -61,7 +64,7 @@ def _report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         return
-    print(json.dumps(metrics), flush=True)
+    log.info("metrics %s", json.dumps(metrics))  # the caller gets them returned and says them
 
 
 def _quiet(trainer) -> None:

@@ -12,6 +12,7 @@ the embedding model and SmolLM2-135M-Instruct ship in packages.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -43,12 +44,30 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
+# The demo's output is for people: libraries' deprecation notices, their progress bars (written for
+# a terminal, debris in a log) and Ray's own INFO lines are left out; everything else is shown.
+QUIET_ENV = {"PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
+             "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "DS_ACCELERATOR": "cpu",
+             "TQDM_DISABLE": "1", "RAY_DEDUP_LOGS": "0"}
+NOISE = re.compile(r"^\s*warnings\.warn\(|Warning: |^INFO |^\S+ \S+\s+(INFO|WARNING) |\[(INFO|WARNING)\]|\(raylet\)|"
+                   r"it/s\]|s/it\]|examples/s\]|Setting ds_accelerator")
+
+
+def show(stream) -> None:
+    """Print a child's output as it comes, without the noise."""
+    for line in iter(stream.readline, ""):
+        if not NOISE.search(line):
+            print(line, end="", flush=True)
+
+
 def twin(data_dir: Path, *args: str) -> None:
-    env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
+    env = {**os.environ, **QUIET_ENV, "TWIN_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "twin_cli", *args], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "twin_cli", *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    show(process.stdout)
     print(f"   ({time.perf_counter() - started:.1f} s)")
-    if done.returncode != 0:
+    if process.wait() != 0:
         sys.exit(f"demo failed at: twin {' '.join(args)}")
 
 
@@ -146,7 +165,8 @@ def main() -> None:
          "2", "--dpo-max-steps", "2", "--dpo-batch-size", "2", "--threads-per-worker", os.environ.get("TWIN_TORCH_THREADS", "2"),
          "--rejected-max-tokens", "64", "--no-ray")
     step(f"twin serve: Ray Serve, gRPC on :{grpc_port}, HTTP on :{http_port}")
-    platform = ServeProcess(data_dir, grpc_port, http_port).start()
+    platform = ServeProcess(data_dir, grpc_port, http_port, env=QUIET_ENV, log=subprocess.PIPE).start()
+    threading.Thread(target=show, args=(platform.output(),), daemon=True).start()
     try:
         try:
             print(f"   (ready after {platform.wait_ready(900):.1f} s)")
@@ -156,7 +176,7 @@ def main() -> None:
         ask_http(platform.http, "mara-quill")
     finally:
         step("shut down")
-        print(platform.stop().stdout.strip())
+        platform.stop()
     step(f"done in {time.perf_counter() - demo_started:.0f} s. Chat with the twin in your browser:")
     print(f"   TWIN_DATA_DIR={data_dir} .venv/bin/twin serve --http-port {http_port}\n"
           f"   then open http://127.0.0.1:{http_port}/  (the chat page; Ctrl-C stops the server)", flush=True)

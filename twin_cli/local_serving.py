@@ -208,8 +208,13 @@ class ServeProcess:
     def start(self) -> ServeProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "twin_cli", "serve", "--grpc-port", str(self.grpc_port),
                                          "--http-port", str(self.http_port)], env=self.env, stdout=self.log,
-                                        stderr=subprocess.STDOUT if self.log is not None else None)
+                                        stderr=subprocess.STDOUT if self.log is not None else None,
+                                        text=self.log is subprocess.PIPE)
         return self
+
+    def output(self):
+        """The server's output as text lines, when started with ``log=subprocess.PIPE``."""
+        return self.process.stdout
 
     def wait_ready(self, timeout_s: float = 600) -> float:
         """Seconds until ready; raises RuntimeError when the process exits or the time runs out."""
