@@ -15,7 +15,7 @@ import uuid
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Message(BaseModel):
@@ -34,8 +34,18 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI fields this server does not implement, with the value that means "not used": a request that
+# sets one otherwise is refused (400 naming it), never answered as if the field had not been sent.
+NOT_IMPLEMENTED = {"stop": None, "logprobs": False, "top_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
+                   "logit_bias": None, "tools": None, "tool_choice": None, "functions": None, "function_call": None,
+                   "parallel_tool_calls": None, "response_format": {"type": "text"}, "audio": None,
+                   "modalities": None, "prediction": None, "reasoning_effort": None, "web_search_options": None,
+                   "store": False}
+INFORMATIONAL = {"user", "metadata", "service_tier"}  # say nothing about the answer
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (n=1, user...)
+    model_config = ConfigDict(extra="allow")  # checked below: nothing a client sets is silently dropped
     model: str = Field(description="The twin's id (an author slug from /v1/models).")
     messages: list[Message]
     max_tokens: int | None = None
@@ -48,6 +58,16 @@ class ChatCompletionRequest(BaseModel):
     n: int = 1
     top_k: int | None = Field(None, description="Sources to retrieve (an LLM Twin extension).")
     repetition_penalty: float | None = Field(None, description="HF-style repetition penalty (an extension).")
+
+    @model_validator(mode="after")
+    def _nothing_ignored(self):
+        for name, value in (self.model_extra or {}).items():
+            if name in INFORMATIONAL or (name in NOT_IMPLEMENTED and value in (None, NOT_IMPLEMENTED[name])):
+                continue
+            if name in NOT_IMPLEMENTED:
+                raise ValueError(f"{name} is not supported by this server; remove it from the request")
+            raise ValueError(f"{name} is not a field of the chat completions API here; remove it")
+        return self
 
 
 class EmbeddingRequest(BaseModel):

@@ -255,6 +255,8 @@ def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=100_000)
+    with pytest.raises(openai.BadRequestError, match="stop is not supported"):  # refused, never ignored
+        client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}], stop=["."])
 
 
 # -- batching and cancellation -------------------------------------------------------------------------

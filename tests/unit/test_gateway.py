@@ -425,3 +425,20 @@ def test_the_chat_page_is_served_open_and_only_its_own_files(client):
     assert client.get("/static/chat.js").headers["content-type"].startswith("text/javascript")
     for path in ("/static/..%2Fserver.py", "/static/../server.py", "/static/index.htm", "/static/%2e%2e%2fauth.py"):
         assert client.get(path).status_code == 404, path
+
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stop", ["\n"]), ("logprobs", True), ("top_logprobs", 3), ("presence_penalty", 0.5), ("frequency_penalty", 1),
+    ("logit_bias", {"50256": -100}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("response_format", {"type": "json_object"}), ("store", True), ("temprature", 0.5),
+])
+def test_openai_fields_that_are_not_implemented_are_refused_naming_them(client, field, value):
+    reply = client.post("/v1/chat/completions", json=ask(**{field: value}))
+    assert reply.status_code == 400 and field in reply.json()["error"]["message"], reply.text
+
+
+def test_openai_fields_at_their_neutral_values_are_accepted(client):
+    neutral = {"stop": None, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0,
+               "response_format": {"type": "text"}, "user": "ada", "store": False}
+    assert client.post("/v1/chat/completions", json=ask(**neutral)).status_code == 200
