@@ -44,6 +44,9 @@ async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:
 
 class GenerationBackend(Protocol):
     model_id: str
+    # Optional: the strings its tokenizer turns into control tokens (llm_twin.prompts.control_tokens);
+    # the Generator keeps them as text in user content and passages. An engine without it gets none.
+    # control_tokens: frozenset[str]
 
     def render(self, messages: Sequence[dict]) -> str:
         """Messages -> the prompt string, with the model's own chat template."""
