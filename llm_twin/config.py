@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         4096, ge=16, description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."
     )
     chat_top_k: int = Field(4, ge=1, le=20, description="Sources retrieved for a chat answer by default.")
+    retrieval_strategy: Literal["rrf", "hybrid", "dense", "keyword"] = Field(
+        "rrf", description="First retrieval stage: rrf (dense + BM25 fused per chunk), hybrid (fused per document), "
+        "dense or keyword. README 'Retrieval quality' has each one's figures.")
+    reranker_model: str | None = Field(
+        None, description="Second retrieval stage: a local cross-encoder model folder, or `sentence` for sentence-level "
+        "late interaction with the embedder; unset: none (on the handbook sets neither beat the first stage alone).")
     min_source_similarity: float = Field(
         0.25,
         ge=-1,

@@ -117,7 +117,7 @@ def _retriever(settings: Settings):
     return Retriever.from_settings(settings, Embedder.from_settings(settings))
 
 
-STRATEGIES = click.Choice(["hybrid", "rrf", "dense", "keyword"])
+STRATEGIES = click.Choice(["rrf", "hybrid", "dense", "keyword"])
 
 
 @click.command()
@@ -125,16 +125,18 @@ STRATEGIES = click.Choice(["hybrid", "rrf", "dense", "keyword"])
 @click.option("--author", help="Only this twin's writing (name or slug).")
 @click.option("--category", type=click.Choice(["article", "post", "code"]), help="Only this category.")
 @click.option("--top-k", default=5, show_default=True, type=int, help="Documents to return.")
-@click.option("--strategy", default="hybrid", show_default=True, type=STRATEGIES)
+@click.option("--strategy", type=STRATEGIES, help="First stage (default: TWIN_RETRIEVAL_STRATEGY, rrf).")
+@click.option("--self-query/--no-self-query", default=True, show_default=True,
+              help="Without --author, take an author named in the question as the filter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
-def search(ctx: click.Context, question, author, category, top_k, strategy, as_json) -> None:
-    """Search the index: hybrid dense + keyword retrieval, one result per document."""
+def search(ctx: click.Context, question, author, category, top_k, strategy, self_query, as_json) -> None:
+    """Search the index: dense + keyword retrieval fused, one result per document."""
     from services.retrieval.errors import RetrievalError
 
     try:
         results = _retriever(settings_of(ctx)).search(question, author=author, category=category, top_k=top_k,
-                                                      strategy=strategy)
+                                                      strategy=strategy, self_query=self_query)
     except RetrievalError as exc:
         fail(str(exc))
     if as_json:
@@ -156,27 +158,42 @@ def eval_group() -> None:
 
 @eval_group.command("retrieval")
 @click.option("--questions", required=True, type=click.Path(path_type=Path), help="JSONL question file.")
-@click.option("--strategy", default="hybrid", show_default=True, type=STRATEGIES)
+@click.option("--strategy", type=STRATEGIES, help="First stage (default: TWIN_RETRIEVAL_STRATEGY, rrf).")
+@click.option("--rewrite/--no-rewrite", default=True, show_default=True,
+              help="Search a follow-up together with the question it follows (as chat does).")
+@click.option("--self-query/--no-self-query", default=True, show_default=True,
+              help="Take an author named in the question as the filter when the file gives none.")
+@click.option("--reranker", help="Second stage: `sentence` or a local cross-encoder folder (default: "
+              "TWIN_RERANKER_MODEL; `none` for none).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def eval_retrieval(ctx: click.Context, questions, strategy, as_json) -> None:
-    """hit@1, hit@5 and MRR@10 (document level) of the current index on a question file."""
+def eval_retrieval(ctx: click.Context, questions, strategy, rewrite, self_query, reranker, as_json) -> None:
+    """hit@1, hit@5 and MRR@10 (document level) of the current index on a question file, overall
+    and per kind of question ("kind" in the file)."""
     from llm_twin.evaluation.retrieval import QuestionFileError, evaluate, load_questions
     from services.retrieval.errors import RetrievalError
+    from services.retrieval.query import contextual_query
 
+    settings = settings_of(ctx)
+    if reranker:
+        settings = settings.model_copy(update={"reranker_model": None if reranker == "none" else reranker})
     try:
         items = load_questions(questions)
-        retriever = _retriever(settings_of(ctx))
+        retriever = _retriever(settings)
         scores = evaluate(items, lambda q: [r.link for r in retriever.search(
-            q.question, author=q.author, top_k=10, strategy=strategy)])
-    except (QuestionFileError, RetrievalError) as exc:
+            contextual_query(q.messages) if rewrite else q.question, author=q.author, top_k=10,
+            strategy=strategy, self_query=self_query)])
+    except (QuestionFileError, RetrievalError, FileNotFoundError) as exc:
         fail(str(exc))
     misses = scores.pop("misses")
     if as_json:
         click.echo(json.dumps(scores))
         return
-    click.echo(f"strategy {strategy}: hit@1 {scores['hit@1']:.3f}  hit@5 {scores['hit@5']:.3f}  "
+    click.echo(f"strategy {strategy or retriever.strategy}: hit@1 {scores['hit@1']:.3f}  hit@5 {scores['hit@5']:.3f}  "
                f"MRR@10 {scores['mrr@10']:.3f}  (n={scores['n']})")
+    if len(scores["kinds"]) > 1:
+        for kind, k in scores["kinds"].items():
+            click.echo(f"  {kind:12} hit@1 {k['hit@1']:.3f}  hit@5 {k['hit@5']:.3f}  MRR@10 {k['mrr@10']:.3f}  (n={k['n']})")
     for question in misses:
         click.echo(f"  not in top 10: {question}")
 

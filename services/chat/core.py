@@ -14,6 +14,7 @@ from typing import Protocol
 from llm_twin import prompts
 from llm_twin.documents import author_slug
 from services.generation.backend import Delta, SamplingParams
+from services.retrieval.query import contextual_query
 
 from .errors import InvalidChatRequest
 
@@ -45,6 +46,7 @@ class Chat:
         self.min_similarity = min_similarity
 
     def question(self, twin: str, conversation: Sequence[dict], top_k: int | None) -> tuple[str, int]:
+        """-> (the text to search with, sources to retrieve); raises InvalidChatRequest."""
         if not (twin or "").strip():
             raise InvalidChatRequest("name the twin to chat with (the model id; see /v1/models or ListTwins)")
         if not conversation:
@@ -55,7 +57,8 @@ class Chat:
         top_k = self.top_k if top_k is None else top_k
         if not 1 <= top_k <= MAX_TOP_K:
             raise InvalidChatRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-        return str(last["content"]).strip(), top_k
+        # A follow-up ("how would I deploy that?") is searched with the question it follows.
+        return contextual_query(conversation) or str(last["content"]).strip(), top_k
 
     async def stream(self, twin: str, conversation: Sequence[dict], params: SamplingParams,
                      top_k: int | None = None) -> AsyncIterator[Sources | Delta]:

@@ -144,7 +144,7 @@ class DataPlane:
     async def search(self, query: str, twin: str | None, category: str | None, top_k: int | None,
                      strategy: str | None) -> list:
         return await self.retrieval.search(query, twin=twin or None, category=category or None, top_k=top_k or 5,
-                                           strategy=strategy or "hybrid")
+                                           strategy=strategy or None)
 
     async def twins(self) -> dict:
         return await self.retrieval.twins()

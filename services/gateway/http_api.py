@@ -76,7 +76,7 @@ class SearchBody(Body):
     twin: str | None = None
     category: str | None = None
     top_k: int | None = Field(None, description="Documents to return (default 5).")
-    strategy: str | None = Field(None, description="hybrid (default), rrf, dense or keyword.")
+    strategy: str | None = Field(None, description="rrf (default: TWIN_RETRIEVAL_STRATEGY), hybrid, dense or keyword.")
 
 
 class CrawlBody(Body):

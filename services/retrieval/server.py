@@ -13,6 +13,8 @@ from llm_twin.config import Settings
 from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 
+from services.embedding.core import embedding_dimension
+
 from .core import Retriever
 from .indexer import Indexer
 
@@ -46,7 +48,10 @@ class RetrievalDeployment:
     def __init__(self, settings: dict, embedding):
         self.settings = Settings(**settings)
         self.embedding = embedding
-        self.retriever = Retriever.from_settings(self.settings)
+        dimension = embedding_dimension(self.settings.embedding_model)
+        # Query vectors come from the embedding deployment (and, with the sentence reranker, the
+        # vectors of candidate sentences): the retriever calls it from its worker thread.
+        self.retriever = Retriever.from_settings(self.settings, _HandleEmbedder(embedding, "", dimension))
         self.store = self.retriever.store
         # One MilvusClient, many request threads: keep its calls one at a time.
         self._lock = threading.Lock()
@@ -57,9 +62,10 @@ class RetrievalDeployment:
             return fn(*args, **kwargs)
 
     async def search(self, query: str, twin: str | None = None, category: str | None = None, top_k: int = 5,
-                     strategy: str = "hybrid") -> list:
+                     strategy: str | None = None) -> list:
         with span("retrieval.search", **{"db.system.name": "milvus", "twin.id": twin or "",
-                                         "retrieval.strategy": strategy, "retrieval.top_k": top_k}) as s:
+                                         "retrieval.strategy": strategy or self.retriever.strategy, "retrieval.top_k": top_k}) as s:
+            strategy = strategy or self.retriever.strategy
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin or None,
                                                category or None, top_k, strategy)
             vector = None

@@ -99,7 +99,8 @@ def test_question_file_validation(tmp_path):
     good.write_text(json.dumps({"question": "q?", "author": None, "gold_links": ["https://a"]}) + "\n\n")
     (question,) = load_questions(good)
     assert evaluate([question], lambda q: ["https://b", "https://a"]) == {
-        "hit@1": 0.0, "hit@5": 1.0, "mrr@10": 0.5, "n": 1, "misses": []}
+        "hit@1": 0.0, "hit@5": 1.0, "mrr@10": 0.5, "n": 1, "misses": [],
+        "kinds": {"question": {"hit@1": 0.0, "hit@5": 1.0, "mrr@10": 0.5, "n": 1}}}
     for line, message in [("not json", "not valid JSON"), ('{"question": ""}', "question"),
                           ('{"question": "q", "gold_links": "x"}', "gold_links")]:
         bad = tmp_path / "bad.jsonl"

@@ -235,7 +235,7 @@ def test_search_generate_embed_models_and_stats(client, plane):
     found = client.post("/v1/search", json={"query": "chunking", "twin": "mara-quill", "top_k": 2}).json()
     assert [s["link"] for s in found["sources"]] == ["https://mara.test/0", "https://mara.test/1"]
     assert plane.retrieval.calls[-1] == {"query": "chunking", "twin": "mara-quill", "category": None, "top_k": 2,
-                                         "strategy": "hybrid"}
+                                         "strategy": None}
     generated = client.post("/v1/generate", json={"messages": [{"role": "user", "content": "a b c"}],
                                                   "max_tokens": 2}).json()
     assert generated["text"] == "you asked:" and generated["finish_reason"] == "length"
