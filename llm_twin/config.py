@@ -119,6 +119,17 @@ class Settings(BaseSettings):
         description="Cosine similarity a passage needs to count as a source; when none has it the "
         "twin says it has not written about the question instead of inventing an answer.",
     )
+    monitoring_enabled: bool = Field(True, description="Record every chat/generate request (prompt monitoring; "
+                                     "`twin monitor` reads the records).")
+    monitoring_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests recorded.")
+    monitoring_retention_days: int = Field(30, ge=1, description="Day partitions of records older than this are deleted.")
+    monitoring_mask_pii: bool = Field(False, description="Mask e-mails, phones, keys... in recorded questions and answers.")
+    judge_url: str | None = Field(None, description="OpenAI-compatible endpoint of an LLM judge (base URL ending in /v1); "
+                                  "used by `twin eval rag` and online evaluation.")
+    judge_model: str | None = Field(None, description="The judge's model name at judge_url.")
+    judge_key: str | None = Field(None, description="Bearer key for judge_url (TWIN_JUDGE_KEY; from a Secret on Kubernetes).")
+    judge_sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of recorded chat answers judged in the "
+                                      "background when a judge is configured (online evaluation).")
     pinned_models: dict[str, str] = Field(
         {}, description="Twin id -> registry version to serve (the operator pins the version it trained and "
         "evaluated; JSON in TWIN_PINNED_MODELS). Twins not named serve their newest servable version.")

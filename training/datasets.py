@@ -28,7 +28,7 @@ from llm_twin.documents import author_slug
 from llm_twin.features.clean import clean_corpus, paragraphs
 from llm_twin.warehouse import Warehouse
 
-from . import pii
+from llm_twin import pii
 
 DATASET_VERSION = "1"
 QUESTION_PROMPT = (

@@ -230,7 +230,7 @@ def pipeline(ctx: click.Context, config_path, author, base_model, no_ray, print_
 @click.option("--show-map", is_flag=True, help="Also print the placeholder map (to stderr).")
 def mask_pii(show_map) -> None:
     """Mask private data in stdin as the dataset builder does before text leaves for a teacher."""
-    from training import pii
+    from llm_twin import pii
 
     masked, mapping = pii.mask(sys.stdin.read())
     sys.stdout.write(masked)

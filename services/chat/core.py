@@ -56,7 +56,8 @@ class Chat:
             raise InvalidChatRequest("the last message must be the user's question, and not empty")
         top_k = self.top_k if top_k is None else top_k
         if not 1 <= top_k <= MAX_TOP_K:
-            raise InvalidChatRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+            raise InvalidChatRequest(f"sources_top_k (sources to retrieve; top_k over gRPC) must be between 1 and "
+                                     f"{MAX_TOP_K}, got {top_k}")
         # A follow-up ("how would I deploy that?") is searched with the question it follows.
         return contextual_query(conversation) or str(last["content"]).strip(), top_k
 

@@ -30,9 +30,15 @@ class GenerationClient(HandleClient):
     """Streams go to a replica holding the twin's adapter (Serve's multiplexed model id); a
     consumer that stops early cancels the generation downstream."""
 
-    async def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
         options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
-        response = self.handle.options(**options).stream.remote(messages, params)
+        return self._relay(self.handle.options(**options).stream.remote(messages, params))
+
+    def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        return self._relay(self.handle.options(stream=True).stream_text.remote(prompt, params))
+
+    @staticmethod
+    async def _relay(response) -> AsyncIterator[Delta]:
         finished = False
         try:
             async for delta in response:

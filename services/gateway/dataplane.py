@@ -7,6 +7,7 @@ and HTTP adapters turn results into their wire formats and errors into status co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from llm_twin.config import Settings
 from llm_twin.keys import Caller
+from llm_twin.monitoring import MAX_COMMENT_CHARS
 from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
@@ -23,7 +25,8 @@ from services.generation.backend import Delta, SamplingParams, collect
 from services.generation.core import sampling_params
 
 from .auth import Authorizer
-from .status import InvalidRequest, TooLarge
+from .observe import Observer, current_caller
+from .status import InvalidRequest, NotFound, TooLarge
 
 SERVICES = ("twin.v1.CrawlerService", "twin.v1.EmbeddingService", "twin.v1.RetrievalService",
             "twin.v1.GenerationService", "twin.v1.ChatService")
@@ -36,6 +39,7 @@ class ChatStart:
     model: str
     sources: list
     deltas: AsyncIterator[Delta]
+    id: str = ""  # the answer's id (trace id): records, feedback
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Answer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    id: str = ""
 
 
 async def _chained(head: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -74,16 +79,20 @@ def api_crawl_target(target: str, source_type: str) -> None:
 
 class DataPlane:
     def __init__(self, settings: Settings, *, crawler, retrieval, embedding, generation,
-                 authorizer: Authorizer | None = None):
+                 authorizer: Authorizer | None = None, observer: Observer | None = None):
         self.settings = settings
         self.crawler, self.retrieval, self.embedding, self.generation = crawler, retrieval, embedding, generation
         self.chat_core = Chat(retrieval, generation, top_k=settings.chat_top_k,
                               min_similarity=settings.min_source_similarity)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
+        self.observer = observer or Observer()
 
     def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
-        """Raises Unauthenticated / PermissionDenied (see auth.py)."""
-        return self.authorizer.authorize(authorization, client, operation)
+        """Raises Unauthenticated / PermissionDenied (see auth.py). The caller is remembered for
+        this request's monitoring record (a context variable: one per request task)."""
+        caller = self.authorizer.authorize(authorization, client, operation)
+        current_caller.set(caller)
+        return caller
 
     def check_messages(self, messages: list[dict]) -> None:
         if len(messages) > self.settings.max_messages:
@@ -95,9 +104,10 @@ class DataPlane:
                            "(TWIN_MAX_REQUEST_CHARS)")
 
     def sampling(self, max_tokens=None, temperature=None, top_p=None, seed=None,
-                 repetition_penalty=None) -> SamplingParams:
-        """Request values (None: the server's default) -> SamplingParams; InvalidGenerationRequest."""
-        return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty,
+                 repetition_penalty=None, **more) -> SamplingParams:
+        """Request values (None: the server's default) -> SamplingParams; InvalidGenerationRequest.
+        ``more``: top_k, presence_penalty, frequency_penalty, logprobs, stop."""
+        return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty, **more,
                                default_max_tokens=self.settings.default_max_tokens,
                                max_new_tokens=self.settings.max_new_tokens,
                                default_repetition_penalty=self.settings.repetition_penalty)
@@ -118,27 +128,64 @@ class DataPlane:
             events = self.chat_core.stream(twin, messages, params, top_k)
             first = await anext(events)
             assert isinstance(first, Sources)
+            base = self.observer.start("chat", self.twin_id(twin), str(messages[-1].get("content", "")), transport,
+                                       first.items)
             head = await anext(events, None)
-        return ChatStart(self.twin_id(twin), first.items, _chained(head, events))
+        model = self.twin_id(twin)
+        return ChatStart(model, first.items, self.observer.watch(base, _chained(head, events), model), base["id"])
 
     async def chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                    transport: str) -> Answer:
         started = await self.start_chat(twin, messages, params, top_k, transport)
         text, last = await collect(started.deltas)
         return Answer(started.model, started.sources, text, last.finish_reason or "stop", last.prompt_tokens,
-                      last.completion_tokens)
+                      last.completion_tokens, started.id)
+
+    async def feedback(self, response_id: str, score: int, comment: str | None) -> str:
+        """A user's -1/+1 on an answer, by the id the answer carried; -> the record id."""
+        rid = response_id.removeprefix("chatcmpl-").removeprefix("cmpl-").strip().lower()
+        if score not in (-1, 1):
+            raise InvalidRequest(f"score must be -1 or 1, got {score!r}")
+        comment = comment or ""
+        if len(comment) > MAX_COMMENT_CHARS:
+            raise InvalidRequest(f"comment has {len(comment)} characters; the limit is {MAX_COMMENT_CHARS}")
+        log = self.observer.prompt_log
+        if log is None:
+            raise NotFound("prompt monitoring is off (TWIN_MONITORING_ENABLED=false): feedback is not recorded")
+        if not (len(rid) == 32 and all(c in "0123456789abcdef" for c in rid)) or not await asyncio.to_thread(log.knows, rid):
+            raise NotFound(f"response_id: no recorded answer {response_id[:80]!r} (use the id of a chat answer "
+                           "from the last two days)")
+        caller = current_caller.get()
+        log.feedback(rid, score, comment, caller.name if caller else None)
+        self.observer.feedback(score)
+        return rid
 
     # -- generation without retrieval ----------------------------------------------------------------
     async def generate(self, messages: list[dict], params: SamplingParams, transport: str) -> dict:
-        self.check_messages(messages)
-        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            return await self.generation.generate(messages, params)
+        deltas = await self.generate_stream(messages, params, transport)
+        text, last = await collect(deltas)
+        return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
+                "completion_tokens": last.completion_tokens, "model": await self.generation.model_id()}
 
-    async def generate_stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def generate_stream(self, messages: list[dict], params: SamplingParams,
+                              transport: str = "http") -> AsyncIterator[Delta]:
         """Validated before the first delta, so a bad request fails before a response starts."""
         self.check_messages(messages)
-        await self.generation.validate(messages)
-        return self.generation.stream(messages, params)
+        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
+            await self.generation.validate(messages)
+            base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
+        return self.observer.watch(base, self.generation.stream(messages, params), await self.generation.model_id())
+
+    async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http") -> tuple[str, AsyncIterator[Delta]]:
+        """/v1/completions: a plain prompt continued, no chat template. -> (id, deltas)"""
+        if len(prompt) > self.settings.max_request_chars:
+            raise TooLarge(f"prompt: {len(prompt)} characters; the limit is {self.settings.max_request_chars} "
+                           "(TWIN_MAX_REQUEST_CHARS)")
+        with span("twin.completion", SpanKind.SERVER, **{"rpc.system": transport}):
+            await self.generation.validate_text(prompt)
+            base = self.observer.start("completion", "", prompt, transport)
+        deltas = self.generation.stream_text(prompt, params)
+        return base["id"], self.observer.watch(base, deltas, await self.generation.model_id())
 
     # -- retrieval, embeddings, crawling -------------------------------------------------------------
     async def search(self, query: str, twin: str | None, category: str | None, top_k: int | None,

@@ -52,7 +52,8 @@ class GrpcApi:
     def _sampling(self, s: generation_pb2.SamplingParams):
         # proto3 zero values mean "not set": the server defaults apply.
         return self.plane.sampling(s.max_tokens or None, s.temperature, s.top_p or None, s.seed or None,
-                                   s.repetition_penalty or None)
+                                   s.repetition_penalty or None, top_k=s.top_k, presence_penalty=s.presence_penalty,
+                                   frequency_penalty=s.frequency_penalty, stop=list(s.stop) or None)
 
     async def Crawl(self, request: crawler_pb2.CrawlRequest, grpc_context) -> crawler_pb2.CrawlResponse:
         try:
@@ -113,7 +114,8 @@ class GrpcApi:
     async def GenerateStream(self, request: generation_pb2.GenerateRequest, grpc_context):
         try:
             self._allow(grpc_context, "generate")
-            deltas = await self.plane.generate_stream(_messages(request.messages), self._sampling(request.sampling))
+            deltas = await self.plane.generate_stream(_messages(request.messages), self._sampling(request.sampling),
+                                                      "grpc")
             async for d in deltas:
                 yield generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
         except Exception as exc:
@@ -129,7 +131,7 @@ class GrpcApi:
             abort(exc, grpc_context)
             return chat_pb2.ChatResponse()
         return chat_pb2.ChatResponse(answer=a.text, sources=[source_proto(s) for s in a.sources],
-                                     finish_reason=a.finish_reason, model=a.model,
+                                     finish_reason=a.finish_reason, model=a.model, id=a.id,
                                      usage=common_pb2.Usage(prompt_tokens=a.prompt_tokens,
                                                             completion_tokens=a.completion_tokens))
 
@@ -138,12 +140,21 @@ class GrpcApi:
             self._allow(grpc_context, "chat")
             started = await self.plane.start_chat(request.twin, _messages(request.messages),
                                                   self._sampling(request.sampling), request.top_k or None, "grpc")
-            yield chat_pb2.ChatChunk(sources=[source_proto(s) for s in started.sources])
+            yield chat_pb2.ChatChunk(sources=[source_proto(s) for s in started.sources], id=started.id)
             async for d in started.deltas:
                 yield chat_pb2.ChatChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
         except Exception as exc:
             abort(exc, grpc_context)
             raise
+
+    async def Feedback(self, request: chat_pb2.FeedbackRequest, grpc_context) -> chat_pb2.FeedbackResponse:
+        try:
+            self._allow(grpc_context, "chat")
+            rid = await self.plane.feedback(request.response_id, request.score, request.comment)
+        except Exception as exc:
+            abort(exc, grpc_context)
+            return chat_pb2.FeedbackResponse()
+        return chat_pb2.FeedbackResponse(response_id=rid)
 
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1: SERVING once the whole application answers (Serve only routes here when

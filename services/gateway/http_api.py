@@ -12,7 +12,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.generation.backend import collect
 
 from . import openai_format as oa
 from . import page
@@ -98,6 +97,10 @@ class GenerateBody(Body):
     top_p: float | None = None
     seed: int | None = None
     repetition_penalty: float | None = None
+    top_k: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
     stream: bool = False
 
 
@@ -125,29 +128,70 @@ async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allow
     if body.n != 1:
         raise InvalidRequest("n must be 1")
     params = dp.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
-                         body.repetition_penalty)
+                         body.repetition_penalty, **body.sampling_fields())
     dp.twin_id(body.model)
-    started = await dp.start_chat(body.model, [m.text() for m in body.messages], params, body.top_k, "http")
-    cid = oa.completion_id()
+    started = await dp.start_chat(body.model, [m.text() for m in body.messages], params, body.sources_top_k, "http")
+    cid = oa.completion_id(started.id)
+    want_logprobs = params.logprobs is not None
     if not body.stream:
-        text, last = await collect(started.deltas)
+        text, last, logprobs = await _joined(started.deltas)
         return oa.chat_completion(cid, started.model, text, last.finish_reason, last.prompt_tokens,
-                                  last.completion_tokens, started.sources)
+                                  last.completion_tokens, started.sources, logprobs if want_logprobs else None)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = _chat_events(cid, started.model, started.sources, started.deltas, include_usage)
+    events = _chat_events(cid, started.model, started.sources, started.deltas, include_usage, want_logprobs)
     return StreamingResponse(_sse(events, started.deltas), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterator, include_usage: bool):
+async def _joined(deltas: AsyncIterator) -> tuple[str, object, list]:
+    """A stream joined: text, last delta, every token's logprobs."""
+    parts, last, logprobs = [], None, []
+    async for delta in deltas:
+        parts.append(delta.text)
+        logprobs.extend(delta.logprobs)
+        last = delta
+    return "".join(parts), last, logprobs
+
+
+async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterator, include_usage: bool,
+                       want_logprobs: bool = False):
     yield oa.chunk_event(cid, model, {"role": "assistant", "content": ""}, sources=[oa.source_json(s) for s in sources])
     last = None
     async for delta in deltas:
         last = delta
         if delta.text:
-            yield oa.chunk_event(cid, model, {"content": delta.text})
+            yield oa.chunk_event(cid, model, {"content": delta.text}, logprobs=delta.logprobs if want_logprobs else None)
     yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
     if include_usage and last:
         yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)
+
+
+@http.post("/v1/completions")
+async def completions(body: oa.CompletionRequest, dp: DataPlane = allowed("generate")):
+    """A plain prompt continued by the base model: no retrieval, no chat template."""
+    if body.n != 1:
+        raise InvalidRequest("n must be 1")
+    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty,
+                         **body.sampling_fields())
+    rid, deltas = await dp.complete_text(body.text(), params)
+    cid, model = f"cmpl-{rid}", body.model or "base"
+    want_logprobs = params.logprobs is not None
+    if not body.stream:
+        text, last, logprobs = await _joined(deltas)
+        return oa.text_completion(cid, model, text, last.finish_reason, last.prompt_tokens, last.completion_tokens,
+                                  logprobs if want_logprobs else None)
+
+    async def events():
+        async for d in deltas:
+            if d.text or d.finish_reason:
+                yield oa.text_chunk(cid, model, d.text, d.finish_reason, d.logprobs if want_logprobs else None)
+
+    return StreamingResponse(_sse(events(), deltas), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@http.post("/v1/feedback")
+async def feedback(body: oa.FeedbackRequest, dp: DataPlane = allowed("chat")) -> dict:
+    """A user's verdict on an answer: its id (the completion's ``id``), score -1 or 1, a comment."""
+    return {"response_id": await dp.feedback(body.response_id, body.score, body.comment), "recorded": True}
 
 
 async def _sse(events: AsyncIterator[str], deltas: AsyncIterator) -> AsyncIterator[str]:
@@ -185,12 +229,14 @@ async def crawl(body: CrawlBody, dp: DataPlane = allowed("crawl")) -> dict:
 async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
     """GenerationService as JSON; streamed as SSE events {"delta"}, the last with "finish_reason" and "usage"."""
     messages = [m.model_dump() for m in body.messages]
-    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty)
+    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty,
+                         top_k=body.top_k, presence_penalty=body.presence_penalty,
+                         frequency_penalty=body.frequency_penalty, stop=body.stop)
     if not body.stream:
         r = await dp.generate(messages, params, "http")
         return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
                 "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
-    deltas = await dp.generate_stream(messages, params)
+    deltas = await dp.generate_stream(messages, params, "http")
     return StreamingResponse(_sse(_generate_events(deltas), deltas), media_type="text/event-stream",
                              headers=SSE_HEADERS)
 

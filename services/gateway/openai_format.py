@@ -1,9 +1,12 @@
 """The OpenAI-compatible wire format: request models and response builders (no Ray, no I/O).
 
 Compatible means the official ``openai`` client works unchanged: chat completions (plain and SSE
-streaming, with ``stream_options.include_usage``), embeddings (float and base64, which the client
-asks for by default), models. What OpenAI has no field for rides in extra fields: ``sources`` on
-the completion (and on the first stream chunk), ``top_k`` on the request.
+streaming, with ``stream_options.include_usage``), text completions, embeddings (float and base64,
+which the client asks for by default), models. Sampling: temperature, top_p, top_k (vLLM-style),
+seed, stop, presence/frequency penalties, logprobs/top_logprobs. What OpenAI has no field for
+rides in extra fields: ``sources`` on the completion (and on the first stream chunk),
+``sources_top_k`` on the request. The completion's id is the request's trace id (``chatcmpl-<id>``):
+POST /v1/feedback takes it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ class StreamOptions(BaseModel):
 
 # OpenAI fields this server does not implement, with the value that means "not used": a request that
 # sets one otherwise is refused (400 naming it), never answered as if the field had not been sent.
-NOT_IMPLEMENTED = {"stop": None, "logprobs": False, "top_logprobs": None, "presence_penalty": 0, "frequency_penalty": 0,
-                   "logit_bias": None, "tools": None, "tool_choice": None, "functions": None, "function_call": None,
+NOT_IMPLEMENTED = {"logit_bias": None, "tools": None, "tool_choice": None, "functions": None, "function_call": None,
                    "parallel_tool_calls": None, "response_format": {"type": "text"}, "audio": None,
                    "modalities": None, "prediction": None, "reasoning_effort": None, "web_search_options": None,
                    "store": False}
@@ -56,11 +58,25 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    top_k: int | None = Field(None, description="Sources to retrieve (an LLM Twin extension).")
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    top_k: int | None = Field(None, description="Sampling among the k likeliest tokens (vLLM-style); -1 or 0: all.")
+    sources_top_k: int | None = Field(None, description="Sources to retrieve, 1..20 (an LLM Twin extension).")
     repetition_penalty: float | None = Field(None, description="HF-style repetition penalty (an extension).")
+
+    def sampling_fields(self) -> dict:
+        """The sampling settings beyond the basic ones, as DataPlane.sampling takes them."""
+        return {"top_k": self.top_k, "presence_penalty": self.presence_penalty,
+                "frequency_penalty": self.frequency_penalty, "stop": self.stop,
+                "logprobs": (self.top_logprobs or 0) if self.logprobs else None}
 
     @model_validator(mode="after")
     def _nothing_ignored(self):
+        if self.top_logprobs is not None and self.logprobs is not True and type(self).__name__ == "ChatCompletionRequest":
+            raise ValueError("top_logprobs needs logprobs: true")
         for name, value in (self.model_extra or {}).items():
             if name in INFORMATIONAL or (name in NOT_IMPLEMENTED and value in (None, NOT_IMPLEMENTED[name])):
                 continue
@@ -68,6 +84,42 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError(f"{name} is not supported by this server; remove it from the request")
             raise ValueError(f"{name} is not a field of the chat completions API here; remove it")
         return self
+
+
+class CompletionRequest(ChatCompletionRequest):
+    """/v1/completions: a plain prompt continued by the base model (no retrieval, no chat template)."""
+
+    messages: list[Message] = []
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)  # the completions API's: how many top tokens
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self):
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: send one prompt per request (a list of several is not supported)")
+        for name in ("echo", "suffix", "best_of"):
+            if getattr(self, name) not in (None, False, 1):
+                raise ValueError(f"{name} is not supported by this server; remove it from the request")
+        if self.sources_top_k is not None:
+            raise ValueError("sources_top_k: completions do not retrieve; use /v1/chat/completions")
+        return self
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def sampling_fields(self) -> dict:
+        return {"top_k": self.top_k, "presence_penalty": self.presence_penalty,
+                "frequency_penalty": self.frequency_penalty, "stop": self.stop, "logprobs": self.logprobs}
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(min_length=1, max_length=200)
+    score: Literal[-1, 1]
+    comment: str | None = None
 
 
 class EmbeddingRequest(BaseModel):
@@ -83,8 +135,18 @@ def source_json(result) -> dict:
             "score": round(float(result.score), 6), "similarity": round(float(result.similarity), 6)}
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+def completion_id(request_id: str = "") -> str:
+    return f"chatcmpl-{request_id or uuid.uuid4().hex}"
+
+
+def logprobs_json(items) -> dict | None:
+    """Delta.logprobs -> OpenAI's choice.logprobs (None when the request did not ask)."""
+    if items is None:
+        return None
+    def entry(token: str, logprob: float) -> dict:
+        return {"token": token, "logprob": round(logprob, 6), "bytes": list(token.encode())}
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(tok, lp) for tok, lp in t.top]}
+                        for t in items]}
 
 
 def finish_reason(reason: str | None) -> str | None:
@@ -98,21 +160,43 @@ def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_completion(cid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
-                    completion_tokens: int, sources: list) -> dict:
+                    completion_tokens: int, sources: list, logprobs=None) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason(reason), "logprobs": None}],
+                     "finish_reason": finish_reason(reason), "logprobs": logprobs_json(logprobs)}],
         "usage": usage_json(prompt_tokens, completion_tokens),
         "sources": [source_json(s) for s in sources],
     }
 
 
-def chunk_event(cid: str, model: str, delta: dict, reason: str | None = None, **extra) -> str:
+def chunk_event(cid: str, model: str, delta: dict, reason: str | None = None, logprobs=None, **extra) -> str:
     body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason(reason), "logprobs": None}],
-            **extra}
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason(reason),
+                         "logprobs": logprobs_json(logprobs)}], **extra}
     return sse(body)
+
+
+def text_completion(cid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
+                    completion_tokens: int, logprobs=None) -> dict:
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(reason),
+                         "logprobs": _legacy_logprobs(logprobs)}],
+            "usage": usage_json(prompt_tokens, completion_tokens)}
+
+
+def text_chunk(cid: str, model: str, text: str, reason: str | None = None, logprobs=None) -> str:
+    return sse({"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(reason),
+                             "logprobs": _legacy_logprobs(logprobs)}]})
+
+
+def _legacy_logprobs(items) -> dict | None:
+    """The completions API's older logprobs shape."""
+    if items is None:
+        return None
+    return {"tokens": [t.token for t in items], "token_logprobs": [round(t.logprob, 6) for t in items],
+            "top_logprobs": [{tok: round(lp, 6) for tok, lp in t.top} for t in items]}
 
 
 def usage_event(cid: str, model: str, prompt_tokens: int, completion_tokens: int) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 from ray import serve
 
 from llm_twin.config import Settings
+from llm_twin.evaluation.judge import LLMJudge
+from llm_twin.monitoring import PromptLog
 from services.crawler.server import CrawlerDeployment
 from services.embedding.server import EmbeddingDeployment
 from services.generation.server import GenerationDeployment
@@ -20,6 +22,8 @@ from .clients import GenerationClient, HandleClient
 from .dataplane import DataPlane
 from .grpc_api import GrpcApi
 from .http_api import http
+from .metrics import ServeMetrics
+from .observe import Observer
 
 # No `from __future__ import annotations`: serve.ingress resolves FastAPI annotations at runtime.
 
@@ -28,8 +32,12 @@ from .http_api import http
 @serve.ingress(http)
 class Gateway(GrpcApi):
     def __init__(self, settings: dict, crawler, retrieval, embedding, generation):
-        self.plane = DataPlane(Settings(**settings), crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
-                               embedding=HandleClient(embedding), generation=GenerationClient(generation))
+        settings = Settings(**settings)
+        observer = Observer(PromptLog.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
+                            settings.judge_sample_ratio)
+        self.plane = DataPlane(settings, crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
+                               embedding=HandleClient(embedding), generation=GenerationClient(generation),
+                               observer=observer)
 
 
 DEPLOYMENTS = {"Gateway": Gateway, "Crawler": CrawlerDeployment, "Retrieval": RetrievalDeployment,

@@ -18,6 +18,10 @@ class InvalidRequest(Exception):
     """A request the gateway itself rejects (malformed JSON, wrong types, unknown fields)."""
 
 
+class NotFound(Exception):
+    """Something a request names that is not there (a response id for feedback)."""
+
+
 class TooLarge(Exception):
     """A request over a size limit (413 / RESOURCE_EXHAUSTED); the message names the limit's setting."""
 
@@ -33,6 +37,7 @@ STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
     Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, 401),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, 403),
     UnknownAuthor: (grpc.StatusCode.NOT_FOUND, 404),
+    NotFound: (grpc.StatusCode.NOT_FOUND, 404),
     CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
     ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),

@@ -21,6 +21,19 @@ class SamplingParams:
     seed: int | None = None
     # > 1 discourages tokens already in the prompt or the answer: small models loop without it.
     repetition_penalty: float = 1.0
+    top_k: int = 0  # sample among the k likeliest tokens; 0 = all
+    # OpenAI semantics: logit -= frequency_penalty * count + presence_penalty * (count > 0), over the answer.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: none; n >= 0: the chosen token's log-probability and the n likeliest
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these (Generator.stream does it for every engine)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,7 @@ class Delta:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in this delta, when the request asked
 
 
 async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:

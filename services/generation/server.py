@@ -72,21 +72,32 @@ class GenerationDeployment:
         """Raises InvalidGenerationRequest for what the model would refuse (prompt too long...)."""
         self.generator.prompt(messages)
 
-    async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Deltas for one request. The span is ended by hand: a span kept current across the
-        yields of an async generator would be detached in another context when a client leaves."""
-        span = tracer().start_span(f"chat {self.generator.model_id}", kind=SpanKind.CLIENT, attributes={
-            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "llm_twin",
+    def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
+        """Deltas for one chat request (rendered with the model's chat template)."""
+        return self._run(lambda: self.generator.prompt(messages), params, "chat")
+
+    def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+        """Deltas continuing a plain prompt (/v1/completions): no chat template."""
+        return self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion")
+
+    def validate_text(self, prompt: str) -> None:
+        self.generator.check_prompt(prompt)
+
+    async def _run(self, render, params: SamplingParams, operation: str) -> AsyncIterator[Delta]:
+        """The span is ended by hand: a span kept current across the yields of an async generator
+        would be detached in another context when a client leaves."""
+        span = tracer().start_span(f"{operation} {self.generator.model_id}", kind=SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": operation, "gen_ai.provider.name": "llm_twin",
             "gen_ai.request.model": self.generator.model_id, "gen_ai.request.max_tokens": params.max_tokens,
             "gen_ai.request.temperature": params.temperature, "gen_ai.request.top_p": params.top_p})
         last = None
         try:
             with trace.use_span(span, end_on_exit=False):
-                prompt = self.generator.prompt(messages)
+                prompt = render()
                 adapter = await self._adapter()
             if adapter:
                 span.set_attribute("gen_ai.request.model", f"{self.generator.model_id}+{adapter}")
-            async for delta in self.generator.backend.stream(prompt, params, adapter):
+            async for delta in self.generator.raw(prompt, params, adapter):
                 last = delta
                 yield delta
         except BaseException as exc:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from llm_twin import prompts
 
 from .backend import Delta, SamplingParams
-from .errors import ModelUnavailable
+from .errors import InvalidGenerationRequest, ModelUnavailable
 
 
 class TensorRTLLMBackend:
@@ -63,8 +63,15 @@ class TensorRTLLMBackend:
     def _sampling(self, params: SamplingParams):
         from tensorrt_llm import SamplingParams as EngineSampling
 
+        if params.logprobs is not None:
+            raise InvalidGenerationRequest("logprobs are not available with the tensorrt-llm engine here; "
+                                           "remove them or use the transformers engine")
+        extra = {}
+        for name in ("top_k", "presence_penalty", "frequency_penalty"):
+            if getattr(params, name):
+                extra[name] = getattr(params, name)
         return EngineSampling(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                              seed=params.seed, repetition_penalty=params.repetition_penalty)
+                              seed=params.seed, repetition_penalty=params.repetition_penalty, **extra)
 
     def _lora(self, adapter: str | None):
         if adapter is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from llm_twin import prompts
 
-from .backend import Delta, SamplingParams
+from .backend import Delta, SamplingParams, TokenLogprob
 from .core import MAX_SEED
 from .errors import InvalidGenerationRequest, ModelUnavailable
 
@@ -42,6 +42,7 @@ class _Request:
     done: bool = False
     generator: object = None  # a seeded torch.Generator when the request has a seed
     adapter: str | None = None  # a twin's LoRA adapter; None decodes with the base model
+    logprobs: list = field(default_factory=list)  # TokenLogprobs not yet handed out with a delta
 
     def emit(self, delta: Delta | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
@@ -295,7 +296,10 @@ class TransformersBackend:
     def _step(self, r: _Request, logits) -> int:
         """Sample and advance one row; a failure there ends that request alone, the batch goes on."""
         try:
-            token = self._sample(self._penalise(logits, r), r.params, r.generator)
+            logits = self._penalise(logits, r)
+            token = self._sample(logits, r.params, r.generator)
+            if r.params.logprobs is not None:
+                r.logprobs.append(self._logprob(logits, token, r.params.logprobs))
             self._advance(r, token)
             return token
         except Exception as exc:  # noqa: BLE001 - one request's failure is its own
@@ -326,18 +330,31 @@ class TransformersBackend:
             r.done = True
             self._bump(completed=1)
         if delta or finish:
-            r.emit(Delta(delta, finish, len(r.prompt_ids), len(r.tokens)))
+            r.emit(Delta(delta, finish, len(r.prompt_ids), len(r.tokens), tuple(r.logprobs)))
+            r.logprobs = []
 
     def _penalise(self, logits, r: _Request):
-        """HF's repetition penalty: seen tokens' logits divided (positive) or multiplied (negative)."""
-        penalty = r.params.repetition_penalty
-        if penalty == 1.0:
-            return logits
-        seen = self._torch.tensor(sorted(set(r.prompt_ids) | set(r.tokens)), device=logits.device)
-        picked = logits[seen]
-        logits = logits.clone()
-        logits[seen] = self._torch.where(picked > 0, picked / penalty, picked * penalty)
+        """HF's repetition penalty (seen tokens' logits divided when positive, multiplied when
+        negative), then OpenAI's presence and frequency penalties over the answer so far."""
+        torch, p = self._torch, r.params
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(r.prompt_ids) | set(r.tokens)), device=logits.device)
+            picked = logits[seen]
+            logits = logits.clone()
+            logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and r.tokens:
+            ids, counts = torch.unique(torch.tensor(r.tokens, device=logits.device), return_counts=True)
+            logits = logits.clone()
+            logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
         return logits
+
+    def _logprob(self, logits, token: int, top: int) -> TokenLogprob:
+        """Log-probabilities of the distribution the token was chosen from (penalties applied,
+        before temperature, as OpenAI reports them)."""
+        logp = self._torch.log_softmax(logits.float(), dim=-1)
+        best = self._torch.topk(logp, top).indices.tolist() if top else []
+        decode = self.tokenizer.decode
+        return TokenLogprob(decode([token]), float(logp[token]), tuple((decode([i]), float(logp[i])) for i in best))
 
     def _generator(self, seed: int | None):
         if seed is None:
@@ -353,7 +370,11 @@ class TransformersBackend:
         torch = self._torch
         if params.temperature <= 0:
             return int(torch.argmax(logits))
-        probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+        logits = logits.float() / params.temperature
+        if params.top_k and params.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, params.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
         if params.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p

@@ -197,7 +197,12 @@ def test_nothing_relevant_is_said_not_invented(client):
 @pytest.mark.parametrize("request_body, status, fragment", [
     (ask(temperature=5), 400, "temperature"),
     (ask(max_tokens=10_000), 400, "max_tokens"),
-    (ask(top_k=0), 400, "top_k"),
+    (ask(sources_top_k=0), 400, "sources_top_k"),
+    (ask(top_k=5000), 400, "top_k"),
+    (ask(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (ask(presence_penalty=3), 400, "presence_penalty"),
+    (ask(top_logprobs=3), 400, "top_logprobs needs logprobs"),
+    (ask(logprobs=True, top_logprobs=50), 400, "top_logprobs"),
     ({**ask(), "model": "nobody-here"}, 404, "nobody-here"),
     ({"model": "mara-quill", "messages": []}, 400, "messages"),
     ({"model": "mara-quill"}, 400, "messages"),
@@ -429,13 +434,47 @@ def test_the_chat_page_is_served_open_and_only_its_own_files(client):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("stop", ["\n"]), ("logprobs", True), ("top_logprobs", 3), ("presence_penalty", 0.5), ("frequency_penalty", 1),
     ("logit_bias", {"50256": -100}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
     ("response_format", {"type": "json_object"}), ("store", True), ("temprature", 0.5),
 ])
 def test_openai_fields_that_are_not_implemented_are_refused_naming_them(client, field, value):
     reply = client.post("/v1/chat/completions", json=ask(**{field: value}))
     assert reply.status_code == 400 and field in reply.json()["error"]["message"], reply.text
+
+
+def test_stop_strings_end_the_answer_across_word_boundaries(client):
+    # The echo engine streams "you asked: <question>" a word at a time: "asked: How" spans deltas.
+    body = client.post("/v1/chat/completions", json=ask(stop=["d: Ho", "zzz"])).json()
+    assert body["choices"][0]["message"]["content"] == "you aske" and body["choices"][0]["finish_reason"] == "stop"
+    with client.stream("POST", "/v1/chat/completions", json=ask(stop="asked", stream=True)) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "you "
+
+
+def test_sources_top_k_sets_the_number_of_sources_and_top_k_is_sampling(client):
+    body = client.post("/v1/chat/completions", json=ask(sources_top_k=2, top_k=5)).json()
+    assert len(body["sources"]) == 2
+
+
+def test_feedback_names_a_recorded_answer(client, tmp_path):
+    from llm_twin.monitoring import PromptLog, load
+    from services.gateway.observe import Observer
+
+    plane = make_plane()
+    plane.observer = Observer(PromptLog(str(tmp_path)))
+    http_api.http.state.plane = plane
+    answer = client.post("/v1/chat/completions", json=ask()).json()
+    assert answer["id"].startswith("chatcmpl-") and len(answer["id"]) == len("chatcmpl-") + 32
+    assert client.post("/v1/feedback", json={"response_id": answer["id"], "score": 1, "comment": "good"}).status_code == 200
+    for body, status in (({"response_id": answer["id"], "score": 0}, 400), ({"response_id": "chatcmpl-" + "0" * 32,
+                         "score": -1}, 404), ({"response_id": "x", "score": 1, "colour": 1}, 400)):
+        reply = client.post("/v1/feedback", json=body)
+        assert reply.status_code == status, reply.text
+    plane.observer.prompt_log.flush()
+    (record,) = load(str(tmp_path), 0)
+    assert record["id"] == answer["id"].removeprefix("chatcmpl-") and record["feedback"] == [{"score": 1, "comment": "good"}]
+    assert record["question"] == "How do I chunk?" and record["answer"] == answer["choices"][0]["message"]["content"]
+    assert record["completion_tokens"] > 0 and record["ttft_s"] <= record["latency_s"] and len(record["sources"]) == 4
 
 
 def test_openai_fields_at_their_neutral_values_are_accepted(client):

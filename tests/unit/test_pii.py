@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training import pii
+from llm_twin import pii
 
 CASES = [json.loads(line) for line in (Path(__file__).parents[1] / "data" / "pii_cases.jsonl").read_text().splitlines()]
 

@@ -45,6 +45,11 @@ class ChatServiceStub:
                 request_serializer=twin_dot_v1_dot_chat__pb2.ChatRequest.SerializeToString,
                 response_deserializer=twin_dot_v1_dot_chat__pb2.ChatChunk.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/twin.v1.ChatService/Feedback',
+                request_serializer=twin_dot_v1_dot_chat__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=twin_dot_v1_dot_chat__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -64,6 +69,13 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A user's verdict on an answer (its id from ChatResponse.id / the first ChatChunk.id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ChatStream,
                     request_deserializer=twin_dot_v1_dot_chat__pb2.ChatRequest.FromString,
                     response_serializer=twin_dot_v1_dot_chat__pb2.ChatChunk.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=twin_dot_v1_dot_chat__pb2.FeedbackRequest.FromString,
+                    response_serializer=twin_dot_v1_dot_chat__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +150,33 @@ class ChatService:
             '/twin.v1.ChatService/ChatStream',
             twin_dot_v1_dot_chat__pb2.ChatRequest.SerializeToString,
             twin_dot_v1_dot_chat__pb2.ChatChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/twin.v1.ChatService/Feedback',
+            twin_dot_v1_dot_chat__pb2.FeedbackRequest.SerializeToString,
+            twin_dot_v1_dot_chat__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
