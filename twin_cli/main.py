@@ -9,7 +9,7 @@ import click
 
 from llm_twin.config import Settings
 
-from . import data_commands, platform_commands, training_commands
+from . import data_commands, platform_commands, quality_commands, training_commands
 from .common import fail, quiet_libraries
 
 
@@ -31,9 +31,10 @@ def main(ctx: click.Context, data_dir, milvus_uri, warehouse_uri, verbose) -> No
     ctx.obj = {"settings": settings}
 
 
-for module in (data_commands, training_commands, platform_commands):
+for module in (data_commands, training_commands, platform_commands, quality_commands):
     for command in module.COMMANDS:
         main.add_command(command)
+data_commands.eval_group.add_command(quality_commands.eval_rag)
 
 if __name__ == "__main__":
     main()

@@ -100,8 +100,9 @@ class CompletionRequest(ChatCompletionRequest):
     def _one_prompt(self):
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
             raise ValueError("prompt: send one prompt per request (a list of several is not supported)")
-        for name in ("echo", "suffix", "best_of"):
-            if getattr(self, name) not in (None, False, 1):
+        for name, neutral in (("echo", self.echo is False), ("suffix", self.suffix is None),
+                              ("best_of", self.best_of is None or self.best_of == 1)):
+            if not neutral:
                 raise ValueError(f"{name} is not supported by this server; remove it from the request")
         if self.sources_top_k is not None:
             raise ValueError("sources_top_k: completions do not retrieve; use /v1/chat/completions")

@@ -72,13 +72,16 @@ class GenerationDeployment:
         """Raises InvalidGenerationRequest for what the model would refuse (prompt too long...)."""
         self.generator.prompt(messages)
 
-    def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
+    # Serve streams only from methods that are generators themselves (not ones returning one).
+    async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
         """Deltas for one chat request (rendered with the model's chat template)."""
-        return self._run(lambda: self.generator.prompt(messages), params, "chat")
+        async for delta in self._run(lambda: self.generator.prompt(messages), params, "chat"):
+            yield delta
 
-    def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
         """Deltas continuing a plain prompt (/v1/completions): no chat template."""
-        return self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion")
+        async for delta in self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion"):
+            yield delta
 
     def validate_text(self, prompt: str) -> None:
         self.generator.check_prompt(prompt)

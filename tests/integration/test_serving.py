@@ -255,8 +255,9 @@ def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=100_000)
-    with pytest.raises(openai.BadRequestError, match="stop is not supported"):  # refused, never ignored
-        client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}], stop=["."])
+    with pytest.raises(openai.BadRequestError, match="logit_bias is not supported"):  # refused, never ignored
+        client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}],
+                                       logit_bias={"13": 5})
 
 
 # -- batching and cancellation -------------------------------------------------------------------------
