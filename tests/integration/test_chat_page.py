@@ -94,6 +94,18 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     assert chats[0]["messages"] == [{"role": "user", "content": "How should I cut documents\ninto chunks?"}]
     assert [m["role"] for m in chats[1]["messages"]] == ["user", "assistant", "user"], "follow-ups use the history"
     assert chats[1]["stream"] is True
+    # Thumbs up on the first answer: the feedback joins that answer's monitoring record.
+    first.find_element("css selector", ".feedback .vote[data-score='1']").click()
+    wait(browser, lambda b: first.find_element("css selector", ".feedback").get_attribute("data-sent") == "1",
+         "the feedback to be recorded")
+    feedback = [body for body in browser.execute_script("return window.sent") if "score" in body]
+    from llm_twin.config import Settings
+    from llm_twin.monitoring import load
+
+    rid = feedback[0]["response_id"].removeprefix("chatcmpl-")
+    record = wait(browser, lambda b: [r for r in load(Settings(data_dir=platform.data_dir).resolved_artifact_uri, 0)
+                                      if r["id"] == rid and r["feedback"]], "the feedback in the record")[0]
+    assert record["question"] == "How should I cut documents\ninto chunks?" and record["feedback"][0]["score"] == 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "chat-page.png"))
 

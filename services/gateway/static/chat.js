@@ -95,6 +95,37 @@ function showSources(div, sources) {
   div.append(list);
 }
 
+function addFeedback(div, answerId) {
+  // Thumbs up/down: POST /v1/feedback with the answer's id (it joins the answer's monitoring record).
+  const bar = document.createElement("div");
+  bar.className = "feedback";
+  for (const [score, label, symbol] of [[1, "Good answer", "\u{1F44D}"], [-1, "Bad answer", "\u{1F44E}"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "vote";
+    button.dataset.score = String(score);
+    button.setAttribute("aria-label", label);
+    button.title = label;
+    button.textContent = symbol;
+    button.addEventListener("click", async () => {
+      for (const b of bar.querySelectorAll("button")) b.disabled = true;
+      try {
+        const response = await fetch("/v1/feedback", {
+          method: "POST", headers: headers(), body: JSON.stringify({ response_id: answerId, score }),
+        });
+        if (!response.ok) throw await failure(response);
+        button.setAttribute("aria-pressed", "true");
+        bar.dataset.sent = String(score);
+      } catch (error) {
+        for (const b of bar.querySelectorAll("button")) b.disabled = false;
+        showError(`Feedback not recorded: ${error.message}`);
+      }
+    });
+    bar.append(button);
+  }
+  div.append(bar);
+}
+
 async function* events(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -125,6 +156,7 @@ async function ask(question) {
   let first = null;
   let usage = null;
   let sources = [];
+  let answerId = null;
   const response = await fetch("/v1/chat/completions", {
     method: "POST", headers: headers(),
     body: JSON.stringify({ model: twin, messages: history, stream: true, max_tokens: 256,
@@ -140,6 +172,7 @@ async function ask(question) {
     const event = JSON.parse(data);
     if (event.error) throw new Error(READABLE[event.error.code] || event.error.message);
     if (event.sources) sources = event.sources;
+    if (event.id) answerId = event.id;
     if (event.usage) usage = event.usage;
     const delta = event.choices && event.choices[0] && event.choices[0].delta;
     if (delta && delta.content) {
@@ -149,6 +182,7 @@ async function ask(question) {
     }
   }
   showSources(answer, sources);
+  if (answerId) addFeedback(answer, answerId);
   answer.dataset.done = "true";
   history.push({ role: "assistant", content: text.textContent });
   const ended = performance.now();
