@@ -360,3 +360,30 @@ def test_the_network_policy_opens_only_the_gateway_ports_to_the_namespace(chart)
     service = next(d for d in documents if d["kind"] == "RayService")
     assert service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"] == {
         "llmtwin.dev/ray": "true"}
+
+
+def test_the_dashboard_has_a_panel_for_every_serve_metric():
+    """Ray exports a Serve metric `name` as ray_<name>(_total|_bucket); each one the gateway
+    records is charted, and no panel charts a metric that does not exist."""
+    import ast
+    import json
+    import re
+
+    source = (ROOT / "services" / "gateway" / "metrics.py").read_text()
+    names = {node.args[0].value for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("Counter", "Histogram")}
+    dashboard = json.loads((ROOT / "helm" / "llm-twin" / "dashboards" / "llm-twin.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "expr" in t)
+    charted = {m.group(1) for m in re.finditer(r"ray_(twin_[a-z_]+?)(?:_total|_bucket)\b", exprs)}
+    assert names and charted == names
+
+
+def test_metrics_pod_monitor_and_its_network_rule_are_opt_in(chart):
+    assert not [d for d in render(chart) if d["kind"] == "PodMonitor"]
+    docs = render(chart, "metrics.podMonitor.enabled=true", "metrics.prometheusNamespace=prom")
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"] == {"llmtwin.dev/ray": "true"}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    ray_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
+    scrape = [r for r in ray_policy["spec"]["ingress"] if r.get("ports") == [{"protocol": "TCP", "port": 8080}]]
+    assert scrape[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}]
