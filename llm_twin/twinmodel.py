@@ -206,10 +206,27 @@ class Gate(Section):
                                         description="twin perplexity / base perplexity must stay below this.")
     min_style_similarity: float = Field(0.0, ge=-1, le=1, description="The twin's answers' style similarity to the "
                                                                      "author's held-out answers must reach this.")
+    min_judge_style: float | None = Field(None, ge=1, le=3, description="The LLM judge's mean style score (1-3) of the "
+                                          "twin's held-out answers must reach this (needs evaluation.judge).")
+
+
+class Judge(Section):
+    """An OpenAI-compatible LLM judge (private data is masked first)."""
+
+    endpoint: HttpUrl = Field(description="Base URL, e.g. https://api.openai.com/v1.")
+    model: str = Field("gpt-4o-mini", min_length=1, description="The judge model's name at that endpoint.")
+    secret_ref: SecretKeyRef | None = Field(None, description="The endpoint's API key, from a Secret.")
 
 
 class Evaluation(Section):
     gate: Gate = Field(default_factory=Gate)
+    judge: Judge | None = Field(None, description="Scores the twin's style for gate.minJudgeStyle.")
+
+    @model_validator(mode="after")
+    def _judge_for_the_gate(self):
+        if self.gate.min_judge_style is not None and self.judge is None:
+            raise ValueError("gate.minJudgeStyle needs a judge: set evaluation.judge (endpoint, model, secretRef)")
+        return self
 
 
 class Resources(Section):

@@ -34,6 +34,13 @@ class DatasetSettings(BaseModel):
                                      description="Length of the base model's (rejected) answers in preference pairs.")
 
 
+class JudgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    judge_url: str | None = Field(None, description="OpenAI-compatible LLM judge for gate.min_judge_style (its key: "
+                                                    "TWIN_JUDGE_KEY); default: TWIN_JUDGE_URL.")
+    judge_model: str | None = Field(None, description="The judge's model name; default: TWIN_JUDGE_MODEL.")
+
+
 class StorageSettings(BaseModel):
     """Where the pipeline reads and writes; None keeps what the settings (TWIN_*) say."""
 
@@ -55,6 +62,7 @@ class PipelineConfig(BaseModel):
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     gate: Gate = Field(default_factory=Gate)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     use_ray: bool = Field(True, description="Train on Ray Train workers (False: in this process).")
 
@@ -64,7 +72,7 @@ class PipelineConfig(BaseModel):
         Every spec field the pipeline acts on is read here; the rest (serving, refresh, image,
         suspend) belong to the operator."""
         spec = TwinModelSpec.parse(document.get("spec"))
-        teacher = spec.dataset.teacher
+        teacher, judge = spec.dataset.teacher, spec.evaluation.judge
         return cls(
             author=spec.author.name, sources=spec.author.sources, base_model=spec.training.base_model,
             version=(document.get("stageHashes") or {}).get("evaluation"),
@@ -73,6 +81,7 @@ class PipelineConfig(BaseModel):
                                     **({"teacher_model": teacher.model} if teacher else {})),
             train=TrainSettings.model_validate(spec.training.model_dump(include=set(TrainSettings.model_fields))),
             gate=spec.evaluation.gate,
+            judge=JudgeSettings(judge_url=str(judge.endpoint), judge_model=judge.model) if judge else JudgeSettings(),
             storage=StorageSettings(warehouse_uri=spec.storage.warehouse_uri or None,
                                     artifact_uri=spec.storage.artifact_uri, milvus_uri=spec.vector_store.milvus_uri,
                                     collection=spec.vector_store.collection))

@@ -83,8 +83,19 @@ def style_similarity(embedder, generated: list[str], references: list[str]) -> f
     return float((a * b).sum(axis=1).mean())
 
 
+def judge_style(judge, author: str, instructions: list[str], answers: list[str], references: list[str]) -> dict:
+    """The LLM judge's mean style score (1-3) of answers; replies it could not parse are counted, not scored."""
+    scores = []
+    for instruction, answer, reference in zip(instructions, answers, references, strict=True):
+        verdict = judge.judge(instruction, answer, [reference], author)
+        if verdict.scores is not None:
+            scores.append(verdict.scores["style"])
+    return {"judge_style": round(sum(scores) / len(scores), 4) if scores else None,
+            "judge_unscored": len(answers) - len(scores), "judge": judge.name}
+
+
 def evaluate(base_model: str, adapter_dir: str, author: str, test_rows: list[dict], embedder=None,
-             style_examples: int = 8) -> dict:
+             style_examples: int = 8, judge=None) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,6 +123,10 @@ def evaluate(base_model: str, adapter_dir: str, author: str, test_rows: list[dic
                       faithfulness_twin=round(faithfulness(embedder, twin_rag, references), 4),
                       samples=[{"instruction": i, "base": b, "twin": t}
                                for i, b, t in zip(instructions[:3], base_answers, twin_answers, strict=False)])
+        if judge is not None:
+            judged = judge_style(judge, author, instructions, twin_answers, references)
+            result.update(judge_style_twin=judged["judge_style"], judge_unscored=judged["judge_unscored"],
+                          judge=judged["judge"])
     return result
 
 
@@ -129,4 +144,12 @@ def gate(result: dict, rules: Gate) -> tuple[bool, str]:
             return False, (f"style similarity {result['style_twin']:.3f} < minStyleSimilarity "
                            f"{rules.min_style_similarity}: the twin does not write like the author yet")
         why += f"; style similarity {result['style_twin']:.3f} >= {rules.min_style_similarity}"
+    if rules.min_judge_style is not None:
+        if result.get("judge_style_twin") is None:
+            return False, ("minJudgeStyle is set but no judge scored the twin's answers: configure a judge "
+                           "(TwinModel evaluation.judge, or TWIN_JUDGE_URL) that answers the JSON asked for")
+        if result["judge_style_twin"] < rules.min_judge_style:
+            return False, (f"judge style {result['judge_style_twin']:.2f} < minJudgeStyle {rules.min_judge_style}: "
+                           "the judge does not find the twin's answers in the author's voice")
+        why += f"; judge style {result['judge_style_twin']:.2f} >= {rules.min_judge_style}"
     return True, why

@@ -32,6 +32,8 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     from services.retrieval.store import MilvusStore
 
     from . import datasets, trainer
+    from llm_twin.evaluation.judge import LLMJudge
+
     from .evaluate import evaluate, gate
     from .sft_dpo import train
 
@@ -78,8 +80,11 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     path = registry.register(settings.resolved_artifact_uri, config.author, version, output, {
         "base_model": base_model, "dataset": manifest["path"], "dataset_digest": manifest["digest"],
         "hyperparameters": cfg.model_dump(exclude={"output_dir", "dataset_dir"}), "metrics": metrics})
+    judge_url = config.judge.judge_url or settings.judge_url
+    judge = LLMJudge(judge_url, config.judge.judge_model or settings.judge_model or "judge",
+                     settings.judge_key) if judge_url else None
     result = evaluate(base_model, f"{output}/adapter", config.author, datasets.load(manifest["path"], "test.jsonl"),
-                      embedder=embedder, style_examples=4)
+                      embedder=embedder, style_examples=4, judge=judge)
     ok, why = gate(result, config.gate)
     registry.update(path, evaluation={k: v for k, v in result.items() if k != "samples"}, servable=ok)
     for sample in result.get("samples", [])[:2]:

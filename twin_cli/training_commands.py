@@ -129,8 +129,13 @@ def eval_model(ctx: click.Context, model_path, dataset_dir, as_json, **flags) ->
     rows = datasets.load(dataset_dir or meta["dataset"], "test.jsonl")
     if not rows:
         fail("the dataset has no held-out examples to evaluate on")
+    from llm_twin.evaluation.judge import LLMJudge
+
+    judge = LLMJudge.from_settings(settings_of(ctx))
+    if rules.min_judge_style is not None and judge is None:
+        fail("--min-judge-style needs a judge: set TWIN_JUDGE_URL (and TWIN_JUDGE_MODEL, TWIN_JUDGE_KEY)", 2)
     result = evaluate(meta["base_model"], os.path.join(model_path, "adapter"), meta["author"], rows,
-                      embedder=Embedder.from_settings(settings_of(ctx)))
+                      embedder=Embedder.from_settings(settings_of(ctx)), judge=judge)
     ok, why = gate(result, rules)
     result.update(gate_passed=ok, gate=why)
     (Path(model_path) / "evaluation.json").write_text(json.dumps(result, indent=2))
@@ -142,6 +147,8 @@ def eval_model(ctx: click.Context, model_path, dataset_dir, as_json, **flags) ->
                f"(ratio {result['perplexity_ratio']:.3f}) on {result['test_examples']} held-out examples")
     if "style_twin" in result:
         click.echo(f"style similarity base {result['style_base']:.3f} -> twin {result['style_twin']:.3f}")
+    if "judge" in result:
+        click.echo(f"judge style {result['judge_style_twin']} ({result['judge']}; {result['judge_unscored']} unscored)")
         for s in result.get("samples", []):
             click.echo(f"  Q: {s['instruction']}\n    base: {s['base'][:160]}\n    twin: {s['twin'][:160]}")
     click.echo(f"gate: {'PASS' if ok else 'FAIL'} ({why})")
@@ -175,7 +182,8 @@ def resolved_config(settings: Settings, config: PipelineConfig) -> dict:
     return {"pipeline": config.model_dump(mode="json"),
             "storage": {"warehouse_uri": effective.resolved_warehouse_uri, "artifact_uri": effective.resolved_artifact_uri,
                         "milvus_uri": effective.resolved_milvus_uri, "collection": effective.collection},
-            "secrets": {"teacher_key": bool(effective.teacher_key), "milvus_token": bool(effective.milvus_token)}}
+            "secrets": {"teacher_key": bool(effective.teacher_key), "milvus_token": bool(effective.milvus_token),
+                        "judge_key": bool(effective.judge_key)}}
 
 
 @click.command()

@@ -48,11 +48,12 @@ def _secret_env(name: str, ref: dict | None) -> list[dict]:
 
 
 def secret_env(spec: dict, *, teacher: bool) -> list[dict]:
-    """Secrets by reference: the Milvus token (and, for the training job, the teacher's key) reach
+    """Secrets by reference: the Milvus token (and, for the training job, the teacher's and the judge's keys) reach
     the containers as environment from their Secrets, never through the ConfigMap."""
     env = _secret_env("TWIN_MILVUS_TOKEN", spec["vectorStore"].get("tokenSecretRef"))
     if teacher:
         env += _secret_env("TWIN_TEACHER_KEY", (spec["dataset"].get("teacher") or {}).get("secretRef"))
+        env += _secret_env("TWIN_JUDGE_KEY", ((spec.get("evaluation") or {}).get("judge") or {}).get("secretRef"))
     return env
 
 

@@ -98,3 +98,36 @@ def test_stop_strings(parts, stops, text, reason):
     out = run(stop_at(deltas(*parts), stops))
     assert "".join(d.text for d in out) == text and out[-1].finish_reason == reason
     assert sum(len(d.logprobs) for d in out) <= len(parts)
+
+
+def test_the_gate_reads_the_judges_style_score():
+    from llm_twin.twinmodel import Gate
+    from training.evaluate import gate, judge_style
+
+    class Judge:
+        name = "llm:stub"
+
+        def __init__(self, replies):
+            self.replies = iter(replies)
+
+        def judge(self, question, answer, passages, author):
+            from llm_twin.evaluation.judge import Verdict
+            style = next(self.replies)
+            return Verdict({"style": style} if style else None, self.name, None if style else "not JSON")
+
+    judged = judge_style(Judge([3, None, 2]), "Ada", ["q1", "q2", "q3"], ["a1", "a2", "a3"], ["r1", "r2", "r3"])
+    assert judged == {"judge_style": 2.5, "judge_unscored": 1, "judge": "llm:stub"}
+    result = {"perplexity_ratio": 0.9, "judge_style_twin": 2.5}
+    rules = dict(max_perplexity_ratio=1.0, min_style_similarity=-1)
+    assert gate(result, Gate(**rules, min_judge_style=2.5))[0]
+    held, why = gate(result, Gate(**rules, min_judge_style=2.6))
+    assert not held and "judge style 2.50 < minJudgeStyle 2.6" in why
+    held, why = gate({"perplexity_ratio": 0.9}, Gate(**rules, min_judge_style=2))
+    assert not held and "no judge scored" in why
+
+
+def test_min_judge_style_without_a_judge_is_refused_in_the_spec():
+    from llm_twin.twinmodel import InvalidSpec, TwinModelSpec
+
+    with pytest.raises(InvalidSpec, match="minJudgeStyle needs a judge"):
+        TwinModelSpec.parse({"author": {"name": "Ada"}, "evaluation": {"gate": {"minJudgeStyle": 2}}})

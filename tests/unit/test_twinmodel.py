@@ -38,7 +38,9 @@ FULL = {
                          "maxLength": 768, "beta": 0.3},
                  "lora": {"r": 8, "alpha": 24, "dropout": 0.1, "targetModules": ["q_proj", "v_proj", "up_proj"]},
                  "deepspeed": {"zeroStage": 3, "offload": True}},
-    "evaluation": {"gate": {"maxPerplexityRatio": 0.95, "minStyleSimilarity": 0.4}},
+    "evaluation": {"gate": {"maxPerplexityRatio": 0.95, "minStyleSimilarity": 0.4, "minJudgeStyle": 2.5},
+                   "judge": {"endpoint": "https://judge.test/v1", "model": "big-judge",
+                             "secretRef": {"name": "judge-auth", "key": "token"}}},
     "serving": {"engine": "tensorrt-llm", "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 16,
                 "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "apiKeysSecret": "ada-keys", "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
     "refresh": {"interval": "12h", "retrainAfterDocuments": 3},
@@ -114,6 +116,10 @@ def destinations(spec: dict) -> dict:
         "training.deepspeed.zeroStage": t.deepspeed.zero_stage, "training.deepspeed.offload": t.deepspeed.offload,
         "evaluation.gate.maxPerplexityRatio": p.gate.max_perplexity_ratio,
         "evaluation.gate.minStyleSimilarity": p.gate.min_style_similarity,
+        "evaluation.gate.minJudgeStyle": p.gate.min_judge_style,
+        "evaluation.judge.endpoint": p.judge.judge_url, "evaluation.judge.model": p.judge.judge_model,
+        "evaluation.judge.secretRef.name": job_env["TWIN_JUDGE_KEY"]["name"],
+        "evaluation.judge.secretRef.key": job_env["TWIN_JUDGE_KEY"]["key"],
         "serving.engine": args["generation_engine"],
         "serving.minReplicas": generation["autoscaling_config"]["min_replicas"],
         "serving.maxReplicas": generation["autoscaling_config"]["max_replicas"],
@@ -158,7 +164,7 @@ def test_print_config_shows_the_resolved_pipeline_config_and_does_nothing(tmp_pa
     assert shown["pipeline"]["train"]["dpo"]["enabled"] is False
     assert shown["pipeline"]["sources"]["linkedin_export"]["uri"] == "s3://exports/ada.zip"
     assert shown["storage"]["milvus_uri"] == "http://milvus.db:19531"
-    assert shown["secrets"] == {"teacher_key": False, "milvus_token": False}
+    assert shown["secrets"] == {"teacher_key": False, "milvus_token": False, "judge_key": False}
     assert not (tmp_path / "data").exists(), "--print-config must do no work"
 
 
