@@ -52,7 +52,7 @@ demo: setup
 	$(PY) -m twin_cli.demo
 
 bench: setup
-	$(PY) -m twin_cli.bench
+	$(PY) -m twin_cli.bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .twin .pytest_cache

@@ -1,13 +1,15 @@
 """`make bench`: speed and quality figures, each as a ratio against a baseline measured in the same run.
 
 - extraction: this extractor's F1 / trafilatura's default F1 on the article-extraction benchmark;
-- retrieval: hybrid MRR@10 / chunk-level RRF MRR@10 on the handbook question set, and hybrid
-  latency / dense-only latency;
+- retrieval (twin_cli/bench_retrieval.py): every stage per kind of question on the three handbook
+  question sets, the default's MRR@10 / plain chunk RRF's on the hard set, and first-stage latency
+  / dense-only latency;
 - indexing: chunks per second embedded and loaded;
 - serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against in-process
   `generate`, and 8 concurrent chat clients against one;
 - training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's.
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
+`python -m twin_cli.bench [data] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
 """
 
 from __future__ import annotations
@@ -21,21 +23,42 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-def main() -> None:
+PARTS = ("data", "serving", "training")
+
+
+def main(parts: list[str]) -> None:
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    parts = parts or list(PARTS)
+    if "data" in parts:
+        data_plane()
+    if "serving" in parts:
+        from . import bench_serving
+
+        bench_serving.run()
+    if "training" in parts:
+        from . import bench_training
+
+        bench_training.run()
+
+
+def data_plane() -> None:
+    """Extraction, indexing and retrieval (bench_retrieval.py) on ../shared."""
     if not SHARED.is_dir():
         sys.exit(f"make bench needs {SHARED} (the benchmark pages and the handbook corpus)")
     import trafilatura
 
     from llm_twin.config import Settings
     from llm_twin.evaluation.extraction import run_benchmark
-    from llm_twin.evaluation.retrieval import evaluate, load_questions
     from llm_twin.handbook import import_handbook
     from llm_twin.warehouse import Warehouse
     from services.crawler.extract import _CONFIG, extract_article
     from services.embedding.core import Embedder
-    from services.retrieval.core import Retriever
     from services.retrieval.indexer import Indexer
     from services.retrieval.store import MilvusStore
+
+    from . import bench_retrieval
 
     pages = SHARED / "benchmarks" / "article-extraction"
     ours = run_benchmark(pages, lambda raw: extract_article(raw).text)
@@ -52,21 +75,13 @@ def main() -> None:
         seconds = time.perf_counter() - started
         print(f"indexing: {report.chunks_written} chunks in {seconds:.1f} s = {report.chunks_written / seconds:.1f} chunks/s")
 
-        retriever = Retriever(store, embedder)
-        questions = load_questions(ROOT / "tests" / "data" / "handbook_questions.jsonl")
-        results, latency = {}, {}
-        for strategy in ("dense", "rrf", "hybrid"):
-            started = time.perf_counter()
-            results[strategy] = evaluate(questions, lambda q: [r.link for r in retriever.search(
-                q.question, author=q.author, top_k=10, strategy=strategy)])
-            latency[strategy] = (time.perf_counter() - started) / len(questions)
-        for strategy, scores in results.items():
-            print(f"retrieval {strategy:6}: hit@1 {scores['hit@1']:.3f} hit@5 {scores['hit@5']:.3f} "
-                  f"MRR@10 {scores['mrr@10']:.3f}  {latency[strategy] * 1000:.0f} ms/query")
-        print(f"retrieval MRR@10 hybrid / rrf = {results['hybrid']['mrr@10'] / results['rrf']['mrr@10']:.3f}; "
-              f"latency hybrid / dense = {latency['hybrid'] / latency['dense']:.2f}")
+        stages = bench_retrieval.run(store, embedder, settings)
+        dev, default = stages["handbook_questions_hard.jsonl"], bench_retrieval.DEFAULT
+        print(f"retrieval hard set MRR@10 default / plain chunk RRF = "
+              f"{dev[default]['mrr@10'] / dev['rrf (fused per chunk)']['mrr@10']:.3f}; first-stage latency "
+              f"rrf / dense = {dev['rrf (fused per chunk)']['ms_per_query'] / dev['dense']['ms_per_query']:.2f}")
         store.close()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

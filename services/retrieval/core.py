@@ -206,6 +206,25 @@ class Retriever:
             ranked = self._rerank(query, vector, ranked, chunk_score, fields)
         return ranked[:top_k]
 
+    def search_expanded(self, queries: Sequence[str], *, top_k: int = 5, **options) -> list[Result]:
+        """Several phrasings of one question, each searched, the document rankings fused by
+        reciprocal rank (query expansion; see query.expansions). A phrasing that fails validation
+        (empty, too long) is skipped; the first one is the question itself and must pass."""
+        ranked = [self.search(queries[0], top_k=max(top_k, 10), **options)]
+        for query in queries[1:]:
+            try:
+                ranked.append(self.search(query, top_k=max(top_k, 10), **options))
+            except InvalidQuery:
+                continue
+        score: dict[str, float] = defaultdict(float)
+        first: dict[str, Result] = {}
+        for results in ranked:
+            for rank, r in enumerate(results, start=1):
+                score[r.doc_id] += 1.0 / (RRF_K + rank)
+                first.setdefault(r.doc_id, r)
+        order = sorted(score, key=lambda d: -score[d])[:top_k]
+        return [first[d] for d in order]
+
     def _rerank(self, query: str, vector, ranked: list[Result], chunk_score: dict[str, float],
                 fields: dict[str, dict]) -> list[Result]:
         """Each candidate document scores as its best candidate chunk (up to ``rerank_chunks``

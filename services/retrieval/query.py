@@ -108,3 +108,20 @@ def self_query(question: str, authors: Iterable[tuple[str, str]]) -> SelfQuery:
     rest = re.sub(r"\s{2,}", " ", rest)
     rest = re.sub(r"^(according to|by|from)\s*[,:]?\s*", "", rest, flags=re.I)
     return SelfQuery(rest if keyword_terms(rest) else question, slug, category)
+
+
+EXPANSION_PROMPT = ("Rewrite this question using different words. Reply with the rewritten question only.\n"
+                    "Question: {question}")
+
+
+def expansions(question: str, complete, n: int = 1) -> list[str]:
+    """Other phrasings of a question from an LLM (``complete(prompt) -> text``), first lines only,
+    without repeats of the question. Measured in `make bench` (twin_cli/bench_retrieval.py): with the
+    local 135M model the "phrasings" are answers, and fusing them lowers hit@1 on the hard set, so
+    the default pipeline does not expand."""
+    out: list[str] = []
+    for _ in range(n):
+        text = (complete(EXPANSION_PROMPT.format(question=question)) or "").strip().split("\n")[0].strip()
+        if text and text.lower() != question.lower() and text not in out:
+            out.append(text)
+    return out
