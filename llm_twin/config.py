@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         description="Generation backend: transformers (CPU or GPU) or tensorrt-llm (GPU, its own image).",
     )
     generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
+    generation_quantization: Literal["none", "int8", "bf16"] = Field(
+        "none", description="CPU serving: int8 (dynamic int8 weights for the linear layers adapters do not wrap) "
+        "or bf16 weights; `make bench` prints each one's speed and quality delta against none.")
     generation_dtype: str = Field(
         "auto", description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )

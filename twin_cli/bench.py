@@ -5,11 +5,13 @@
   question sets, the default's MRR@10 / plain chunk RRF's on the hard set, and first-stage latency
   / dense-only latency;
 - indexing: chunks per second embedded and loaded;
+- generation (twin_cli/bench_generation.py): single-stream decode tokens/s of each quantization
+  (bf16, int8) against float32, with its perplexity and greedy-agreement delta;
 - serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against in-process
   `generate`, and 8 concurrent chat clients against one;
 - training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's.
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
-`python -m twin_cli.bench [data] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
+`python -m twin_cli.bench [data] [generation] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "serving", "training")
+PARTS = ("data", "generation", "serving", "training")
 
 
 def main(parts: list[str]) -> None:
@@ -33,6 +35,10 @@ def main(parts: list[str]) -> None:
     parts = parts or list(PARTS)
     if "data" in parts:
         data_plane()
+    if "generation" in parts:
+        from . import bench_generation
+
+        bench_generation.run()
     if "serving" in parts:
         from . import bench_serving
 

@@ -12,19 +12,22 @@ from .common import fail, settings_of
 @click.option("--http-port", type=int, help="HTTP gateway port [env TWIN_HTTP_PORT, default 8000].")
 @click.option("--model", "generation_model", help="Generation model folder or cached hub id "
               "[env TWIN_GENERATION_MODEL; default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--quantization", type=click.Choice(["none", "int8", "bf16"]),
+              help="CPU serving weights [env TWIN_GENERATION_QUANTIZATION, default none]; see README.")
 @click.option("--trace-sampling-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Share of requests traced (exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set).")
 @click.option("--stop", is_flag=True, help="Stop the platform started by `twin serve` for this data folder.")
 @click.option("--insecure-no-auth", is_flag=True, default=None,
               help="Serve everyone without API keys [env TWIN_INSECURE_NO_AUTH]; only behind your own gateway.")
 @click.pass_context
-def serve(ctx: click.Context, grpc_port, http_port, generation_model, trace_sampling_ratio, stop,
+def serve(ctx: click.Context, grpc_port, http_port, generation_model, quantization, trace_sampling_ratio, stop,
           insecure_no_auth) -> None:
     """Serve the platform: gRPC (twin.v1) and HTTP (JSON + OpenAI API) over the local index."""
     from . import local_serving
 
     settings = settings_of(ctx).with_overrides(grpc_port=grpc_port, http_port=http_port,
-                                               generation_model=generation_model, insecure_no_auth=insecure_no_auth)
+                                               generation_model=generation_model, insecure_no_auth=insecure_no_auth,
+                                               generation_quantization=quantization)
     if stop:
         try:
             stopped = local_serving.stop_running(settings)

@@ -12,7 +12,7 @@ from llm_twin import prompts
 from llm_twin.config import Settings, configure_torch_threads
 
 from .backend import Delta, GenerationBackend, SamplingParams, collect
-from .errors import InvalidGenerationRequest
+from .errors import InvalidGenerationRequest, ModelUnavailable
 
 ROLES = ("system", "user", "assistant")
 MAX_SEED = 2**63 - 1
@@ -146,12 +146,17 @@ class Generator:
         if settings.generation_engine == "tensorrt-llm":
             from .tensorrt_backend import TensorRTLLMBackend
 
+            if settings.generation_quantization != "none":
+                raise ModelUnavailable("TWIN_GENERATION_QUANTIZATION applies to the transformers engine; "
+                                       "TensorRT-LLM quantizes when its engine is built (FP8 on Hopper)")
+
             backend = TensorRTLLMBackend(path)
         else:
             from .transformers_backend import TransformersBackend
 
             configure_torch_threads(settings)
             backend = TransformersBackend(path, device=settings.generation_device, dtype=settings.generation_dtype,
+                                          quantization=settings.generation_quantization,
                                           max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
         return cls(backend=backend, default_max_tokens=settings.default_max_tokens,
                    max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,

@@ -170,3 +170,51 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
         return [await asyncio.wait_for(g, 120) for g in good]
 
     assert all(c.completion_tokens == 6 or c.finish_reason == "stop" for c in asyncio.run(both()))
+
+
+@pytest.mark.parametrize("quantization", ["bf16", "int8"])
+def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_adapter, quantization, backend):
+    """Quantized weights: answers come, batching changes no greedy token, the default twin adapter
+    (attention projections) loads; the quality delta against float32 is `make bench`'s to report."""
+    quantized = TransformersBackend(str(smol_model), quantization=quantization, max_batch_size=8, batch_wait_s=0.05)
+    try:
+        generator = Generator(backend=quantized)
+        prompts = ["Name a colour.", "Write one sentence about the sea and the wind over it at night."]
+        alone = [asyncio.run(complete(generator, p)).text for p in prompts]
+        assert all(alone)
+
+        async def together():
+            return await asyncio.gather(*(complete(generator, p) for p in prompts))
+
+        assert [c.text for c in asyncio.run(together())] == alone
+        if quantization == "int8":
+            assert quantized.quantized_modules >= {"gate_proj", "up_proj", "down_proj"}
+            assert not quantized.quantized_modules & {"q_proj", "k_proj", "v_proj", "o_proj"}
+        quantized.load_adapter("mara-quill", str(smol_adapter))
+        twin = asyncio.run(generator.complete(user("Name a colour."), SamplingParams(max_tokens=12), adapter="mara-quill"))
+        assert twin.text and twin.text != alone[0]
+        # Close to float32: most greedy tokens agree on a short answer.
+        reference = asyncio.run(complete(Generator(backend=backend), "Name a colour.")).text
+        assert reference.split()[:2] == alone[0].split()[:2]
+    finally:
+        quantized.close()
+
+
+def test_int8_refuses_an_adapter_that_wraps_a_quantized_layer_and_bad_values(smol_model, tmp_path):
+    import json
+    import shutil
+
+    from services.generation.errors import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="unknown quantization 'int4'.*TWIN_GENERATION_QUANTIZATION"):
+        TransformersBackend(str(smol_model), quantization="int4")
+    quantized = TransformersBackend(str(smol_model), quantization="int8")
+    try:
+        adapter = tmp_path / "mlp-adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(json.dumps({"target_modules": ["gate_proj", "q_proj"]}))
+        with pytest.raises(ModelUnavailable, match="wraps gate_proj.*TWIN_GENERATION_QUANTIZATION=none or bf16"):
+            quantized.load_adapter("mlp-twin", str(adapter))
+        shutil.rmtree(adapter)
+    finally:
+        quantized.close()

@@ -127,3 +127,13 @@ def test_public_addresses_pass_and_allowed_networks_open_named_ranges():
     assert AddressGuard(allow_private=True).check("http://127.0.0.1:9/").port == 9
     with pytest.raises(ValueError, match="TWIN_CRAWL_ALLOWED_NETWORKS"):
         AddressGuard(["not-a-network"])
+
+
+def test_a_bad_quantization_setting_is_refused_naming_it(monkeypatch):
+    import pydantic
+
+    from llm_twin.config import Settings
+
+    monkeypatch.setenv("TWIN_GENERATION_QUANTIZATION", "int4")
+    with pytest.raises(pydantic.ValidationError, match="generation_quantization"):
+        Settings()
