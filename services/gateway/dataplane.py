@@ -8,6 +8,7 @@ and HTTP adapters turn results into their wire formats and errors into status co
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -86,6 +87,16 @@ class DataPlane:
                               min_similarity=settings.min_source_similarity)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
+        self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
+
+    async def serving(self) -> tuple[str, dict]:
+        """The generation model's id and the adapter version each twin is served with, read from
+        the generation deployment at most every 30 s (for monitoring records)."""
+        now = time.monotonic()
+        if self._serving is None or now - self._serving[0] > 30:
+            stats = await self.generation.stats()
+            self._serving = (now, await self.generation.model_id(), dict(stats.get("adapters") or {}))
+        return self._serving[1], self._serving[2]
 
     def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
         """Raises Unauthenticated / PermissionDenied (see auth.py). The caller is remembered for
@@ -132,7 +143,9 @@ class DataPlane:
                                        first.items)
             head = await anext(events, None)
         model = self.twin_id(twin)
-        return ChatStart(model, first.items, self.observer.watch(base, _chained(head, events), model), base["id"])
+        engine, adapters = await self.serving()
+        base["adapter_version"] = adapters.get(model)
+        return ChatStart(model, first.items, self.observer.watch(base, _chained(head, events), engine), base["id"])
 
     async def chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                    transport: str) -> Answer:

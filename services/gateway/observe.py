@@ -62,7 +62,7 @@ class Observer:
             await deltas.aclose()
             reason = (last.finish_reason if last else None) or "cancelled"
             self.finish(base, model, "".join(parts), reason, last.prompt_tokens if last else 0,
-                        last.completion_tokens if last else 0, first_at)
+                        last.completion_tokens if last else 0, first_at, base.get("adapter_version"))
 
     def finish(self, base: dict, model: str, answer: str, reason: str, prompt_tokens: int, completion_tokens: int,
                first_at: float | None = None, adapter_version: str | None = None) -> None:

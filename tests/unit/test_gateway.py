@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import grpc
 import numpy as np
@@ -87,7 +88,7 @@ class FakeGeneration:
                 "completion_tokens": c.completion_tokens, "model": c.model}
 
     async def stats(self):
-        return self.engine.stats()
+        return {**self.engine.stats(), "adapters": {"mara-quill": "v7"}}
 
     async def model_id(self):
         return self.engine.model_id
@@ -252,7 +253,7 @@ def test_search_generate_embed_models_and_stats(client, plane):
     assert np.frombuffer(base64.b64decode(vectors["data"][1]["embedding"]), dtype="<f4").tolist() == [0.5] * 4
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["mara-quill"]
     assert client.get("/v1/models/someone").status_code == 404
-    assert client.get("/v1/stats").json() == {"generation": {"queued": 0, "active": 0}}
+    assert client.get("/v1/stats").json() == {"generation": {"queued": 0, "active": 0, "adapters": {"mara-quill": "v7"}}}
 
 
 def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
@@ -475,6 +476,39 @@ def test_feedback_names_a_recorded_answer(client, tmp_path):
     assert record["id"] == answer["id"].removeprefix("chatcmpl-") and record["feedback"] == [{"score": 1, "comment": "good"}]
     assert record["question"] == "How do I chunk?" and record["answer"] == answer["choices"][0]["message"]["content"]
     assert record["completion_tokens"] > 0 and record["ttft_s"] <= record["latency_s"] and len(record["sources"]) == 4
+
+
+def test_a_sampled_share_of_answers_is_judged_in_the_background(client, tmp_path):
+    from llm_twin.evaluation.judge import Verdict
+    from llm_twin.monitoring import PromptLog, load
+    from services.gateway.observe import Observer
+
+    class Judge:
+        name = "llm:stub"
+
+        def __init__(self):
+            self.seen = []
+
+        def judge(self, question, answer, passages, author):
+            self.seen.append((question, answer, len(passages), author))
+            return Verdict({"faithfulness": 1.0, "style": 3}, self.name)
+
+    judge = Judge()
+    plane = make_plane()
+    plane.observer = Observer(PromptLog(str(tmp_path)), judge=judge, judge_sample_ratio=1.0)
+    http_api.http.state.plane = plane
+    answer = client.post("/v1/chat/completions", json=ask()).json()
+    rid = answer["id"].removeprefix("chatcmpl-")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        plane.observer.prompt_log.flush()
+        found = {r["id"]: r for r in load(str(tmp_path), 0)}
+        if rid in found and found[rid]["judge"]:
+            break
+        time.sleep(0.05)
+    assert found[rid]["judge"] == {"faithfulness": 1.0, "style": 3}
+    assert judge.seen == [("How do I chunk?", answer["choices"][0]["message"]["content"], 4, "Mara Quill")]
+    assert found[rid]["model"] == "echo-engine" and found[rid]["adapter_version"] == "v7"
 
 
 def test_openai_fields_at_their_neutral_values_are_accepted(client):
