@@ -91,8 +91,8 @@ class Settings(BaseSettings):
     )
     generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
     generation_quantization: Literal["none", "int8", "bf16"] = Field(
-        "none", description="CPU serving: int8 (dynamic int8 weights for the linear layers adapters do not wrap) "
-        "or bf16 weights; `make bench` prints each one's speed and quality delta against none.")
+        "none", description="CPU serving weights: int8 (weight-only, bf16 activations; the layers adapters wrap stay "
+        "bf16) or bf16; `make bench` prints each one's speed and quality delta against none.")
     generation_dtype: str = Field(
         "auto", description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )

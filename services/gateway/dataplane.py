@@ -94,8 +94,11 @@ class DataPlane:
         the generation deployment at most every 30 s (for monitoring records)."""
         now = time.monotonic()
         if self._serving is None or now - self._serving[0] > 30:
-            stats = await self.generation.stats()
-            self._serving = (now, await self.generation.model_id(), dict(stats.get("adapters") or {}))
+            try:
+                stats = await self.generation.stats()
+                self._serving = (now, await self.generation.model_id(), dict(stats.get("adapters") or {}))
+            except Exception:  # noqa: BLE001 - a busy deployment must not fail the request this is for
+                return (self._serving[1], self._serving[2]) if self._serving else ("", {})
         return self._serving[1], self._serving[2]
 
     def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
@@ -175,10 +178,15 @@ class DataPlane:
 
     # -- generation without retrieval ----------------------------------------------------------------
     async def generate(self, messages: list[dict], params: SamplingParams, transport: str) -> dict:
-        deltas = await self.generate_stream(messages, params, transport)
-        text, last = await collect(deltas)
+        """One call to the generation deployment (its queue is what overload is measured by); its
+        errors surface while collecting, before any response exists."""
+        self.check_messages(messages)
+        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
+            base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
+        model, _ = await self.serving()
+        text, last = await collect(self.observer.watch(base, self.generation.stream(messages, params), model))
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
-                "completion_tokens": last.completion_tokens, "model": await self.generation.model_id()}
+                "completion_tokens": last.completion_tokens, "model": model}
 
     async def generate_stream(self, messages: list[dict], params: SamplingParams,
                               transport: str = "http") -> AsyncIterator[Delta]:
@@ -187,7 +195,8 @@ class DataPlane:
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
             await self.generation.validate(messages)
             base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
-        return self.observer.watch(base, self.generation.stream(messages, params), await self.generation.model_id())
+        model, _ = await self.serving()
+        return self.observer.watch(base, self.generation.stream(messages, params), model)
 
     async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http") -> tuple[str, AsyncIterator[Delta]]:
         """/v1/completions: a plain prompt continued, no chat template. -> (id, deltas)"""
@@ -198,7 +207,7 @@ class DataPlane:
             await self.generation.validate_text(prompt)
             base = self.observer.start("completion", "", prompt, transport)
         deltas = self.generation.stream_text(prompt, params)
-        return base["id"], self.observer.watch(base, deltas, await self.generation.model_id())
+        return base["id"], self.observer.watch(base, deltas, (await self.serving())[0])
 
     # -- retrieval, embeddings, crawling -------------------------------------------------------------
     async def search(self, query: str, twin: str | None, category: str | None, top_k: int | None,

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from llm_twin import prompts
-from llm_twin.twinmodel import LoraSettings
 
+from . import quantization as quantization_
 from .backend import Delta, SamplingParams, TokenLogprob
 from .core import MAX_SEED
 from .errors import InvalidGenerationRequest, ModelUnavailable
@@ -49,48 +49,6 @@ class _Request:
         self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
 
 
-QUANTIZATIONS = ("none", "int8", "bf16")
-# The linear layers int8 serving keeps in floating point: those LoRA adapters wrap (PEFT cannot
-# wrap a quantized layer). The training default's targets, so every default twin loads.
-INT8_KEEP = tuple(LoraSettings.model_fields["target_modules"].default)
-
-
-def quantize(model, quantization: str, device: str) -> set[str]:
-    """Quantize in place; -> the short names of the quantized linear layers (q_proj, ...)."""
-    if quantization not in QUANTIZATIONS:
-        raise ModelUnavailable(f"unknown quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)} "
-                               "(TWIN_GENERATION_QUANTIZATION)")
-    if quantization != "int8":
-        return set()
-    if device != "cpu":
-        raise ModelUnavailable("int8 quantization is for CPU serving (dynamic int8 GEMMs); on a GPU use bf16 "
-                               "or the tensorrt-llm engine")
-    import warnings
-
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in INT8_KEEP}
-    targets = {name for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names}
-    with warnings.catch_warnings():  # torch marks its quantized tensors as deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        quantize_dynamic(model, targets, dtype=torch.qint8, inplace=True)
-    return names
-
-
-def _adapter_targets(path: str) -> set[str]:
-    import json
-
-    try:
-        with open(os.path.join(path, "adapter_config.json")) as f:
-            targets = json.load(f).get("target_modules") or []
-    except (OSError, ValueError):
-        return set()
-    return set(targets if isinstance(targets, list) else [targets])
-
-
 def _pick_dtype(name: str, device: str):
     import torch
 
@@ -113,13 +71,13 @@ class TransformersBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.control_tokens = prompts.control_tokens(self.tokenizer)
             self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=torch.bfloat16 if quantization == "bf16" else _pick_dtype(dtype, device))
+                model, dtype=quantization_.load_dtype(quantization, _pick_dtype(dtype, device)))
         except OSError as exc:
             raise ModelUnavailable(f"cannot load model {model!r}: {exc}. Set TWIN_GENERATION_MODEL to a "
                                    "local model folder (nothing is downloaded at run time)") from exc
         self.model.to(device).eval()
         self.quantization = quantization
-        self.quantized_modules = quantize(self.model, quantization, device)
+        self.quantized_modules = quantization_.quantize(self.model, quantization, device)
         if not self.tokenizer.chat_template:
             raise ModelUnavailable(f"model {model!r} has no chat template; use an instruct/chat model")
         self.device = device
@@ -183,12 +141,12 @@ class TransformersBackend:
         with self._model_lock:
             if name in self.adapters():
                 return
-            wraps = _adapter_targets(path) & self.quantized_modules
+            wraps = quantization_.adapter_targets(path) & self.quantized_modules
             if wraps:
                 raise ModelUnavailable(
                     f"adapter {name!r} wraps {', '.join(sorted(wraps))}, which int8 serving quantizes: serve with "
                     "TWIN_GENERATION_QUANTIZATION=none or bf16, or train with LoRA target modules among "
-                    f"{', '.join(INT8_KEEP)}")
+                    f"{', '.join(quantization_.INT8_KEEP)}")
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(path, adapter_name=name)
             else:

@@ -188,8 +188,7 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
 
         assert [c.text for c in asyncio.run(together())] == alone
         if quantization == "int8":
-            assert quantized.quantized_modules >= {"gate_proj", "up_proj", "down_proj"}
-            assert not quantized.quantized_modules & {"q_proj", "k_proj", "v_proj", "o_proj"}
+            assert quantized.quantized_modules == {"gate_proj", "up_proj", "down_proj", "lm_head"}
         quantized.load_adapter("mara-quill", str(smol_adapter))
         twin = asyncio.run(generator.complete(user("Name a colour."), SamplingParams(max_tokens=12), adapter="mara-quill"))
         assert twin.text and twin.text != alone[0]

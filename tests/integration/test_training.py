@@ -11,7 +11,8 @@ import pytest
 from llm_twin.config import Settings
 from llm_twin.documents import RawDocument
 from llm_twin.warehouse import Warehouse
-from training import datasets, pii
+from llm_twin import pii
+from training import datasets
 from training.config import TrainConfig
 from twin_cli.sample_corpus import AUTHOR, POSTS
 
