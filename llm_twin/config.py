@@ -90,9 +90,10 @@ class Settings(BaseSettings):
         description="Generation backend: transformers (CPU or GPU) or tensorrt-llm (GPU, its own image).",
     )
     generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
-    generation_quantization: Literal["none", "int8", "bf16"] = Field(
-        "none", description="CPU serving weights: int8 (weight-only, bf16 activations; the layers adapters wrap stay "
-        "bf16) or bf16; `make bench` prints each one's speed and quality delta against none.")
+    generation_quantization: Literal["auto", "none", "int8", "bf16"] = Field(
+        "auto", description="Serving weights: int8 (weight-only, bf16 activations; the layers adapters wrap stay "
+        "bf16), bf16, or none; auto = int8 on a CPU, none on a GPU. `make bench` prints each one's speed and "
+        "quality delta against none.")
     generation_dtype: str = Field(
         "auto", description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )

@@ -104,6 +104,7 @@ def run() -> dict:
               f"{base['tokens_per_s']:.1f} = {r['tokens_per_s'] / base['tokens_per_s']:.2f}; held-out perplexity "
               f"{r['perplexity']:.2f} (float32 {base['perplexity']:.2f}, {r['perplexity'] / base['perplexity'] - 1:+.1%}); "
               f"greedy answers identical to float32 {r['identical']:.0%}; load {r['load_s']:.1f} s", flush=True)
+    print("generation: TWIN_GENERATION_QUANTIZATION=auto serves int8 on a CPU (see README)")
     return results
 
 

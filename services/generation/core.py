@@ -146,7 +146,7 @@ class Generator:
         if settings.generation_engine == "tensorrt-llm":
             from .tensorrt_backend import TensorRTLLMBackend
 
-            if settings.generation_quantization != "none":
+            if settings.generation_quantization not in ("auto", "none"):
                 raise ModelUnavailable("TWIN_GENERATION_QUANTIZATION applies to the transformers engine; "
                                        "TensorRT-LLM quantizes when its engine is built (FP8 on Hopper)")
 

@@ -23,7 +23,7 @@ from llm_twin.twinmodel import LoraSettings
 
 from .errors import ModelUnavailable
 
-QUANTIZATIONS = ("none", "int8", "bf16")
+QUANTIZATIONS = ("auto", "none", "int8", "bf16")
 INT8_KEEP = tuple(LoraSettings.model_fields["target_modules"].default)
 
 
@@ -45,6 +45,15 @@ class Int8WeightOnlyLinear(torch.nn.Module):
         out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).reshape(*shape[:-1], self.out_features)
         out = out if self.bias is None else out + self.bias
         return out.to(x.dtype)
+
+
+def resolve(quantization: str, device: str) -> str:
+    """``auto`` (the default): int8 on a CPU, where it is the fastest at +1.6% perplexity; as
+    loaded on a GPU (bf16 there via TWIN_GENERATION_DTYPE, or the tensorrt-llm engine)."""
+    check(quantization)
+    if quantization == "auto":
+        return "int8" if device == "cpu" else "none"
+    return quantization
 
 
 def load_dtype(quantization: str, default):

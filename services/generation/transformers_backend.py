@@ -63,6 +63,7 @@ def _pick_dtype(name: str, device: str):
 class TransformersBackend:
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", max_batch_size: int = 8,
                  batch_wait_s: float = 0.01, model_id: str | None = None, quantization: str = "none"):
+        quantization = quantization_.resolve(quantization, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
