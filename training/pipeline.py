@@ -52,7 +52,9 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     say(f"index: {Indexer.from_settings(settings, embedder, store).run().summary()}")
 
     base_model = resolve_model(config.base_model or settings.generation_model, settings.data_dir)
-    generator = Generator.from_settings(settings, model=base_model)
+    # The dataset is built once and its quality is the twin's: the local teacher decodes in full
+    # precision whatever the serving quantization is.
+    generator = Generator.from_settings(settings.model_copy(update={"generation_quantization": "none"}), model=base_model)
     try:
         local = datasets.LocalTeacher(generator)
         teacher = (datasets.OpenAITeacher(config.dataset.teacher_url, config.dataset.teacher_model,

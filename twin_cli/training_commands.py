@@ -30,9 +30,10 @@ def _teacher_from_env(dataset: dict) -> dict:
 
 
 def _local_generator(settings: Settings):
+    """The local teacher: full precision, whatever the serving quantization (see training/pipeline.py)."""
     from services.generation.core import Generator
 
-    return Generator.from_settings(settings)
+    return Generator.from_settings(settings.model_copy(update={"generation_quantization": "none"}))
 
 
 @click.group("dataset")
