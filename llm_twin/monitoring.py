@@ -187,7 +187,6 @@ def load(artifact_uri: str, since: float, twin: str | None = None) -> list[dict]
     by_id = {r["id"]: r for r in records}
     for r in records:
         r["feedback"], r["judge"] = [], None
-    # Feedback may come a while after the answer: look a day further back for its request.
     for row in read(root, "feedback", since):
         if row["id"] in by_id:
             by_id[row["id"]]["feedback"].append({"score": row["score"], "comment": row.get("comment", "")})

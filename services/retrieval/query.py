@@ -69,7 +69,7 @@ class SelfQuery:
 _CODE = re.compile(r"\b(in|from) (your|his|her|their) (code|repositor(y|ies)|repos?)\b|\bsource code\b", re.I)
 
 
-def _name_patterns(slug: str, name: str, first_names: dict[str, int], last_names: dict[str, int]) -> list[str]:
+def _name_patterns(name: str, first_names: dict[str, int], last_names: dict[str, int]) -> list[str]:
     parts = name.split()
     patterns = [re.escape(name)]
     if len(parts) > 1:
@@ -94,7 +94,7 @@ def self_query(question: str, authors: Iterable[tuple[str, str]]) -> SelfQuery:
             last_names[parts[-1].lower()] = last_names.get(parts[-1].lower(), 0) + 1
     found: list[tuple[str, re.Match]] = []
     for slug, name in authors:
-        for pattern in _name_patterns(slug, name, first_names, last_names):
+        for pattern in _name_patterns(name, first_names, last_names):
             # Case-sensitive on the capital: "paul" in lower case is not taken as a name.
             match = re.search(rf"(?<![\w-])({pattern})(?:['’]s)?(?![\w-])", question)
             if match and match.group(1).lower() not in STOP_WORDS:
