@@ -8,6 +8,8 @@ sets it and returns an empty message.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import grpc
 from grpc_health.v1 import health_pb2
 
@@ -116,8 +118,10 @@ class GrpcApi:
             self._allow(grpc_context, "generate")
             deltas = await self.plane.generate_stream(_messages(request.messages), self._sampling(request.sampling),
                                                       "grpc")
-            async for d in deltas:
-                yield generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
+            async with aclosing(deltas):
+                async for d in deltas:
+                    yield generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "",
+                                                       usage=_usage(d))
         except Exception as exc:
             abort(exc, grpc_context)
             raise
@@ -140,9 +144,13 @@ class GrpcApi:
             self._allow(grpc_context, "chat")
             started = await self.plane.start_chat(request.twin, _messages(request.messages),
                                                   self._sampling(request.sampling), request.top_k or None, "grpc")
-            yield chat_pb2.ChatChunk(sources=[source_proto(s) for s in started.sources], id=started.id)
-            async for d in started.deltas:
-                yield chat_pb2.ChatChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
+            # Closed however the call ends: a cancelled call may leave this generator suspended at a
+            # yield, and only closing it (not garbage collection, whenever that runs) cancels the
+            # generation downstream.
+            async with aclosing(started.deltas):
+                yield chat_pb2.ChatChunk(sources=[source_proto(s) for s in started.sources], id=started.id)
+                async for d in started.deltas:
+                    yield chat_pb2.ChatChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=_usage(d))
         except Exception as exc:
             abort(exc, grpc_context)
             raise

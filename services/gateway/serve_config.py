@@ -13,6 +13,8 @@ GRPC_PORT = 9000
 HTTP_PORT = 8000
 # What Ray Serve's gRPC proxy registers (grpc_options.grpc_servicer_functions).
 GRPC_SERVICER_FUNCTIONS = [
+    # First: it makes the proxy's streams cancel their replica call when a client cancels.
+    "services.gateway.grpc_ingress.cancel_streams_on_client_cancel",
     "twin.v1.crawler_pb2_grpc.add_CrawlerServiceServicer_to_server",
     "twin.v1.embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server",
     "twin.v1.retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server",

@@ -3,6 +3,7 @@
 grpc_options:
   port: 9000
   grpc_servicer_functions:
+  - services.gateway.grpc_ingress.cancel_streams_on_client_cancel
   - twin.v1.crawler_pb2_grpc.add_CrawlerServiceServicer_to_server
   - twin.v1.embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server
   - twin.v1.retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server

@@ -1,0 +1,88 @@
+"""Client cancellation through Ray Serve's gRPC proxy, made reliable for streaming RPCs.
+
+Ray Serve 2.60's gRPC proxy cancels the replica's stream only when the client's cancellation
+reaches the proxy while it waits for the next message (ProxyResponseGenerator.__anext__). When it
+lands while the proxy is writing a message to the client, the proxy's generator is left
+suspended and never closed, so the replica keeps generating to max_tokens for nobody (seen in CI:
+a cancelled ChatStream ran its 1000 tokens; the upstream fix, ray-project/ray#42665, was closed
+unmerged). The HTTP proxy watches for the disconnect separately and is not affected.
+
+The servicer function below is listed first in ``grpc_options.grpc_servicer_functions``; the
+proxy calls it with its server before registering the twin's services. It wraps the server's
+handler factory so that every server-streaming handler is driven from a task of its own that only
+ever waits for the next message: the write to the client happens elsewhere, so a cancellation
+always reaches the proxy's generator where it cancels the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+_END = object()
+
+
+def cancel_streams_on_client_cancel(servicer, server) -> None:
+    """A gRPC servicer function (``(servicer, server)``) that registers no service: it makes the
+    proxy's streaming handlers cancel their replica call whenever the client cancels."""
+    factory = getattr(server, "service_handler_factory", None)
+    if factory is None:  # not Serve's proxy server (or a Ray that changed it): nothing to wrap
+        logger.warning("gRPC server %s has no service_handler_factory; streams rely on Ray's own cancellation",
+                       type(server).__name__)
+        return
+    if getattr(factory, "cancels_streams", False):
+        return
+    server.service_handler_factory = cancelling_factory(factory)
+
+
+def cancelling_factory(factory: Callable) -> Callable:
+    def make(service_method: str, streaming_type):
+        handler = factory(service_method=service_method, streaming_type=streaming_type)
+        if getattr(streaming_type, "name", "") == "UNARY_STREAM":
+            return pumped(handler)
+        return handler
+
+    make.cancels_streams = True
+    return make
+
+
+def pumped(handler: Callable[..., AsyncIterator]) -> Callable[..., Awaitable[None]]:
+    """The streaming handler as a coroutine that writes its messages itself (grpc.aio's
+    reader/writer form), the handler's messages pulled by a task of their own into a queue.
+
+    The pulling task awaits nothing but the handler's next message, so cancelling it (done however
+    the call ends) always interrupts the handler at that await. A coroutine rather than a generator,
+    because grpc leaves a cancelled generator suspended instead of closing it."""
+
+    async def unary_stream(request, context) -> None:
+        queue: asyncio.Queue = asyncio.Queue()  # unbounded: the pump must never wait on a put
+
+        async def pump():
+            try:
+                async for message in handler(request, context):
+                    queue.put_nowait((message, None))
+                queue.put_nowait((_END, None))
+            except asyncio.CancelledError:
+                pass  # the caller left; the handler has cancelled its replica call on the way out
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the call's task
+                queue.put_nowait((_END, exc))
+
+        task = asyncio.get_running_loop().create_task(pump())
+        try:
+            while True:
+                message, error = await queue.get()
+                if message is _END:
+                    if error is not None:
+                        raise error
+                    return
+                await context.write(message)
+        finally:
+            task.cancel()  # a no-op when the pump has finished
+            # Wait for the handler to wind down while the call is still open: it reads the call's
+            # context as it ends, and grpc frees that context once this coroutine returns (reading
+            # it afterwards crashed the proxy).
+            await asyncio.wait([task])
+
+    return unary_stream

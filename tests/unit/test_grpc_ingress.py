@@ -1,0 +1,131 @@
+"""The gRPC proxy's streaming handlers are cancelled wherever the client's cancellation lands."""
+
+import asyncio
+import enum
+import inspect
+
+import pytest
+
+from services.gateway.grpc_ingress import cancel_streams_on_client_cancel, pumped
+
+
+class Kind(enum.Enum):  # the names of Ray Serve's gRPCStreamingType
+    UNARY_UNARY = 1
+    UNARY_STREAM = 2
+
+
+class Call:
+    """A call's context whose client stops reading after the first message: the second write
+    waits (as grpc's does when the client's flow-control window is full)."""
+
+    def __init__(self):
+        self.written: list = []
+        self.writing = asyncio.Event()
+        self.open = True
+
+    async def write(self, message):
+        assert self.open, "written after the call ended"
+        self.written.append(message)
+        self.writing.set()
+        if len(self.written) > 1:
+            await asyncio.sleep(30)
+
+
+def token_stream(events: list):
+    """Like the proxy's handler: waits for each token from the replica and yields it; winds down
+    (reading the call's context) when cancelled."""
+
+    async def handler(request, context):
+        try:
+            n = 0
+            while True:
+                await asyncio.sleep(0.005)
+                n += 1
+                yield n
+        except asyncio.CancelledError:
+            events.append("replica call cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0.01)
+            assert context.open, "the handler outlived its call"
+            events.append("handler ended")
+
+    return handler
+
+
+async def grpc_runs(handler, call: Call, cancel_during_write: bool = True) -> None:
+    """What grpc.aio does with a streaming handler (a coroutine writes itself; a generator's
+    messages are written by grpc), the client cancelling while a write waits."""
+
+    async def serve():
+        if inspect.iscoroutinefunction(handler):
+            await handler(None, call)
+        else:
+            async for message in handler(None, call):
+                await call.write(message)
+
+    task = asyncio.create_task(serve())
+    await call.writing.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    call.open = False
+    await asyncio.sleep(0.05)
+
+
+def test_a_stream_cancelled_during_a_write_cancels_its_replica_call_before_the_call_ends():
+    events: list = []
+    asyncio.run(grpc_runs(pumped(token_stream(events)), Call()))
+    assert events == ["replica call cancelled", "handler ended"]
+
+
+def test_the_unwrapped_handler_is_left_running_which_is_why_this_exists():
+    events: list = []
+
+    async def main():
+        await grpc_runs(token_stream(events), Call())
+        return events[:]  # before the event loop closes the left-over generator
+
+    assert asyncio.run(main()) == []
+
+
+def test_messages_errors_and_the_end_pass_through_unchanged():
+    async def handler(request, context):
+        yield b"a"
+        yield b"b"
+        if request == "fail":
+            raise ValueError("replica failed")
+
+    class Open(Call):
+        async def write(self, message):
+            self.written.append(message)
+
+    async def run(request):
+        call = Open()
+        await pumped(handler)(request, call)
+        return call.written
+
+    assert asyncio.run(run("ok")) == [b"a", b"b"]
+    with pytest.raises(ValueError, match="replica failed"):
+        asyncio.run(run("fail"))
+
+
+def test_only_server_streaming_handlers_are_wrapped_once():
+    made = []
+
+    class Server:
+        def service_handler_factory(self, service_method, streaming_type):
+            made.append((service_method, streaming_type))
+            return f"{service_method}:{streaming_type.name}"
+
+    server = Server()
+    cancel_streams_on_client_cancel(None, server)
+    wrapped = server.service_handler_factory
+    cancel_streams_on_client_cancel(None, server)  # listed twice: still one wrapper
+    assert server.service_handler_factory is wrapped
+    assert wrapped("/twin.v1.ChatService/Chat", Kind.UNARY_UNARY) == "/twin.v1.ChatService/Chat:UNARY_UNARY"
+    assert inspect.iscoroutinefunction(wrapped("/twin.v1.ChatService/ChatStream", Kind.UNARY_STREAM))
+    assert made == [("/twin.v1.ChatService/Chat", Kind.UNARY_UNARY),
+                    ("/twin.v1.ChatService/ChatStream", Kind.UNARY_STREAM)]
+    cancel_streams_on_client_cancel(None, object())  # another server: left alone, no error
