@@ -91,9 +91,18 @@ class Settings(BaseSettings):
     )
     generation_device: str = Field("cpu", description="Torch device for generation (cpu, cuda, cuda:1).")
     generation_quantization: Literal["auto", "none", "int8", "bf16"] = Field(
-        "auto", description="Serving weights: int8 (weight-only, bf16 activations; the layers adapters wrap stay "
-        "bf16), bf16, or none; auto = int8 on a CPU, none on a GPU. `make bench` prints each one's speed and "
-        "quality delta against none.")
+        "auto", description="Serving weights: int8 (weight-only, per-channel scales, bf16 activations), bf16, or "
+        "none; auto = int8 on a CPU, none on a GPU. `make bench` prints each one's speed and quality delta "
+        "against none.")
+    generation_lean: bool = Field(
+        True, description="Decode Llama-architecture models on a CPU with the lean forward (fused weights, a KV "
+        "cache allocated once, chunked prefill, prefix caching); false uses transformers' own forward.")
+    prefill_chunk: int = Field(
+        128, ge=0, le=8192, description="Prompt tokens prefilled per decode step of the running requests (lean "
+        "loop), so a long prompt does not stall them; 0 prefills a prompt at once.")
+    prefix_cache_tokens: int = Field(
+        4096, ge=0, le=1_000_000, description="Prompt-prefix KV kept for reuse across requests (lean loop), in "
+        "tokens; 0 turns prefix caching off.")
     generation_dtype: str = Field(
         "auto", description="Weights dtype: auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."
     )

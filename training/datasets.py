@@ -69,15 +69,21 @@ class LocalTeacher(Teacher):
 
     external = False
 
-    def __init__(self, generator):
+    def __init__(self, generator, concurrency: int = 8):
         self.generator = generator
+        self.concurrency = concurrency  # in flight at once: the engine decodes them as one batch
         self.name = f"local:{generator.model_id}"
 
     def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
         async def run():
             params = self.generator.sampling(max_tokens=max_tokens, repetition_penalty=1.15)
-            results = await asyncio.gather(*(self.generator.complete(c, params) for c in conversations))
-            return [r.text.strip() for r in results]
+            slots = asyncio.Semaphore(self.concurrency)
+
+            async def one(conversation):
+                async with slots:
+                    return (await self.generator.complete(conversation, params)).text.strip()
+
+            return list(await asyncio.gather(*(one(c) for c in conversations)))
 
         return asyncio.run(run())
 
@@ -87,24 +93,28 @@ class OpenAITeacher(Teacher):
 
     external = True
 
-    def __init__(self, base_url: str, model: str, api_key: str = "unused"):
+    def __init__(self, base_url: str, model: str, api_key: str = "unused", concurrency: int = 8):
         import openai
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=120)
         self.model = model
+        self.concurrency = concurrency  # requests in flight at once (the endpoint batches them)
         self.name = f"openai:{model}@{base_url}"
 
     def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
-        replies = []
-        for conversation in conversations:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(conversation: list[dict]) -> str:
             masked, mapping = [], {}  # one placeholder map for the whole conversation
             for message in conversation:
                 text, mapping = pii.mask(message["content"], mapping)
                 masked.append({**message, "content": text})
             reply = self.client.chat.completions.create(model=self.model, messages=masked, max_tokens=max_tokens,
                                                         temperature=0.2)
-            replies.append(pii.unmask(reply.choices[0].message.content or "", mapping).strip())
-        return replies
+            return pii.unmask(reply.choices[0].message.content or "", mapping).strip()
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, conversations))
 
 
 def passages(warehouse: Warehouse, author: str, min_words: int = 40, max_words: int = 220) -> list[Passage]:

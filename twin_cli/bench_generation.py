@@ -1,10 +1,17 @@
-"""Generation on this CPU, each quantization against float32 in the same run (`make bench`):
+"""Generation on this CPU (`make bench`), every figure against a baseline measured in the same run:
 
-- speed: single-stream decode tokens/s of the platform's own decode loop (the transformers
-  backend, greedy, 64 new tokens), the median over repeated runs of four prompts;
-- quality: perplexity of held-out author text (the sample corpus's posts, never trained on by
-  the base model's makers in this form) and the share of greedy answers identical to float32's
-  on a fixed prompt set.
+- speed: single-stream decode tokens/s (greedy, 64 new tokens, median over repeated runs of four
+  prompts) of each quantization in the lean decode loop, divided by the float32 loop through
+  transformers' forward (what served before the lean loop; goal >= 2 for the default);
+- quality: perplexity of held-out author text (the sample corpus's posts) computed by the same
+  forward that decodes, and the share of greedy answers identical to the float32 baseline's;
+- batching: 8 concurrent streams' tokens/s divided by one stream's (goal >= 4);
+- prefill that does not stall decoding: inter-token latency p95 of 8 running streams while long
+  RAG-sized prompts arrive, chunked prefill against whole-prompt prefill;
+- prefix caching: time to first token of a prompt whose long opening was seen before, against the
+  same with the cache off;
+- batch inference: passages/s of the local teacher writing dataset questions, 8 at a time
+  against one at a time.
 """
 
 from __future__ import annotations
@@ -28,46 +35,133 @@ PROMPTS = [
 ]
 NEW_TOKENS = 64
 REPEATS = 3
+STREAMS = 8
+
+
+def _params(max_tokens: int):
+    from services.generation.backend import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, repetition_penalty=1.15)
+
+
+async def _timed(backend, messages: list[dict], max_tokens: int) -> list[tuple[float, int]]:
+    """(time, tokens so far) at each delta."""
+    marks = []
+    async for delta in backend.stream(backend.render(messages), _params(max_tokens)):
+        marks.append((time.perf_counter(), delta.completion_tokens))
+    return marks
+
+
+def _rate(marks: list[tuple[float, int]]) -> float:
+    (first, n0), (last, n1) = marks[0], marks[-1]
+    return (n1 - n0) / (last - first) if last > first else 0.0
 
 
 def _decode_rate(backend, prompt: str) -> float:
-    from services.generation.backend import SamplingParams
-
-    async def run() -> float:
-        first = last = None
-        count = 0
-        rendered = backend.render([{"role": "user", "content": prompt}])
-        async for delta in backend.stream(rendered, SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)):
-            now = time.perf_counter()
-            first = first or now
-            last, count = now, delta.completion_tokens
-        return (count - 1) / (last - first) if count > 1 and last > first else 0.0
-
-    return asyncio.run(run())
+    return _rate(asyncio.run(_timed(backend, [{"role": "user", "content": prompt}], NEW_TOKENS)))
 
 
 def _answers(backend, n_tokens: int = 32) -> list[str]:
-    from services.generation.backend import SamplingParams, collect
+    from services.generation.backend import collect
 
     async def one(prompt: str) -> str:
-        rendered = backend.render([{"role": "user", "content": prompt}])
-        text, _ = await collect(backend.stream(rendered, SamplingParams(max_tokens=n_tokens, temperature=0.0)))
+        text, _ = await collect(backend.stream(backend.render([{"role": "user", "content": prompt}]),
+                                               _params(n_tokens)))
         return text
 
     return [asyncio.run(one(p)) for p in PROMPTS]
 
 
 def _perplexity(backend, texts: list[str]) -> float:
+    """Through the forward that decodes: the lean engine (row 0, while nothing else runs) or the model."""
     import torch
 
     total, count = 0.0, 0
     with torch.inference_mode():
         for text in texts:
             ids = backend.tokenizer(text, return_tensors="pt")["input_ids"]
-            loss = backend.model(input_ids=ids, labels=ids).loss
+            if backend.lean is not None:
+                logits = backend.lean.engine.prefill(0, ids[0], 0, None, all_logits=True)
+                loss = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])
+            else:
+                loss = backend.model(input_ids=ids, labels=ids).loss
             total += float(loss) * (ids.shape[1] - 1)
             count += ids.shape[1] - 1
     return math.exp(total / count)
+
+
+def _throughput(backend, streams: int) -> float:
+    async def run():
+        started = time.perf_counter()
+        marks = await asyncio.gather(*(_timed(backend, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                                               NEW_TOKENS) for i in range(streams)))
+        return sum(m[-1][1] for m in marks) / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+def _rag_prompt(i: int) -> list[dict]:
+    from .sample_corpus import POSTS
+
+    passages = "\n\n".join(" ".join(paragraphs) for _, paragraphs in list(POSTS.values())[i % 3:i % 3 + 3])
+    return [{"role": "system", "content": f"Answer from these passages.\n\n{passages}"},
+            {"role": "user", "content": f"Question {i}: what do the passages say about testing?"}]
+
+
+def _itl_p95_under_arrivals(backend) -> tuple[float, int]:
+    """-> (p95 inter-token gap of 8 running streams in ms, tokens of each arriving prompt)."""
+    async def run():
+        streams = [asyncio.create_task(_timed(backend, [{"role": "user", "content": PROMPTS[i]}], 96))
+                   for i in range(STREAMS)]
+        await asyncio.sleep(1.0)
+        arrivals = []
+        for i in range(4):  # a long prompt every 0.6 s while the streams decode
+            arrivals.append(asyncio.create_task(_timed(backend, _rag_prompt(i), 4)))
+            await asyncio.sleep(0.6)
+        marks = await asyncio.gather(*streams)
+        await asyncio.gather(*arrivals)
+        gaps = [b[0] - a[0] for m in marks for a, b in zip(m, m[1:], strict=False)]
+        return statistics.quantiles(gaps, n=20)[-1] * 1000
+
+    return asyncio.run(run()), backend.count_tokens(backend.render(_rag_prompt(0)))
+
+
+def _ttft(backend, messages: list[dict]) -> float:
+    return asyncio.run(_timed(backend, messages, 1))[0][0]
+
+
+def _prefix_ttft(backend) -> tuple[float, float]:
+    """-> (TTFT with the opening cached, TTFT with the cache off), ms: medians of 3."""
+    from services.generation.prefix_cache import PrefixCache
+
+    def median_ttft(question_offset: int) -> float:
+        times = []
+        for i in range(3):
+            messages = _rag_prompt(0)
+            messages[1] = {"role": "user", "content": f"Follow-up {question_offset + i}: and about deployment?"}
+            started = time.perf_counter()
+            times.append((_ttft(backend, messages) - started) * 1000)
+        return statistics.median(times)
+
+    _ttft(backend, _rag_prompt(0))  # the opening seen once
+    cached = median_ttft(0)
+    kept, backend.lean.prefix = backend.lean.prefix, PrefixCache(0)
+    try:
+        uncached = median_ttft(100)
+    finally:
+        backend.lean.prefix = kept
+    return cached, uncached
+
+
+def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
+    from services.generation.core import Generator
+    from training.datasets import QUESTION_PROMPT, LocalTeacher
+
+    teacher = LocalTeacher(Generator(backend=backend), concurrency=concurrency)
+    started = time.perf_counter()
+    teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author="Mara Quill", passage=p)}]
+                      for p in passages], max_tokens=48)
+    return len(passages) / (time.perf_counter() - started)
 
 
 def run() -> dict:
@@ -83,29 +177,61 @@ def run() -> dict:
         configure_torch_threads(settings)
         path = resolve_model(settings.generation_model, settings.data_dir)
         results, reference = {}, None
-        for quantization in ("none", "bf16", "int8"):
+        for name, quantization, lean in (("float32, transformers forward (baseline)", "none", False),
+                                         ("float32, lean", "none", True), ("bf16, lean", "bf16", True),
+                                         ("int8, lean (default)", "int8", True)):
             started = time.perf_counter()
-            backend = TransformersBackend(path, quantization=quantization, max_batch_size=1, batch_wait_s=0)
+            backend = TransformersBackend(path, quantization=quantization, lean=lean, max_batch_size=STREAMS,
+                                          batch_wait_s=0)
             load_s = time.perf_counter() - started
             try:
                 _decode_rate(backend, PROMPTS[0])  # warm-up
                 rates = [_decode_rate(backend, p) for _ in range(REPEATS) for p in PROMPTS[:4]]
                 answers = _answers(backend)
                 reference = reference or answers
-                results[quantization] = {
-                    "tokens_per_s": statistics.median(rates), "perplexity": _perplexity(backend, texts),
-                    "identical": sum(a == b for a, b in zip(answers, reference, strict=True)) / len(PROMPTS),
-                    "load_s": load_s}
+                results[name] = {"tokens_per_s": statistics.median(rates), "perplexity": _perplexity(backend, texts),
+                                 "identical": sum(a == b for a, b in zip(answers, reference, strict=True)) / len(PROMPTS),
+                                 "load_s": load_s}
+                print(f"generation: measured {name}", flush=True)
+                if name.endswith("(default)"):
+                    results["batching"] = (_throughput(backend, 1), _throughput(backend, STREAMS))
+                    chunked, prompt_tokens = _itl_p95_under_arrivals(backend)
+                    backend.lean.chunk = backend.lean.engine.max_len
+                    whole, _ = _itl_p95_under_arrivals(backend)
+                    backend.lean.chunk = settings.prefill_chunk
+                    results["itl"] = (chunked, whole, prompt_tokens)
+                    results["prefix"] = _prefix_ttft(backend)
+                    sample = [" ".join(p) for _, p in POSTS.values()][:8]
+                    results["teacher"] = (_teacher_rate(backend, 1, sample), _teacher_rate(backend, 8, sample))
             finally:
                 backend.close()
-    base = results["none"]
-    for quantization, r in results.items():
-        print(f"generation {quantization:4}: single-stream decode {r['tokens_per_s']:.1f} tok/s / float32 "
-              f"{base['tokens_per_s']:.1f} = {r['tokens_per_s'] / base['tokens_per_s']:.2f}; held-out perplexity "
-              f"{r['perplexity']:.2f} (float32 {base['perplexity']:.2f}, {r['perplexity'] / base['perplexity'] - 1:+.1%}); "
-              f"greedy answers identical to float32 {r['identical']:.0%}; load {r['load_s']:.1f} s", flush=True)
-    print("generation: TWIN_GENERATION_QUANTIZATION=auto serves int8 on a CPU (see README)")
+    _report(results, settings.prefill_chunk)
     return results
+
+
+def _report(results: dict, chunk: int) -> None:
+    base = results["float32, transformers forward (baseline)"]
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        ratio = r["tokens_per_s"] / base["tokens_per_s"]
+        goal = " (goal >= 2)" if name.endswith("(default)") else ""
+        print(f"generation {name}: single-stream decode {r['tokens_per_s']:.1f} tok/s / baseline "
+              f"{base['tokens_per_s']:.1f} = {ratio:.2f}{goal}; held-out perplexity {r['perplexity']:.2f} "
+              f"(baseline {base['perplexity']:.2f}, {r['perplexity'] / base['perplexity'] - 1:+.1%}); greedy answers "
+              f"identical to the baseline's {r['identical']:.0%}; load {r['load_s']:.1f} s", flush=True)
+    one, many = results["batching"]
+    print(f"generation: {STREAMS} concurrent streams {many:.1f} tok/s / 1 stream {one:.1f} tok/s = {many / one:.2f} "
+          "(goal >= 4)")
+    chunked, whole, tokens = results["itl"]
+    print(f"generation: inter-token p95 of {STREAMS} streams while {tokens}-token prompts arrive: prefill in "
+          f"chunks of {chunk} {chunked:.0f} ms / whole prompts {whole:.0f} ms = {chunked / whole:.2f} (lower is better)")
+    cached, uncached = results["prefix"]
+    print(f"generation: time to first token with the prompt's opening cached {cached:.0f} ms / cache off "
+          f"{uncached:.0f} ms = {cached / uncached:.2f} (lower is better)")
+    one_at_a_time, batched = results["teacher"]
+    print(f"generation: local teacher writing dataset questions, 8 at a time {batched:.2f} passages/s / one at a "
+          f"time {one_at_a_time:.2f} = {batched / one_at_a_time:.2f}")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,9 @@ class Generator:
             configure_torch_threads(settings)
             backend = TransformersBackend(path, device=settings.generation_device, dtype=settings.generation_dtype,
                                           quantization=settings.generation_quantization,
-                                          max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s)
+                                          max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s,
+                                          lean=settings.generation_lean, prefill_chunk=settings.prefill_chunk,
+                                          prefix_cache_tokens=settings.prefix_cache_tokens)
         return cls(backend=backend, default_max_tokens=settings.default_max_tokens,
                    max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
                    repetition_penalty=settings.repetition_penalty)

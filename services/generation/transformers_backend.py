@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from llm_twin import prompts
 
+from . import lean_llama
 from . import quantization as quantization_
 from .backend import Delta, SamplingParams, TokenLogprob
 from .core import MAX_SEED
@@ -62,7 +63,8 @@ def _pick_dtype(name: str, device: str):
 
 class TransformersBackend:
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", max_batch_size: int = 8,
-                 batch_wait_s: float = 0.01, model_id: str | None = None, quantization: str = "none"):
+                 batch_wait_s: float = 0.01, model_id: str | None = None, quantization: str = "none",
+                 lean: bool = True, prefill_chunk: int = 128, prefix_cache_tokens: int = 4096):
         quantization = quantization_.resolve(quantization, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -94,12 +96,25 @@ class TransformersBackend:
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._pending: queue.Queue[_Request | None] = queue.Queue()
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
-                       "active": 0, "generated_tokens": 0}
+                       "active": 0, "generated_tokens": 0, "prefix_cached_tokens": 0}
         self._stats_lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._in_flight: list[_Request] = []
+        self.lean = self._lean_loop(lean, prefill_chunk, prefix_cache_tokens)
         self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
         self._worker.start()
+
+    def _lean_loop(self, wanted: bool, prefill_chunk: int, prefix_cache_tokens: int):
+        """The lean forward where it computes what this model computes (a Llama on a CPU)."""
+        from .lean_loop import LeanLoop
+
+        why_not = "TWIN_GENERATION_LEAN=false" if not wanted else (
+            "a GPU (transformers' forward uses its kernels)" if self.device != "cpu" else lean_llama.supports(self.model))
+        if why_not:
+            log.info("generation decodes with transformers' forward: %s", why_not)
+            return None
+        engine = lean_llama.LeanLlama(self.model, int8=self.quantization == "int8", rows=self.max_batch_size)
+        return LeanLoop(self, engine, prefill_chunk, prefix_cache_tokens)
 
     # -- the interface -------------------------------------------------------------------------
     def render(self, messages: Sequence[dict]) -> str:
@@ -148,16 +163,26 @@ class TransformersBackend:
                     f"adapter {name!r} wraps {', '.join(sorted(wraps))}, which int8 serving quantizes: serve with "
                     "TWIN_GENERATION_QUANTIZATION=none or bf16, or train with LoRA target modules among "
                     f"{', '.join(quantization_.INT8_KEEP)}")
+            problem = self.lean and lean_llama.adapter_problem(path)
+            if problem:
+                raise ModelUnavailable(f"adapter {name!r} has {problem}, which the lean decode loop does not apply: "
+                                       "serve it with TWIN_GENERATION_LEAN=false")
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(path, adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
             self.model.eval()
+            if self.lean is not None:
+                self.lean.engine.add_adapter(name, self.model)
+                self.lean.prefix.drop(name)
 
     def unload_adapter(self, name: str) -> None:
         with self._model_lock:
             if name in self.adapters() and len(self.adapters()) > 1:
                 self.model.delete_adapter(name)
+                if self.lean is not None:
+                    self.lean.engine.remove_adapter(name)
+                    self.lean.prefix.drop(name)
 
     def _forward(self, batch: list[_Request], **inputs):
         if self.adapters():
@@ -197,7 +222,7 @@ class TransformersBackend:
                 batch.append(item)
             self._bump(batches=1)
             try:
-                self._serve(batch)
+                (self.lean.serve if self.lean is not None else self._serve)(batch)
             except Exception as exc:  # a broken batch fails its requests, never the worker
                 log.exception("generation batch failed")
                 for r in self._in_flight:

@@ -15,9 +15,12 @@ from services.generation.transformers_backend import TransformersBackend
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def backend(smol_model):
-    b = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0.05)
+@pytest.fixture(scope="module", params=["lean", "transformers-forward"])
+def backend(smol_model, request):
+    """Both decode loops in float32: the lean forward (the default for a Llama on a CPU) and
+    transformers' own forward (every other architecture, or TWIN_GENERATION_LEAN=false)."""
+    b = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0.05, lean=request.param == "lean")
+    assert (b.lean is not None) == (request.param == "lean")
     yield b
     b.close()
 
@@ -172,11 +175,33 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
     assert all(c.completion_tokens == 6 or c.finish_reason == "stop" for c in asyncio.run(both()))
 
 
+async def greedy(backend, text: str, max_tokens: int = 24) -> list:
+    """The greedy tokens of an answer, each with the two likeliest choices it was picked from."""
+    tokens = []
+    async for delta in backend.stream(backend.render(user(text)), SamplingParams(max_tokens=max_tokens, logprobs=2)):
+        tokens.extend(delta.logprobs)
+    return tokens
+
+
+def assert_same_but_for_near_ties(alone: list, batched: list, margin: float = 0.25) -> None:
+    """bf16 attention over a batch's padded keys rounds differently from a row alone (torch's CPU
+    flash kernel splits the keys by length), so a quantized batch may pick the other of two
+    near-equal tokens; anywhere else the tokens must agree."""
+    for position, (a, b) in enumerate(zip(alone, batched, strict=False)):
+        if a.token != b.token:
+            (first, p1), (_, p2) = a.top[:2]
+            assert p1 - p2 < margin, (f"token {position} differs ({a.token!r} alone, {b.token!r} batched) though "
+                                      f"{first!r} led by {p1 - p2:.2f} nats")
+            return
+    assert len(alone) == len(batched)
+
+
 @pytest.mark.parametrize("quantization", ["bf16", "int8"])
 def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_adapter, quantization, backend):
-    """Quantized weights: answers come, batching changes no greedy token, the default twin adapter
-    (attention projections) loads; the quality delta against float32 is `make bench`'s to report."""
-    quantized = TransformersBackend(str(smol_model), quantization=quantization, max_batch_size=8, batch_wait_s=0.05)
+    """Quantized weights: answers come, batching changes no greedy token but at near-ties, the default
+    twin adapter (attention projections) loads; the quality delta against float32 is `make bench`'s."""
+    quantized = TransformersBackend(str(smol_model), quantization=quantization, max_batch_size=8, batch_wait_s=0.05,
+                                    lean=backend.lean is not None)
     try:
         generator = Generator(backend=quantized)
         prompts = ["Name a colour.", "Write one sentence about the sea and the wind over it at night."]
@@ -184,9 +209,11 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
         assert all(alone)
 
         async def together():
-            return await asyncio.gather(*(complete(generator, p) for p in prompts))
+            return await asyncio.gather(*(greedy(quantized, p) for p in prompts))
 
-        assert [c.text for c in asyncio.run(together())] == alone
+        alone_tokens = [asyncio.run(greedy(quantized, p)) for p in prompts]
+        for single, batched in zip(alone_tokens, asyncio.run(together()), strict=True):
+            assert_same_but_for_near_ties(single, batched)
         if quantization == "int8":
             assert quantized.quantized_modules == {"gate_proj", "up_proj", "down_proj", "lm_head"}
         quantized.load_adapter("mara-quill", str(smol_adapter))
@@ -217,3 +244,59 @@ def test_int8_refuses_an_adapter_that_wraps_a_quantized_layer_and_bad_values(smo
         shutil.rmtree(adapter)
     finally:
         quantized.close()
+
+
+def test_chunked_prefill_and_prefix_cache_decode_what_a_whole_prefill_would(smol_model):
+    """Long prompts prefilled 8 tokens at a time between the running requests' decode steps, and
+    a shared opening (the same system prompt) reused from the prefix cache: the greedy tokens are
+    those of a whole-prompt prefill with no cache, alone."""
+    system = ("You are Mara Quill's writing twin. Answer in her voice, briefly, from the passages given; "
+              "say so when they do not cover the question. ") * 3
+    questions = ["What is a KV cache?", "Why chunk a long prompt?", "Name two Kubernetes objects."]
+    plain = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
+                                prefix_cache_tokens=0)
+    try:
+        alone = [asyncio.run(_answer(plain, system, q)) for q in questions]
+    finally:
+        plain.close()
+    chunked = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=8)
+    try:
+        async def staggered():
+            first = asyncio.create_task(_answer(chunked, system, questions[0]))
+            await asyncio.sleep(0.3)  # the first one decodes while the others are prefilled
+            return [await first, *await asyncio.gather(*(_answer(chunked, system, q) for q in questions[1:]))]
+
+        assert asyncio.run(staggered()) == alone
+        assert chunked.stats()["prefix_cached_tokens"] >= 2 * 64, chunked.stats()
+        assert chunked.stats()["largest_batch"] >= 2
+    finally:
+        chunked.close()
+
+
+async def _answer(backend, system: str, question: str) -> str:
+    rendered = backend.render([{"role": "system", "content": system}, *user(question)])
+    text = ""
+    async for delta in backend.stream(rendered, SamplingParams(max_tokens=20)):
+        text += delta.text
+    return text
+
+
+def test_the_lean_loop_refuses_adapters_it_would_not_apply(smol_model, smol_adapter, tmp_path):
+    import json
+    import shutil
+
+    from services.generation.errors import ModelUnavailable
+
+    lean = TransformersBackend(str(smol_model), max_batch_size=2)
+    try:
+        for name, change in [("dora", {"use_dora": True}), ("embeddings", {"target_modules": ["embed_tokens"]}),
+                             ("saved", {"modules_to_save": ["lm_head"]})]:
+            adapter = tmp_path / name
+            shutil.copytree(smol_adapter, adapter)
+            config = json.loads((adapter / "adapter_config.json").read_text())
+            (adapter / "adapter_config.json").write_text(json.dumps({**config, **change}))
+            with pytest.raises(ModelUnavailable, match=f"adapter '{name}' has .*TWIN_GENERATION_LEAN=false"):
+                lean.load_adapter(name, str(adapter))
+        assert lean.adapters() == set()
+    finally:
+        lean.close()
