@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         True, description="Decode Llama-architecture models on a CPU with the lean forward (fused weights, a KV "
         "cache allocated once, chunked prefill, prefix caching); false uses transformers' own forward.")
     prefill_chunk: int = Field(
-        128, ge=0, le=8192, description="Prompt tokens prefilled per decode step of the running requests (lean "
+        64, ge=0, le=8192, description="Prompt tokens prefilled per decode step of the running requests (lean "
         "loop), so a long prompt does not stall them; 0 prefills a prompt at once.")
     prefix_cache_tokens: int = Field(
         4096, ge=0, le=1_000_000, description="Prompt-prefix KV kept for reuse across requests (lean loop), in "

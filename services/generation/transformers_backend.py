@@ -45,6 +45,9 @@ class _Request:
     generator: object = None  # a seeded torch.Generator when the request has a seed
     adapter: str | None = None  # a twin's LoRA adapter; None decodes with the base model
     logprobs: list = field(default_factory=list)  # TokenLogprobs not yet handed out with a delta
+    seen: object = None  # bool per vocabulary entry: in the prompt or the answer (repetition penalty)
+    read: int = 0  # tokens[:read] are in text; tokens[base:read] decode to the text's tail
+    base: int = 0
 
     def emit(self, delta: Delta | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
@@ -64,7 +67,7 @@ def _pick_dtype(name: str, device: str):
 class TransformersBackend:
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", max_batch_size: int = 8,
                  batch_wait_s: float = 0.01, model_id: str | None = None, quantization: str = "none",
-                 lean: bool = True, prefill_chunk: int = 128, prefix_cache_tokens: int = 4096):
+                 lean: bool = True, prefill_chunk: int = 64, prefix_cache_tokens: int = 4096):
         quantization = quantization_.resolve(quantization, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -354,14 +357,14 @@ class TransformersBackend:
             finish = "stop"
         else:
             r.tokens.append(token)
+            if r.seen is not None:
+                r.seen[token] = True
             self._bump(generated_tokens=1)
             if len(r.tokens) >= r.params.max_tokens:
                 finish = "length"
-        text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
-        # A multi-byte character split across tokens decodes to U+FFFD until its last token.
-        if text.endswith("\ufffd") and finish is None:
+        delta = self._new_text(r, final=finish is not None)
+        if delta is None:
             return
-        delta, r.text = text[len(r.text):], text
         if finish:
             r.done = True
             self._bump(completed=1)
@@ -369,15 +372,32 @@ class TransformersBackend:
             r.emit(Delta(delta, finish, len(r.prompt_ids), len(r.tokens), tuple(r.logprobs)))
             r.logprobs = []
 
+    def _new_text(self, r: _Request, final: bool) -> str | None:
+        """The text the new tokens add, or None while they end inside a multi-byte character (it
+        decodes to U+FFFD until its last token; held back unless the answer ends there). Decodes a
+        window from the previous delta's tokens on, not the whole answer at every step: the window
+        starts before the new tokens, so a tokenizer that drops a word's leading space at the start
+        of a decode still spaces them right."""
+        decode = self.tokenizer.decode
+        before = decode(r.tokens[r.base:r.read], skip_special_tokens=True)
+        after = decode(r.tokens[r.base:], skip_special_tokens=True)
+        if after.endswith("\ufffd") and not final:
+            return None
+        delta = after[len(before):]
+        r.text += delta
+        r.base, r.read = r.read, len(r.tokens)
+        return delta
+
     def _penalise(self, logits, r: _Request):
         """HF's repetition penalty (seen tokens' logits divided when positive, multiplied when
         negative), then OpenAI's presence and frequency penalties over the answer so far."""
         torch, p = self._torch, r.params
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(r.prompt_ids) | set(r.tokens)), device=logits.device)
-            picked = logits[seen]
-            logits = logits.clone()
-            logits[seen] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+            if r.seen is None:
+                r.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                r.seen[torch.tensor(r.prompt_ids + r.tokens, dtype=torch.long, device=logits.device)] = True
+            penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+            logits = torch.where(r.seen, penalised, logits)
         if (p.presence_penalty or p.frequency_penalty) and r.tokens:
             ids, counts = torch.unique(torch.tensor(r.tokens, device=logits.device), return_counts=True)
             logits = logits.clone()

@@ -300,3 +300,27 @@ def test_the_lean_loop_refuses_adapters_it_would_not_apply(smol_model, smol_adap
         assert lean.adapters() == set()
     finally:
         lean.close()
+
+
+def test_streamed_text_is_the_decoded_answer_and_never_half_a_character(backend):
+    """Deltas decode a window of tokens, not the whole answer at every step; joined they are the
+    answer, and a character split across tokens comes out whole."""
+    import queue as queue_
+
+    from services.generation.transformers_backend import _Request
+
+    text = "Café ☕ naïve — 日本語 🤖🤖 done."
+    ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text.split())  # some characters take several tokens
+    out = queue_.Queue()
+
+    class Loop:
+        def call_soon_threadsafe(self, put, delta):
+            put(delta)
+
+    r = _Request([1], SamplingParams(max_tokens=len(ids)), Loop(), out)
+    for token in ids:
+        backend._advance(r, token)
+    deltas = [out.get().text for _ in range(out.qsize())]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
