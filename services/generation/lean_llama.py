@@ -16,12 +16,14 @@ by transformers' own forward (`supports` says why not).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from .quantization import Int8WeightOnlyLinear
 
-DEQUANTIZE_FROM_ROWS = 32  # measured crossover of the two int8 paths on this CPU (see FusedLinear)
+WIDEN_FROM_ROWS = int(os.environ.get("TWIN_INT8_WIDEN_FROM_ROWS", "4"))  # crossover measured here (FusedLinear)
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -66,16 +68,18 @@ class FusedLinear:
         if int8:
             q = Int8WeightOnlyLinear(_as_linear(weight))
             self.weight, self.scales = q.weight_int8, q.scales
+            # The same int8 values widened to bf16, for many rows at once: torch's int8-weight
+            # kernel costs in proportion to the rows (a 576x1536 layer here: 0.026 ms for one row,
+            # 0.100 for 8, 1.7 for 128), a bf16 GEMM hardly grows (0.059, 0.082, 0.58).
+            self.widened = self.weight.to(torch.bfloat16)
         else:  # a single float weight is shared with the model, not copied
             self.weight = weight.to(dtype).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
             return F.linear(x, self.weight)
-        if x.shape[0] >= DEQUANTIZE_FROM_ROWS:
-            # torch's int8-weight kernel costs in proportion to the rows (1.7 ms for 128 rows of a
-            # 576x1536 layer here); widening the weights to bf16 for one GEMM costs 0.65 ms.
-            return F.linear(x, self.weight.to(x.dtype)) * self.scales
+        if x.shape[0] >= WIDEN_FROM_ROWS:
+            return F.linear(x, self.widened) * self.scales
         return torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
 
 
@@ -217,7 +221,10 @@ class LeanLlama:
                 cache[0, line, :, starts] = k[:, :, 0]
                 cache[1, line, :, starts] = v[:, :, 0]
             keys, values = cache[0, rows, :, :length], cache[1, rows, :, :length]
-            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            if chunk:
+                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            else:
+                attn = _decode_attention(q, keys, values, mask)
             attn = attn.transpose(1, 2).reshape(n, h_ * d)
             x = x + self._lora(w["o"](attn), attn, index, "o", groups)
             h = _rms(x, w["post_norm"], self.eps)
@@ -236,6 +243,19 @@ class LeanLlama:
                 else:
                     out[rows, lo:hi] += delta
         return out
+
+
+def _decode_attention(q, keys, values, mask):
+    """One query per row over its cached keys, heads grouped onto their key/value head. torch's
+    CPU flash kernel took 1.4 ms per layer for 8 rows of 300 tokens here (it tiles for long query
+    blocks); two batched matmuls and a softmax take a fraction of that."""
+    rows, heads, _, dim = q.shape
+    kv = keys.shape[1]
+    grouped = q.reshape(rows, kv, heads // kv, dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * dim ** -0.5  # (rows, kv, group, length)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.matmul(scores.softmax(-1).to(values.dtype), values)  # (rows, kv, group, dim)
+    return out.reshape(rows, heads, 1, dim)
 
 
 def _groups(adapters: list[str | None]) -> dict:
