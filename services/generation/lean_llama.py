@@ -177,55 +177,73 @@ class LeanLlama:
     def decode(self, ids: torch.Tensor, lengths: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:
         """One token for each of rows ``0..B-1`` (``lengths``: tokens already cached per row) ->
         next-token logits (B, vocab)."""
-        rows = ids.shape[0]
-        length = int(lengths.max()) + 1
-        mask = (torch.arange(length) < (lengths + 1)[:, None])[:, None, None, :]
-        x = self._run(ids, lengths[:, None], adapters, mask, slice(0, rows), lengths, length)
-        return self.lm_head(_rms(x, self.norm, self.eps)).float()
+        return self.step(ids, lengths, adapters)[0]
 
     def prefill(self, row: int, ids: torch.Tensor, start: int, adapter: str | None,
                 all_logits: bool = False) -> torch.Tensor:
         """A chunk of one row's prompt at positions ``start..`` -> the last token's logits (or
         every token's)."""
-        n = ids.shape[0]
-        end = start + n
-        mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None]
-        x = self._run(ids, torch.arange(start, end)[None, :], [adapter] * n, mask, slice(row, row + 1),
-                      torch.tensor([start]), end, chunk=True)
-        x = x if all_logits else x[-1:]
-        return self.lm_head(_rms(x, self.norm, self.eps)).float()
+        return self.step(None, None, [], (row, ids, start, adapter), all_logits)[1]
 
-    def _run(self, ids, positions, adapters, mask, rows: slice, starts, length: int, chunk: bool = False):
-        x = self.embed[ids]  # (N, hidden): N rows (decode) or N tokens of one row (prefill)
+    def step(self, ids, lengths, adapters: list[str | None], chunk: tuple | None = None,
+             all_logits: bool = False) -> tuple:
+        """One forward for the decode rows ``0..B-1`` (``ids``, ``lengths`` may be None: no rows)
+        and, in the same matrix multiplications, a chunk of one prompt (``(row, ids, start,
+        adapter)``): reading the weights once for both is what makes a chunk cheap next to the
+        decode step it rides on. -> (decode logits (B, vocab) or None, chunk logits or None)."""
+        rows = 0 if ids is None else ids.shape[0]
+        parts, positions, per_row = [], [], list(adapters)
+        if rows:
+            parts.append(ids)
+            positions.append(lengths)
+        if chunk is not None:
+            row, chunk_ids, start, adapter = chunk
+            parts.append(chunk_ids)
+            positions.append(torch.arange(start, start + chunk_ids.shape[0]))
+            per_row += [adapter] * chunk_ids.shape[0]
+        x = self._run(torch.cat(parts), torch.cat(positions), per_row, rows, lengths, chunk)
+        keep = [x[:rows]] if rows else []
+        if chunk is not None:
+            keep.append(x[rows:] if all_logits else x[-1:])
+        logits = self.lm_head(_rms(torch.cat(keep), self.norm, self.eps)).float()
+        return (logits[:rows] if rows else None), (logits[rows:] if chunk is not None else None)
+
+    def _run(self, ids, positions, adapters, rows: int, lengths, chunk):
+        x = self.embed[ids]  # (N, hidden): the decode rows' tokens, then the chunk's
         n = x.shape[0]
-        cos, sin = self.rotary(x[None], positions)
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): one rotation for every head
+        cos, sin = self.rotary(x[None], positions[None])
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, D): one rotation for every head
         groups = _groups(adapters)
         h_, kv, d = self.heads, self.kv_heads, self.head_dim
-        batch = 1 if chunk else n
-        tokens = n if chunk else 1
+        if rows:
+            length = int(lengths.max()) + 1
+            decode_mask = (torch.arange(length) < (lengths + 1)[:, None])[:, None, None, :]
+            line = torch.arange(rows)
+        if chunk is not None:
+            row, _, start, _ = chunk
+            end = start + n - rows
+            chunk_mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None]
         for index, w in enumerate(self.layers):
             h = _rms(x, w["in_norm"], self.eps)
             qkv = self._lora(w["qkv"](h), h, index, "qkv", groups)
-            q = qkv[:, :h_ * d].view(batch, tokens, h_, d).transpose(1, 2)
-            k = qkv[:, h_ * d:(h_ + kv) * d].view(batch, tokens, kv, d).transpose(1, 2)
-            v = qkv[:, (h_ + kv) * d:].view(batch, tokens, kv, d).transpose(1, 2)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q = _rope(qkv[:, :h_ * d].view(n, h_, d), cos, sin)
+            k = _rope(qkv[:, h_ * d:(h_ + kv) * d].view(n, kv, d), cos, sin)
+            v = qkv[:, (h_ + kv) * d:].view(n, kv, d)
             cache = self.kv[index]
-            if chunk:
-                start = int(starts[0])
-                cache[0, rows, :, start:start + tokens] = k
-                cache[1, rows, :, start:start + tokens] = v
-            else:
-                line = torch.arange(batch)
-                cache[0, line, :, starts] = k[:, :, 0]
-                cache[1, line, :, starts] = v[:, :, 0]
-            keys, values = cache[0, rows, :, :length], cache[1, rows, :, :length]
-            if chunk:
-                attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-            else:
-                attn = _decode_attention(q, keys, values, mask)
-            attn = attn.transpose(1, 2).reshape(n, h_ * d)
+            outputs = []
+            if rows:
+                cache[0, line, :, lengths] = k[:rows]
+                cache[1, line, :, lengths] = v[:rows]
+                outputs.append(_decode_attention(q[:rows, :, None], cache[0, :rows, :, :length],
+                                                 cache[1, :rows, :, :length], decode_mask).reshape(rows, h_ * d))
+            if chunk is not None:
+                cache[0, row, :, start:end] = k[rows:].transpose(0, 1)
+                cache[1, row, :, start:end] = v[rows:].transpose(0, 1)
+                attn = F.scaled_dot_product_attention(q[rows:].transpose(0, 1)[None], cache[0, row:row + 1, :, :end],
+                                                      cache[1, row:row + 1, :, :end], attn_mask=chunk_mask,
+                                                      enable_gqa=True)
+                outputs.append(attn[0].transpose(0, 1).reshape(n - rows, h_ * d))
+            attn = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
             x = x + self._lora(w["o"](attn), attn, index, "o", groups)
             h = _rms(x, w["post_norm"], self.eps)
             gate_up = self._lora(w["gate_up"](h), h, index, "gate_up", groups)

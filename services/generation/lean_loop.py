@@ -1,8 +1,9 @@
 """Continuous batching over the lean forward, with chunked prefill and prefix caching.
 
-Each turn of the loop runs one decode step for every running request and at most one chunk
-(``prefill_chunk`` tokens) of the prompt being admitted, so a long RAG prompt arriving adds one
-chunk's time to the running streams' next token rather than its whole prefill. A finished prompt
+Each turn of the loop is one forward: a decode step for every running request and, in the same
+matrix multiplications, at most one chunk (``prefill_chunk`` tokens) of the prompt being admitted,
+so a long RAG prompt arriving adds one chunk's compute to the running streams' next token rather
+than its whole prefill. A finished prompt
 joins the decode batch at once; a finished request leaves it at once. A prompt's leading blocks
 found in the prefix cache are copied instead of computed.
 """
@@ -51,29 +52,31 @@ class LeanLoop:
                     if waiting:
                         continue
                     return
-                if rows:
-                    logits = engine.decode(torch.tensor(next_ids), torch.tensor(lengths), [r.adapter for r in rows])
-                    for i, r in enumerate(rows):
-                        next_ids[i] = b._step(r, logits[i])
-                        lengths[i] += 1
-                    before = len(rows)
-                    self._drop_finished(rows, next_ids, lengths)
-                    if filling is not None and filled and len(rows) < before:
-                        engine.move_row(before, len(rows), filled)
+                chunk = None
                 if filling is not None:
                     ids = filling.prompt_ids
-                    chunk = ids[filled:filled + self.chunk]
-                    logits = engine.prefill(len(rows), torch.tensor(chunk), filled, filling.adapter)
-                    filled += len(chunk)
-                    if filled == len(ids):
-                        row = len(rows)
-                        self.prefix.store(filling.adapter, ids, lambda s, e, row=row: engine.read(row, s, e))
-                        token = b._step(filling, logits[0])
+                    piece = ids[filled:filled + self.chunk]
+                    chunk = (len(rows), torch.tensor(piece), filled, filling.adapter)
+                logits, chunk_logits = engine.step(torch.tensor(next_ids) if rows else None,
+                                                   torch.tensor(lengths) if rows else None,
+                                                   [r.adapter for r in rows], chunk)
+                for i, r in enumerate(rows):
+                    next_ids[i] = b._step(r, logits[i])
+                    lengths[i] += 1
+                before = len(rows)  # the filling prompt's cache row
+                if chunk is not None:
+                    filled += len(piece)
+                    if filled == len(ids):  # prefilled: it joins the decode batch in the row it has
+                        self.prefix.store(filling.adapter, ids, lambda s, e, row=before: engine.read(row, s, e))
+                        token = b._step(filling, chunk_logits[0])
                         if not filling.done:
                             rows.append(filling)
                             next_ids.append(token)
                             lengths.append(len(ids))
                         filling = None
+                self._drop_finished(rows, next_ids, lengths)
+                if filling is not None and filled and len(rows) < before:
+                    engine.move_row(before, len(rows), filled)
                 room = b.max_batch_size - len(rows) - (filling is not None) - len(waiting)
                 taken = b._take_pending(max(0, room))
                 waiting.extend(taken)
