@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 
 from llm_twin import prompts
 
-from . import lean_llama
+from . import lean_llama, sampling
 from . import quantization as quantization_
-from .backend import Delta, SamplingParams, TokenLogprob
-from .core import MAX_SEED
-from .errors import InvalidGenerationRequest, ModelUnavailable
+from .backend import Delta, SamplingParams
+from .errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class TransformersBackend:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = _Request(ids, params, asyncio.get_running_loop(), asyncio.Queue(), adapter=adapter)
         # Everything that can fail for one request's own input fails here, before it joins a batch.
-        request.generator = self._generator(params.seed)
+        request.generator = sampling.seeded_generator(params.seed, self.device)
         self._bump(requests=1)
         self._pending.put(request)
         try:
@@ -335,10 +334,10 @@ class TransformersBackend:
     def _step(self, r: _Request, logits) -> int:
         """Sample and advance one row; a failure there ends that request alone, the batch goes on."""
         try:
-            logits = self._penalise(logits, r)
+            logits = sampling.penalise(logits, r)
             token = self._sample(logits, r.params, r.generator)
             if r.params.logprobs is not None:
-                r.logprobs.append(self._logprob(logits, token, r.params.logprobs))
+                r.logprobs.append(sampling.logprob(logits, token, r.params.logprobs, self.tokenizer.decode))
             self._advance(r, token)
             return token
         except Exception as exc:  # noqa: BLE001 - one request's failure is its own
@@ -388,51 +387,5 @@ class TransformersBackend:
         r.base, r.read = r.read, len(r.tokens)
         return delta
 
-    def _penalise(self, logits, r: _Request):
-        """HF's repetition penalty (seen tokens' logits divided when positive, multiplied when
-        negative), then OpenAI's presence and frequency penalties over the answer so far."""
-        torch, p = self._torch, r.params
-        if p.repetition_penalty != 1.0:
-            if r.seen is None:
-                r.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-                r.seen[torch.tensor(r.prompt_ids + r.tokens, dtype=torch.long, device=logits.device)] = True
-            penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-            logits = torch.where(r.seen, penalised, logits)
-        if (p.presence_penalty or p.frequency_penalty) and r.tokens:
-            ids, counts = torch.unique(torch.tensor(r.tokens, device=logits.device), return_counts=True)
-            logits = logits.clone()
-            logits[ids] -= p.frequency_penalty * counts.to(logits.dtype) + p.presence_penalty
-        return logits
-
-    def _logprob(self, logits, token: int, top: int) -> TokenLogprob:
-        """Log-probabilities of the distribution the token was chosen from (penalties applied,
-        before temperature, as OpenAI reports them)."""
-        logp = self._torch.log_softmax(logits.float(), dim=-1)
-        best = self._torch.topk(logp, top).indices.tolist() if top else []
-        decode = self.tokenizer.decode
-        return TokenLogprob(decode([token]), float(logp[token]), tuple((decode([i]), float(logp[i])) for i in best))
-
-    def _generator(self, seed: int | None):
-        if seed is None:
-            return None
-        g = self._torch.Generator(device=self.device)
-        try:
-            g.manual_seed(seed)
-        except (RuntimeError, TypeError, OverflowError, ValueError):
-            raise InvalidGenerationRequest(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}") from None
-        return g
-
     def _sample(self, logits, params: SamplingParams, generator) -> int:
-        torch = self._torch
-        if params.temperature <= 0:
-            return int(torch.argmax(logits))
-        logits = logits.float() / params.temperature
-        if params.top_k and params.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, params.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
-            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=generator))
+        return sampling.sample(logits, params, generator)
