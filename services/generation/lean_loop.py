@@ -44,6 +44,7 @@ class LeanLoop:
         filling, filled = None, 0  # the prompt being prefilled (in cache row len(rows)), tokens done
         with torch.inference_mode():
             while True:
+                b._outbox.flush()  # the last step's deltas, before the next step's work
                 waiting = [r for r in waiting if not self._left(r)]
                 if filling is not None and self._left(filling):
                     filling = None

@@ -321,6 +321,7 @@ def test_streamed_text_is_the_decoded_answer_and_never_half_a_character(backend)
     r = _Request([1], SamplingParams(max_tokens=len(ids)), Loop(), out)
     for token in ids:
         backend._advance(r, token)
+    backend._outbox.flush()
     deltas = [out.get().text for _ in range(out.qsize())]
     assert "".join(deltas) == text
     assert not any("\ufffd" in d for d in deltas)
