@@ -5,10 +5,13 @@
   question sets, the default's MRR@10 / plain chunk RRF's on the hard set, and first-stage latency
   / dense-only latency;
 - indexing: chunks per second embedded and loaded;
-- generation (twin_cli/bench_generation.py): single-stream decode tokens/s of each quantization
-  (bf16, int8) against float32, with its perplexity and greedy-agreement delta;
-- serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against in-process
-  `generate`, and 8 concurrent chat clients against one;
+- generation (twin_cli/bench_generation.py): single-stream decode tokens/s of the lean loop in each
+  quantization against the float32 loop through transformers' forward, with perplexity and
+  greedy-agreement deltas; 8 streams against one; inter-token latency while prompts arrive
+  (chunked against whole prefill); time to first token with the prefix cache against without;
+  the local teacher 8 at a time against one at a time;
+- serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against the same engine
+  streaming in process, and 8 concurrent chat clients against one;
 - training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's.
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 `python -m twin_cli.bench [data] [generation] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
