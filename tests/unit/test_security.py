@@ -129,11 +129,18 @@ def test_public_addresses_pass_and_allowed_networks_open_named_ranges():
         AddressGuard(["not-a-network"])
 
 
-def test_a_bad_quantization_setting_is_refused_naming_it(monkeypatch):
+@pytest.mark.parametrize(("variable", "value", "field"), [
+    ("TWIN_GENERATION_QUANTIZATION", "int4", "generation_quantization"),
+    ("TWIN_GENERATION_LEAN", "sometimes", "generation_lean"),
+    ("TWIN_PREFILL_CHUNK", "-1", "prefill_chunk"),
+    ("TWIN_PREFILL_CHUNK", "many", "prefill_chunk"),
+    ("TWIN_PREFIX_CACHE_TOKENS", "-64", "prefix_cache_tokens"),
+])
+def test_a_bad_generation_setting_is_refused_naming_it(monkeypatch, variable, value, field):
     import pydantic
 
     from llm_twin.config import Settings
 
-    monkeypatch.setenv("TWIN_GENERATION_QUANTIZATION", "int4")
-    with pytest.raises(pydantic.ValidationError, match="generation_quantization"):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(pydantic.ValidationError, match=field):
         Settings()
