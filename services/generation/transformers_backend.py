@@ -49,7 +49,10 @@ class _Request:
     base: int = 0
 
     def emit(self, delta: Delta | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, delta)
+        except RuntimeError:  # the consumer's event loop has closed: nobody reads this request
+            self.cancelled.set()
 
 
 class _Outbox:
@@ -61,17 +64,21 @@ class _Outbox:
         self._items: dict = {}
 
     def post(self, r: _Request, delta: Delta) -> None:
-        self._items.setdefault(r.loop, []).append((r.out, delta))
+        self._items.setdefault(r.loop, []).append((r, delta))
 
     def flush(self) -> None:
         items, self._items = self._items, {}
         for loop, batch in items.items():
-            loop.call_soon_threadsafe(_deliver, batch)
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # that consumer's event loop has closed: stop its requests
+                for r, _ in batch:
+                    r.cancelled.set()
 
 
 def _deliver(batch: list) -> None:
-    for out, delta in batch:
-        out.put_nowait(delta)
+    for r, delta in batch:
+        r.out.put_nowait(delta)
 
 
 def _pick_dtype(name: str, device: str):

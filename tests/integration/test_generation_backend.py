@@ -325,3 +325,21 @@ def test_streamed_text_is_the_decoded_answer_and_never_half_a_character(backend)
     deltas = [out.get().text for _ in range(out.qsize())]
     assert "".join(deltas) == text
     assert not any("\ufffd" in d for d in deltas)
+
+
+def test_a_delta_for_a_consumer_whose_event_loop_closed_stops_that_request_not_the_worker(backend):
+    """A client that leaves between two decode steps can leave its deltas addressed to an event
+    loop that has closed; handing them out stops that request and keeps the decode thread alive
+    (in CI such a delta once raised in the decode thread and stalled every later request)."""
+    from services.generation.backend import Delta
+    from services.generation.transformers_backend import _Request
+
+    gone = asyncio.new_event_loop()
+    gone.close()
+    r = _Request([1], SamplingParams(max_tokens=4), gone, asyncio.Queue())
+    backend._outbox.post(r, Delta("x", None, 1, 1))
+    backend._outbox.flush()
+    assert r.cancelled.is_set()
+    r.emit(RuntimeError("nobody hears this"))  # an error for it is dropped the same way
+    generator = Generator(backend=backend)
+    assert asyncio.run(complete(generator, "2+2=", max_tokens=3)).completion_tokens >= 1
