@@ -172,11 +172,6 @@ class LeanLlama:
         self.adapters.pop(name, None)
 
     # -- forward ----------------------------------------------------------------------------------
-    def decode(self, ids: torch.Tensor, lengths: torch.Tensor, adapters: list[str | None]) -> torch.Tensor:
-        """One token for each of rows ``0..B-1`` (``lengths``: tokens already cached per row) ->
-        next-token logits (B, vocab)."""
-        return self.step(ids, lengths, adapters)[0]
-
     def prefill(self, row: int, ids: torch.Tensor, start: int, adapter: str | None,
                 all_logits: bool = False) -> torch.Tensor:
         """A chunk of one row's prompt at positions ``start..`` -> the last token's logits (or
