@@ -176,33 +176,35 @@ class LeanLlama:
                 all_logits: bool = False) -> torch.Tensor:
         """A chunk of one row's prompt at positions ``start..`` -> the last token's logits (or
         every token's)."""
-        return self.step(None, None, [], (row, ids, start, adapter), all_logits)[1]
+        return self.step(None, None, [], [(row, ids, start, adapter)], all_logits)[1][0]
 
-    def step(self, ids, lengths, adapters: list[str | None], chunk: tuple | None = None,
+    def step(self, ids, lengths, adapters: list[str | None], chunks: list[tuple] = (),
              all_logits: bool = False) -> tuple:
         """One forward for the decode rows ``0..B-1`` (``ids``, ``lengths`` may be None: no rows)
-        and, in the same matrix multiplications, a chunk of one prompt (``(row, ids, start,
-        adapter)``): reading the weights once for both is what makes a chunk cheap next to the
-        decode step it rides on. -> (decode logits (B, vocab) or None, chunk logits or None)."""
+        and, in the same matrix multiplications, chunks of prompts (``(row, ids, start,
+        adapter)`` each, rows past the decode rows): reading the weights once for all of them is
+        what makes a chunk cheap next to the decode step it rides on.
+        -> (decode logits (B, vocab) or None, [each chunk's last-token logits (or every token's)])."""
         rows = 0 if ids is None else ids.shape[0]
         parts, positions, per_row = [], [], list(adapters)
         if rows:
             parts.append(ids)
             positions.append(lengths)
-        if chunk is not None:
-            row, chunk_ids, start, adapter = chunk
+        for _, chunk_ids, start, adapter in chunks:
             parts.append(chunk_ids)
             positions.append(torch.arange(start, start + chunk_ids.shape[0]))
             per_row += [adapter] * chunk_ids.shape[0]
-        x = self._run(torch.cat(parts), torch.cat(positions), per_row, rows, lengths, chunk)
-        keep = [x[:rows]] if rows else []
-        if chunk is not None:
-            keep.append(x[rows:] if all_logits else x[-1:])
+        x = self._run(torch.cat(parts), torch.cat(positions), per_row, rows, lengths, chunks)
+        keep, sizes, at = ([x[:rows]] if rows else []), [], rows
+        for _, chunk_ids, _, _ in chunks:
+            at += chunk_ids.shape[0]
+            keep.append(x[at - chunk_ids.shape[0]:at] if all_logits else x[at - 1:at])
+            sizes.append(keep[-1].shape[0])
         logits = self.lm_head(_rms(torch.cat(keep), self.norm, self.eps)).float()
-        return (logits[:rows] if rows else None), (logits[rows:] if chunk is not None else None)
+        return (logits[:rows] if rows else None), list(logits[rows:].split(sizes)) if chunks else []
 
-    def _run(self, ids, positions, adapters, rows: int, lengths, chunk):
-        x = self.embed[ids]  # (N, hidden): the decode rows' tokens, then the chunk's
+    def _run(self, ids, positions, adapters, rows: int, lengths, chunks):
+        x = self.embed[ids]  # (N, hidden): the decode rows' tokens, then each chunk's
         n = x.shape[0]
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, D): one rotation for every head
@@ -212,10 +214,12 @@ class LeanLlama:
             length = int(lengths.max()) + 1
             decode_mask = (torch.arange(length) < (lengths + 1)[:, None])[:, None, None, :]
             line = torch.arange(rows)
-        if chunk is not None:
-            row, _, start, _ = chunk
-            end = start + n - rows
-            chunk_mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None]
+        spans, at = [], rows  # per chunk: its cache row, its tokens' place in x, its positions, causal mask
+        for row, chunk_ids, start, _ in chunks:
+            end = start + chunk_ids.shape[0]
+            mask = (torch.arange(end)[None, :] <= torch.arange(start, end)[:, None])[None, None]
+            spans.append((row, at, at + chunk_ids.shape[0], start, end, mask))
+            at += chunk_ids.shape[0]
         for index, w in enumerate(self.layers):
             h = _rms(x, w["in_norm"], self.eps)
             qkv = self._lora(w["qkv"](h), h, index, "qkv", groups)
@@ -229,13 +233,13 @@ class LeanLlama:
                 cache[1, line, :, lengths] = v[:rows].float()
                 outputs.append(_decode_attention(q[:rows, :, None].float(), cache[0, :rows, :, :length],
                                                  cache[1, :rows, :, :length], decode_mask).reshape(rows, h_ * d))
-            if chunk is not None:
-                cache[0, row, :, start:end] = k[rows:].transpose(0, 1).float()
-                cache[1, row, :, start:end] = v[rows:].transpose(0, 1).float()
-                attn = F.scaled_dot_product_attention(q[rows:].transpose(0, 1)[None].float(),
+            for row, lo, hi, start, end, mask in spans:
+                cache[0, row, :, start:end] = k[lo:hi].transpose(0, 1).float()
+                cache[1, row, :, start:end] = v[lo:hi].transpose(0, 1).float()
+                attn = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None].float(),
                                                       cache[0, row:row + 1, :, :end], cache[1, row:row + 1, :, :end],
-                                                      attn_mask=chunk_mask, enable_gqa=True)
-                outputs.append(attn[0].transpose(0, 1).reshape(n - rows, h_ * d))
+                                                      attn_mask=mask, enable_gqa=True)
+                outputs.append(attn[0].transpose(0, 1).reshape(hi - lo, h_ * d))
             attn = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).to(x.dtype)
             x = x + self._lora(w["o"](attn), attn, index, "o", groups)
             h = _rms(x, w["post_norm"], self.eps)

@@ -1,9 +1,9 @@
 """Continuous batching over the lean forward, with chunked prefill and prefix caching.
 
 Each turn of the loop is one forward: a decode step for every running request and, in the same
-matrix multiplications, at most one chunk (``prefill_chunk`` tokens) of the prompt being admitted,
-so a long RAG prompt arriving adds one chunk's compute to the running streams' next token rather
-than its whole prefill. A finished prompt
+matrix multiplications, ``prefill_chunk`` tokens of the prompts being admitted (one long prompt's
+next chunk, or several short prompts whole), so a long RAG prompt arriving adds one chunk's
+compute to the running streams' next token rather than its whole prefill. A finished prompt
 joins the decode batch at once; a finished request leaves it at once. A prompt's leading blocks
 found in the prefix cache are copied instead of computed.
 """
@@ -39,56 +39,77 @@ class LeanLoop:
         rows: list = []  # the decode batch: row i of the cache is rows[i]
         next_ids: list[int] = []
         lengths: list[int] = []  # tokens cached per row
+        # Prompts being prefilled, oldest first, in the cache rows after the decode batch:
+        # [request, tokens done, cache row]. The step's chunk budget goes to them in that order,
+        # so a prompt completes no later than those behind it and joins the batch in the next row.
+        filling: list[list] = []
         waiting = list(new)
         b._in_flight = admitted = list(new)
-        filling, filled = None, 0  # the prompt being prefilled (in cache row len(rows)), tokens done
         with torch.inference_mode():
             while True:
                 b._outbox.flush()  # the last step's deltas, before the next step's work
                 waiting = [r for r in waiting if not self._left(r)]
-                if filling is not None and self._left(filling):
-                    filling = None
-                if filling is None and waiting and len(rows) < b.max_batch_size:
-                    filling = waiting.pop(0)
-                    filled = self._begin(filling, len(rows))
-                    if filled is None:
-                        filling = None
-                        continue
-                self._report(len(rows), filling, waiting)
-                if not rows and filling is None:
+                filling = self._compact(len(rows), [f for f in filling if not self._left(f[0])])
+                chunks = self._plan(len(rows), filling, waiting)
+                self._report(len(rows), len(filling), waiting)
+                if not rows and not chunks:
                     if waiting:
                         continue
                     return
-                chunk = None
-                if filling is not None:
-                    ids = filling.prompt_ids
-                    piece = ids[filled:filled + self.chunk]
-                    chunk = (len(rows), torch.tensor(piece), filled, filling.adapter)
-                self._threads(self.light_threads if chunk is None and len(rows) <= 2 else self.threads)
+                self._threads(self.light_threads if not chunks and len(rows) <= 2 else self.threads)
                 logits, chunk_logits = engine.step(torch.tensor(next_ids) if rows else None,
                                                    torch.tensor(lengths) if rows else None,
-                                                   [r.adapter for r in rows], chunk)
-                for i, r in enumerate(rows):
-                    next_ids[i] = b._step(r, logits[i])
-                    lengths[i] += 1
-                before = len(rows)  # the filling prompt's cache row
-                if chunk is not None:
-                    filled += len(piece)
-                    if filled == len(ids):  # prefilled: it joins the decode batch in the row it has
-                        self.prefix.store(filling.adapter, ids, lambda s, e, row=before: engine.read(row, s, e))
-                        token = b._step(filling, chunk_logits[0])
-                        if not filling.done:
-                            rows.append(filling)
-                            next_ids.append(token)
-                            lengths.append(len(ids))
-                        filling = None
+                                                   [r.adapter for r in rows], chunks)
+                if rows:
+                    next_ids = b._step_rows(rows, logits)
+                    lengths = [n + 1 for n in lengths]
+                for f, (row, piece, _, _), last in zip(filling[:len(chunks)], chunks, chunk_logits, strict=True):
+                    r = f[0]
+                    f[1] += len(piece)
+                    if f[1] < len(r.prompt_ids):
+                        break  # only the last chunk can leave its prompt unfinished
+                    # Prefilled: it joins the decode batch in the row it has (the next one), even when
+                    # its first token ends it: _drop_finished then frees the row like any other.
+                    self.prefix.store(r.adapter, r.prompt_ids, lambda s, e, row=row: engine.read(row, s, e))
+                    filling.pop(0)
+                    rows.append(r)
+                    next_ids.append(b._step(r, last[0]))
+                    lengths.append(len(r.prompt_ids))
                 self._drop_finished(rows, next_ids, lengths)
-                if filling is not None and filled and len(rows) < before:
-                    engine.move_row(before, len(rows), filled)
-                room = b.max_batch_size - len(rows) - (filling is not None) - len(waiting)
+                filling = self._compact(len(rows), filling)
+                room = b.max_batch_size - len(rows) - len(filling) - len(waiting)
                 taken = b._take_pending(max(0, room))
                 waiting.extend(taken)
                 admitted.extend(taken)
+
+    def _plan(self, decoding: int, filling: list, waiting: list) -> list[tuple]:
+        """This step's prompt chunks, ``prefill_chunk`` tokens in all: the oldest prompts' next
+        tokens first, then waiting requests admitted while rows and tokens are left (several short
+        prompts share one step instead of a step each)."""
+        chunks, budget = [], self.chunk
+        while budget > 0:
+            if len(chunks) == len(filling):
+                if not waiting or decoding + len(filling) >= self.backend.max_batch_size:
+                    break
+                r, row = waiting.pop(0), decoding + len(filling)
+                done = self._begin(r, row)
+                if done is not None:
+                    filling.append([r, done, row])
+                continue
+            r, done, row = filling[len(chunks)]
+            piece = r.prompt_ids[done:done + budget]
+            chunks.append((row, torch.tensor(piece), done, r.adapter))
+            budget -= len(piece)
+        return chunks
+
+    def _compact(self, decoding: int, filling: list) -> list:
+        """Prompts being prefilled move down to the rows right after the decode batch (rows free up
+        when requests finish or leave); in order, so a move never lands on a row still in use."""
+        for i, f in enumerate(filling):
+            if f[2] != decoding + i:
+                self.engine.move_row(f[2], decoding + i, f[1])
+                f[2] = decoding + i
+        return filling
 
     @staticmethod
     def _threads(n: int) -> None:
@@ -133,8 +154,8 @@ class LeanLoop:
             next_ids.pop()
             lengths.pop()
 
-    def _report(self, decoding: int, filling, waiting: list) -> None:
+    def _report(self, decoding: int, filling: int, waiting: list) -> None:
         b = self.backend
         with b._stats_lock:
-            b._stats["active"] = decoding + (filling is not None) + len(waiting)
+            b._stats["active"] = decoding + filling + len(waiting)
             b._stats["largest_batch"] = max(b._stats["largest_batch"], decoding)

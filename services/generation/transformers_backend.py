@@ -309,7 +309,7 @@ class TransformersBackend:
                         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(active))
                 if not active:
                     return
-                next_ids = [self._step(r, logits[row]) for row, r in enumerate(active)]
+                next_ids = self._step_rows(active, logits)
                 keep = [row for row, r in enumerate(active) if not r.done]
                 if len(keep) < len(active):
                     index = torch.tensor(keep, dtype=torch.long, device=self.device)
@@ -364,16 +364,31 @@ class TransformersBackend:
                           torch.nn.functional.pad(new_mask, (grow_new, 0))])
         return cache, mask
 
-    def _step(self, r: _Request, logits) -> int:
-        """Sample and advance one row; a failure there ends that request alone, the batch goes on."""
+    def _step_rows(self, rows: list[_Request], logits) -> list[int]:
+        """Each row's next token (``logits`` (rows, vocab)); the plain greedy rows are chosen
+        together, the others one by one."""
+        plain = [i for i, r in enumerate(rows) if sampling.plain_greedy(r.params)] if len(rows) > 1 else []
+        chosen: dict[int, int] = {}
+        if len(plain) > 1:
+            try:
+                part = logits if len(plain) == len(rows) else logits[plain]
+                chosen = dict(zip(plain, sampling.greedy_rows(part, [rows[i] for i in plain]), strict=True))
+            except Exception:
+                log.exception("choosing a batch's greedy tokens failed; choosing them one by one")
+        return [self._step(r, logits[i], chosen.get(i)) for i, r in enumerate(rows)]
+
+    def _step(self, r: _Request, logits, token: int | None = None) -> int:
+        """Sample (unless ``token`` was chosen already) and advance one row; a failure there ends
+        that request alone, the batch goes on."""
         try:
-            logits = sampling.penalise(logits, r)
-            token = self._sample(logits, r.params, r.generator)
-            if r.params.logprobs is not None:
-                r.logprobs.append(sampling.logprob(logits, token, r.params.logprobs, self.tokenizer.decode))
+            if token is None:
+                logits = sampling.penalise(logits, r)
+                token = self._sample(logits, r.params, r.generator)
+                if r.params.logprobs is not None:
+                    r.logprobs.append(sampling.logprob(logits, token, r.params.logprobs, self.tokenizer.decode))
             self._advance(r, token)
             return token
-        except Exception as exc:  # noqa: BLE001 - one request's failure is its own
+        except Exception as exc:
             log.exception("generation failed for one request")
             r.emit(ModelUnavailable(f"generation failed for this request: {type(exc).__name__}"))
             r.done = True

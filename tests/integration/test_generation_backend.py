@@ -167,7 +167,7 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
 
     async def both():
         good = [asyncio.create_task(complete(generator, f"Count to {n}.", max_tokens=6)) for n in (3, 4)]
-        bad = asyncio.create_task(complete(generator, "Name a fruit.", top_p=0.5, max_tokens=6))
+        bad = asyncio.create_task(complete(generator, "Name a fruit.", temperature=1.0, top_p=0.5, max_tokens=6))
         with pytest.raises(ModelUnavailable, match="this request"):
             await asyncio.wait_for(bad, 120)
         return [await asyncio.wait_for(g, 120) for g in good]
@@ -271,6 +271,60 @@ def test_chunked_prefill_and_prefix_cache_decode_what_a_whole_prefill_would(smol
         assert chunked.stats()["largest_batch"] >= 2
     finally:
         chunked.close()
+
+
+def test_short_prompts_share_a_prefill_step_and_rows_freed_meanwhile_are_reused(smol_model):
+    """Several prompts prefilled in one step (a 40-token budget: two or three short ones whole, a
+    longer one split), some finishing at their first token or soon after while others are still
+    being prefilled, so prompts in progress move down to the freed rows: every answer is the one
+    it gets alone."""
+    prompts = ["2+2=", "Name a colour.", "Write one sentence about the sea and the wind over it at night.",
+               "What is a KV cache?", "Say yes.", "Name two Kubernetes objects and say what each is for.",
+               "Why is the sky blue?", "Count to five."]
+    budgets = [1, 12, 12, 3, 1, 12, 2, 12]
+    plain = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
+                                prefix_cache_tokens=0)
+    try:
+        alone = [asyncio.run(_tokens(plain, p, n)) for p, n in zip(prompts, budgets, strict=True)]
+    finally:
+        plain.close()
+    shared = TransformersBackend(str(smol_model), max_batch_size=8, batch_wait_s=0.05, prefill_chunk=40,
+                                 prefix_cache_tokens=0)
+    chunks_per_step, moved = [], []
+    step, compact = shared.lean.engine.step, shared.lean._compact
+
+    def counting_step(ids, lengths, adapters, chunks=(), all_logits=False):
+        chunks_per_step.append(len(chunks))
+        return step(ids, lengths, adapters, chunks, all_logits)
+
+    def watching_compact(decoding, filling):
+        before = [f[2] for f in filling]
+        out = compact(decoding, filling)
+        moved.extend(b for b, f in zip(before, out, strict=True) if b != f[2])
+        return out
+
+    shared.lean.engine.step, shared.lean._compact = counting_step, watching_compact
+    try:
+        async def together():
+            return await asyncio.gather(*(_tokens(shared, p, n) for p, n in zip(prompts, budgets, strict=True)))
+
+        assert asyncio.run(together()) == alone
+        assert max(chunks_per_step) >= 2, chunks_per_step
+        assert moved, "a prompt being prefilled should have moved down to a freed row"
+    finally:
+        shared.close()
+
+
+async def _tokens(backend, text: str, max_tokens: int) -> tuple[str, int]:
+    """Greedy, with a repetition penalty (the rows' tokens are chosen together). The system prompt
+    differs from the third token on, so a row holding another prompt's cache would change it."""
+    text_, count = "", 0
+    messages = [{"role": "system", "content": f"{text.split()[0]} Answer briefly."}, *user(text)]
+    async for delta in backend.stream(backend.render(messages),
+                                      SamplingParams(max_tokens=max_tokens, repetition_penalty=1.2)):
+        text_ += delta.text
+        count = delta.completion_tokens or count
+    return text_, count
 
 
 async def _answer(backend, system: str, question: str) -> str:

@@ -1,0 +1,61 @@
+"""Choosing tokens: the whole-batch greedy path and the nucleus shortcut choose exactly what the
+row-by-row path does."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from services.generation import sampling
+from services.generation.backend import SamplingParams
+
+VOCAB = 4096
+
+
+def request(penalty: float, seen: list[int]):
+    return SimpleNamespace(params=SamplingParams(max_tokens=8, repetition_penalty=penalty),
+                           prompt_ids=seen, tokens=[], seen=None)
+
+
+def one_by_one(logits, requests):
+    return [sampling.sample(sampling.penalise(logits[i], r), r.params, None) for i, r in enumerate(requests)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_rows_choose_what_each_row_alone_chooses(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, VOCAB, generator=g) * 4
+    best = logits.argmax(-1)
+    # Penalties that flip the choice: each row has seen its own best token, some the runner-up too.
+    requests = [request(p, [int(best[i])] + ([int(logits[i].topk(2).indices[1])] if i % 2 else []))
+                for i, p in enumerate([1.0, 1.15, 1.3, 2.0, 1.0, 1.05, 1.5, 1.15])]
+    expected = one_by_one(logits, [request(r.params.repetition_penalty, r.prompt_ids) for r in requests])
+    assert sampling.greedy_rows(logits, requests) == expected
+    assert expected != best.tolist()  # the penalties mattered
+
+
+def test_plain_greedy_leaves_sampling_logprobs_and_openai_penalties_to_the_row_path():
+    assert sampling.plain_greedy(SamplingParams(max_tokens=4, repetition_penalty=1.2))
+    assert not sampling.plain_greedy(SamplingParams(max_tokens=4, temperature=0.7))
+    assert not sampling.plain_greedy(SamplingParams(max_tokens=4, logprobs=2))
+    assert not sampling.plain_greedy(SamplingParams(max_tokens=4, presence_penalty=0.5))
+    assert not sampling.plain_greedy(SamplingParams(max_tokens=4, frequency_penalty=0.5))
+
+
+def full_sort_sample(logits, params, generator):
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@pytest.mark.parametrize(("sharpness", "top_p"), [(8.0, 0.9), (8.0, 0.5), (0.5, 0.95), (0.01, 0.9)])
+def test_top_p_sampling_keeps_the_same_nucleus_whether_or_not_the_top_256_hold_it(sharpness, top_p):
+    """Peaked distributions take the top-256 shortcut, flat ones (0.01) the full sort: seeded
+    draws match the full sort's every time."""
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(1)) * sharpness
+    params = SamplingParams(max_tokens=4, temperature=0.8, top_p=top_p)
+    for seed in range(20):
+        assert sampling.sample(logits, params, torch.Generator().manual_seed(seed)) == \
+            full_sort_sample(logits, params, torch.Generator().manual_seed(seed))
