@@ -64,6 +64,9 @@ class LoraSettings(Section):
     dropout: float = Field(0.05, ge=0, le=0.9, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=64,
                                       description="Module names the adapter wraps (attention projections).")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA, the frozen base model held in 4-bit NF4 while the adapter trains "
+                            "(bitsandbytes, CUDA GPU workers); none: plain LoRA on bf16/float32 weights.")
 
 
 class DeepSpeedSettings(Section):
@@ -95,6 +98,11 @@ class DeepSpeedSettings(Section):
 class TrainSettings(Section):
     """How the twin is trained: Ray Train workers, SFT then DPO, the adapter, ZeRO."""
 
+    model_config = ConfigDict(json_schema_extra=_cel((
+        "!has(self.lora) || !has(self.lora.quantization) || self.lora.quantization != '4bit' || "
+        "(has(self.gpusPerWorker) && self.gpusPerWorker >= 1)",
+        "lora.quantization 4bit (QLoRA) needs GPU workers: set gpusPerWorker >= 1")))
+
     workers: int = Field(1, ge=1, le=64, description="Ray Train workers (data-parallel).")
     gpus_per_worker: int = Field(0, ge=0, le=8, description="GPUs per worker; 0 trains on CPU.")
     threads_per_worker: int = Field(1, ge=1, le=256,
@@ -108,6 +116,13 @@ class TrainSettings(Section):
     def _offload_on_gpu(self):
         if self.deepspeed and self.deepspeed.offload and self.gpus_per_worker == 0:
             raise ValueError("deepspeed.offload only helps on GPU: set gpusPerWorker >= 1 or turn offload off")
+        return self
+
+    @model_validator(mode="after")
+    def _qlora_on_gpu(self):
+        if self.lora.quantization == "4bit" and self.gpus_per_worker == 0:
+            raise ValueError("lora.quantization 4bit (QLoRA) needs GPU workers (bitsandbytes' 4-bit kernels are "
+                             "CUDA-only): set gpusPerWorker >= 1, or quantization none for plain LoRA")
         return self
 
 

@@ -6,7 +6,7 @@ The hyperparameter sections (SFT, DPO, LoRA, ZeRO, workers) are the TwinModel's 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_twin.twinmodel import Gate, Sources, TrainSettings, TwinModelSpec
 
@@ -21,6 +21,13 @@ class TrainConfig(TrainSettings):
     output_dir: str = Field(min_length=1, description="Where the adapter (and the merged model) are written.")
     merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
     seed: int = Field(0, ge=0, description="Seed for data order and initialisation.")
+
+    @model_validator(mode="after")
+    def _no_merge_into_4bit(self):
+        if self.merge and self.lora.quantization == "4bit":
+            raise ValueError("merge with lora.quantization 4bit would merge the adapter into 4-bit weights: serve the "
+                             "adapter (the default) or merge it onto the full-precision base model afterwards")
+        return self
 
 
 class DatasetSettings(BaseModel):

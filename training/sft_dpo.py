@@ -12,6 +12,7 @@ adapter-disabled model as its reference, so no second copy of the weights is hel
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -74,6 +75,29 @@ def _quiet(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
+def four_bit_config(cfg: TrainConfig, on_gpu: bool, loaded: bool = False):
+    """QLoRA (``lora.quantization: 4bit``): the base model's weights in 4-bit NF4 with double
+    quantization, computing in bf16 (the QLoRA paper's recipe). None for plain LoRA; a ValueError
+    naming the fix where this worker cannot do it."""
+    if cfg.lora.quantization != "4bit":
+        return None
+    if not on_gpu:
+        raise ValueError("lora.quantization 4bit (QLoRA) needs a CUDA GPU on every training worker and this one has "
+                         "none: train on GPU workers (gpusPerWorker >= 1) or with lora.quantization none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("lora.quantization 4bit (QLoRA) needs the bitsandbytes package on the training workers: "
+                         "`pip install bitsandbytes` in the training image, or train with lora.quantization none")
+    if loaded:
+        raise ValueError("lora.quantization 4bit loads the base model itself: pass its path, not a loaded model")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    # 4-bit values packed in bf16 storage: what lets ZeRO-3 flatten and shard them like the rest
+    # (transformers' documented QLoRA + DeepSpeed recipe); the same memory either way.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+
+
 def train(config: dict, model=None, tokenizer=None) -> dict:
     """One worker's training run. ``config`` is a TrainConfig as a dict (Ray passes plain data);
     ``model``/``tokenizer`` may be given already loaded (the GPU check builds a random 8B model
@@ -86,6 +110,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
 
     cfg = TrainConfig(**config)
     on_gpu = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
+    quantization = four_bit_config(cfg, on_gpu, loaded=model is not None)  # before any loading: it may refuse
     if not on_gpu:
         torch.set_num_threads(cfg.threads_per_worker)
     torch.manual_seed(cfg.seed)
@@ -100,7 +125,14 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
         import deepspeed
 
         deepspeed.init_distributed()  # before from_pretrained, so ZeRO-3 can partition the weights
-    model = model if model is not None else AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype,
+                                                     **({"quantization_config": quantization} if quantization else {}))
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the head in float32, inputs requiring grad: what a 4-bit base needs to train stably.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     common = {"report_to": [], "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no", "seed": cfg.seed,

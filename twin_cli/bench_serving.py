@@ -4,7 +4,8 @@
   by tokens/s of the same generation engine streaming in this process, same prompt, same settings
   (goal >= 0.9: Ray Serve's proxy and the gateway hop cost little);
 - throughput of 8 concurrent chat clients (RAG included) divided by one client's (goal >= 4:
-  concurrent requests share decode steps), and the same for plain generation (batching alone).
+  concurrent requests share decode steps), and the same for plain generation (batching alone);
+- `twin eval rag` with 4 questions in flight against one at a time (questions/s).
 
 Needs nothing from ../shared: it serves the sample corpus.
 """
@@ -25,6 +26,7 @@ CLIENTS = 8
 # Chat answers of 128 tokens: on 2 CPU cores the prefill of a RAG prompt (~300 tokens, compute-
 # bound, no gain from batching) is a large share of a short answer; both figures are printed.
 CHAT_TOKENS = (48, 128)
+EVAL_CONCURRENCY = 4  # `twin eval rag --concurrency`'s default
 
 
 def _baseline_tokens_per_s(settings) -> float:
@@ -134,6 +136,31 @@ def _chat_throughput(address: str, clients: int, max_tokens: int) -> float:
     return _fan_out(clients, one)
 
 
+EVAL_QUESTIONS = ("Why combine BM25 with embeddings?", "How should I cut documents into chunks?",
+                  "What should a good alert have?", "How do you run database migrations without downtime?",
+                  "What does a Kubernetes operator do?", "How do I keep on-call humane?",
+                  "When is a reranker worth it?", "What makes a runbook useful?")
+
+
+def _eval_rate(base: str, settings, concurrency: int) -> float:
+    """`twin eval rag`'s loop (chat through the HTTP API, embedding judge in this process) over
+    the questions above: questions/s."""
+    from llm_twin.evaluation.judge import EmbeddingJudge
+    from llm_twin.evaluation.rag import ChatEndpoint, evaluate_rag
+    from llm_twin.evaluation.retrieval import Question
+    from services.embedding.core import Embedder
+
+    from .sample_corpus import AUTHOR
+
+    questions = [Question(q, AUTHOR, ()) for q in EVAL_QUESTIONS]
+    judge = EmbeddingJudge(Embedder.from_settings(settings))
+    started = time.perf_counter()
+    rows, _ = evaluate_rag(questions, ChatEndpoint(base, max_tokens=48), judge, concurrency=concurrency)
+    if any(r["error"] and not r["error"].startswith("no sources") for r in rows):
+        sys.exit(f"make bench: twin eval rag failed: {[r['error'] for r in rows if r['error']]}")
+    return len(questions) / (time.perf_counter() - started)
+
+
 def run() -> None:
     from llm_twin.config import Settings, configure_torch_threads
     from services.generation.model_store import resolve_model
@@ -163,6 +190,7 @@ def run() -> None:
             concurrency = {n: (_chat_throughput(address, 1, n), _chat_throughput(address, CLIENTS, n))
                            for n in CHAT_TOKENS}
             generate = (_generate_throughput(address, 1), _generate_throughput(address, CLIENTS))
+            evals = (_eval_rate(base, settings, 1), _eval_rate(base, settings, EVAL_CONCURRENCY))
         finally:
             platform.stop()
     print(f"serving: gRPC stream {grpc_rate:.1f} tok/s / in-process stream {baseline:.1f} tok/s = "
@@ -171,6 +199,9 @@ def run() -> None:
           f"{http_rate / baseline:.2f} (goal >= 0.9)")
     print(f"serving: {CLIENTS} concurrent generate clients {generate[1]:.1f} tok/s / 1 client {generate[0]:.1f} tok/s "
           f"= {generate[1] / generate[0]:.2f} (batching alone: short prompts, no retrieval)")
+    print(f"serving: twin eval rag {len(EVAL_QUESTIONS)} questions, {EVAL_CONCURRENCY} at a time {evals[1]:.2f} "
+          f"questions/s / one at a time {evals[0]:.2f} = {evals[1] / evals[0]:.2f} (batch inference through the "
+          "chat API, embedding judge)")
     for n, (one, many) in concurrency.items():
         print(f"serving: {CLIENTS} concurrent chat clients {many:.1f} tok/s / 1 client {one:.1f} tok/s = "
               f"{many / one:.2f} (goal >= 4), answers of up to {n} tokens")

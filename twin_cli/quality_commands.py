@@ -23,11 +23,14 @@ from .common import fail, settings_of
               "embedding-based fallbacks score, labelled as such.")
 @click.option("--judge-model", help="The judge's model name [env TWIN_JUDGE_MODEL].")
 @click.option("--max-tokens", default=128, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Questions in flight at once (the platform batches concurrent chats).")
 @click.option("--out", type=click.Path(path_type=Path), help="Per-question JSONL (default: "
               "<data_dir>/eval/rag-<time>.jsonl); the summary goes beside it as .summary.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context
-def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_model, max_tokens, out, as_json) -> None:
+def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_model, max_tokens, concurrency, out,
+             as_json) -> None:
     """Every question through the real chat path (retrieval + generation), every answer judged:
     faithfulness, answer relevance, context precision/recall, accuracy and style."""
     from tqdm import tqdm
@@ -51,7 +54,7 @@ def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_mod
 
         judge = EmbeddingJudge(Embedder.from_settings(settings))
         click.echo("no judge configured (--judge-url): embedding-based fallback scores, no accuracy", err=True)
-    rows, summary = evaluate_rag(items, ChatEndpoint(url, key, max_tokens), judge, twin=twin,
+    rows, summary = evaluate_rag(items, ChatEndpoint(url, key, max_tokens), judge, twin=twin, concurrency=concurrency,
                                  progress=lambda it: tqdm(it, desc="questions", file=sys.stderr, disable=None,
                                                           leave=False, total=len(items)))
     out = out or Path(settings.data_dir) / "eval" / f"rag-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"

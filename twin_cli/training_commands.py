@@ -36,6 +36,19 @@ def _local_generator(settings: Settings):
     return Generator.from_settings(settings.model_copy(update={"generation_quantization": "none"}))
 
 
+QLORA_HELP = ("QLoRA: the base model held in 4-bit while the adapter trains (= --lora-quantization 4bit; GPU "
+              "workers with bitsandbytes).")
+
+
+def _with_qlora(given: dict, qlora: bool) -> dict:
+    """--qlora as the field it stands for (train.lora.quantization)."""
+    if qlora:
+        lora = given.setdefault("train", {}).setdefault("lora", {})
+        if lora.get("quantization", "4bit") != "4bit":
+            fail("--qlora and --lora-quantization none disagree: give one of them", 2)
+        lora["quantization"] = "4bit"
+    return given
+
 @click.group("dataset")
 def dataset_group() -> None:
     """Instruction and preference datasets from an author's writing."""
@@ -79,9 +92,10 @@ def dataset_build(ctx: click.Context, author, **flags) -> None:
 @click.option("--dataset", "dataset_dir", required=True, help="Path printed by `twin dataset build`.")
 @click.option("--base-model", help="Default: the serving model (SmolLM2-135M-Instruct).")
 @config_options(TrainSettings, section="train")
+@click.option("--qlora", is_flag=True, help=QLORA_HELP)
 @click.option("--no-ray", is_flag=True, help="Run the training function in this process (one worker).")
 @click.pass_context
-def train(ctx: click.Context, author, dataset_dir, base_model, no_ray, **flags) -> None:
+def train(ctx: click.Context, author, dataset_dir, base_model, qlora, no_ray, **flags) -> None:
     """SFT then DPO with a LoRA adapter (Ray Train + TRL), registered in the artifact store."""
     from llm_twin import registry
     from services.generation.model_store import resolve_model
@@ -93,7 +107,7 @@ def train(ctx: click.Context, author, dataset_dir, base_model, no_ray, **flags) 
     output = tempfile.mkdtemp(prefix="twin-train-", dir=settings.data_dir)
     try:
         cfg = TrainConfig(author=author, base_model=base_model, dataset_dir=dataset_dir, output_dir=output,
-                          **given_values(flags).get("train", {}))
+                          **_with_qlora(given_values(flags), qlora).get("train", {}))
     except ValidationError as exc:
         fail("invalid training configuration:\n" + explain(exc), 2)
     try:
@@ -195,15 +209,16 @@ def resolved_config(settings: Settings, config: PipelineConfig) -> dict:
 @config_options(DatasetSettings, section="dataset")
 @config_options(TrainSettings, section="train")
 @config_options(Gate, section="gate")
+@click.option("--qlora", is_flag=True, help=QLORA_HELP)
 @click.option("--no-ray", is_flag=True, help="Train in this process instead of Ray Train workers.")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as JSON and do nothing else.")
 @click.pass_context
-def pipeline(ctx: click.Context, config_path, author, base_model, no_ray, print_config, **flags) -> None:
+def pipeline(ctx: click.Context, config_path, author, base_model, qlora, no_ray, print_config, **flags) -> None:
     """A twin end to end: crawl -> index -> dataset -> train (SFT + DPO) -> evaluate -> register."""
     from training.pipeline import run
 
     settings = settings_of(ctx)
-    given = given_values(flags)
+    given = _with_qlora(given_values(flags), qlora)
     try:
         if config_path:
             if author or base_model or given:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -132,6 +133,9 @@ class EmbeddingJudge:
     def __init__(self, embedder, relevant: float = 0.3):
         self.embedder = embedder
         self.relevant = relevant
+        # `twin eval rag` judges from several threads: one encode at a time, on the torch threads
+        # configured (concurrent encodes oversubscribe the cores, many times slower).
+        self._lock = threading.Lock()
 
     def judge(self, question: str, answer: str, passages: Sequence[str], author: str) -> Verdict:
         import numpy as np
@@ -142,7 +146,8 @@ class EmbeddingJudge:
             return Verdict(None, self.name, "empty answer")
         answer_sentences = split_sentences(answer) or [answer]
         passage_sentences = [s for p in passages for s in (split_sentences(p) or [p])]
-        vectors = self.embedder.embed([question, answer, *answer_sentences, *passage_sentences, *passages])
+        with self._lock:
+            vectors = self.embedder.embed([question, answer, *answer_sentences, *passage_sentences, *passages])
         q, a = vectors[0], vectors[1]
         n_a, n_p = len(answer_sentences), len(passage_sentences)
         a_s, p_s, p_v = vectors[2:2 + n_a], vectors[2 + n_a:2 + n_a + n_p], vectors[2 + n_a + n_p:]

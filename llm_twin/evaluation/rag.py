@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -53,38 +54,44 @@ class ChatEndpoint:
 
 
 def evaluate_rag(questions: list[Question], endpoint: ChatEndpoint, judge, *, twin: str | None = None,
+                 concurrency: int = 4,
                  progress: Callable[[Iterable], Iterable] = lambda it: it) -> tuple[list[dict], dict]:
-    """-> (one row per question, summary). A question's chat failing is recorded in its row
-    ("error"); the run goes on."""
-    rows = []
-    for q in progress(questions):
-        name = q.author or twin
-        row = {"question": q.question, "kind": q.kind, "twin": author_slug(name), "answer": "", "sources": [],
-               "finish_reason": None, "latency_s": None, "scores": {}, "judge": judge.name, "error": None}
-        started = time.perf_counter()
-        try:
-            reply = endpoint.ask(row["twin"], q.messages)
-        except ChatEndpointError as exc:
-            row["error"] = str(exc)
-            rows.append(row)
-            continue
-        row["latency_s"] = round(time.perf_counter() - started, 3)
-        row["id"] = reply.get("id")
-        row["answer"] = reply["choices"][0]["message"]["content"] or ""
-        row["finish_reason"] = reply["choices"][0]["finish_reason"]
-        sources = reply.get("sources") or []
-        row["sources"] = [s["link"] for s in sources]
-        row["scores"].update(context_scores(row["sources"], q.gold_links))
-        if not sources:
-            row["error"] = "no sources: the twin said it has not written about this (not judged)"
-        else:
-            verdict = judge.judge(q.question, row["answer"], [s["text"] for s in sources], sources[0]["author"])
-            if verdict.scores is None:
-                row["error"] = f"unscored: {verdict.error}"
-            else:
-                row["scores"].update(verdict.scores)
-        rows.append(row)
+    """-> (one row per question, in the questions' order; summary). ``concurrency`` questions are
+    in flight at once (the platform decodes concurrent chats as one batch); a question's chat
+    failing is recorded in its row ("error"); the run goes on."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval-rag") as pool:
+        rows = list(progress(pool.map(lambda q: _evaluate_one(q, endpoint, judge, twin), questions)))
     return rows, summarize(rows, judge.name)
+
+
+def _evaluate_one(q: Question, endpoint: ChatEndpoint, judge, twin: str | None) -> dict:
+    name = q.author or twin
+    row = {"question": q.question, "kind": q.kind, "twin": author_slug(name), "answer": "", "sources": [],
+           "finish_reason": None, "latency_s": None, "scores": {}, "judge": judge.name, "error": None}
+    started = time.perf_counter()
+    try:
+        reply = endpoint.ask(row["twin"], q.messages)
+    except ChatEndpointError as exc:
+        row["error"] = str(exc)
+        return row
+    row["latency_s"] = round(time.perf_counter() - started, 3)
+    row["id"] = reply.get("id")
+    row["answer"] = reply["choices"][0]["message"]["content"] or ""
+    row["finish_reason"] = reply["choices"][0]["finish_reason"]
+    sources = reply.get("sources") or []
+    row["sources"] = [s["link"] for s in sources]
+    row["scores"].update(context_scores(row["sources"], q.gold_links))
+    if not sources:
+        row["error"] = "no sources: the twin said it has not written about this (not judged)"
+        return row
+    verdict = judge.judge(q.question, row["answer"], [s["text"] for s in sources], sources[0]["author"])
+    if verdict.scores is None:
+        row["error"] = f"unscored: {verdict.error}"
+    else:
+        row["scores"].update(verdict.scores)
+    return row
 
 
 def _means(rows: list[dict]) -> dict:

@@ -36,7 +36,8 @@ FULL = {
                  "sft": {"epochs": 2.5, "maxSteps": 77, "learningRate": 0.0003, "batchSize": 6, "maxLength": 1024},
                  "dpo": {"enabled": False, "epochs": 1.5, "maxSteps": 11, "learningRate": 0.00001, "batchSize": 3,
                          "maxLength": 768, "beta": 0.3},
-                 "lora": {"r": 8, "alpha": 24, "dropout": 0.1, "targetModules": ["q_proj", "v_proj", "up_proj"]},
+                 "lora": {"r": 8, "alpha": 24, "dropout": 0.1, "targetModules": ["q_proj", "v_proj", "up_proj"],
+                          "quantization": "4bit"},
                  "deepspeed": {"zeroStage": 3, "offload": True}},
     "evaluation": {"gate": {"maxPerplexityRatio": 0.95, "minStyleSimilarity": 0.4, "minJudgeStyle": 2.5},
                    "judge": {"endpoint": "https://judge.test/v1", "model": "big-judge",
@@ -112,7 +113,7 @@ def destinations(spec: dict) -> dict:
                                                                ("batchSize", "batch_size"), ("maxLength", "max_length"),
                                                                ("beta", "beta"))},
         "training.lora.r": t.lora.r, "training.lora.alpha": t.lora.alpha, "training.lora.dropout": t.lora.dropout,
-        "training.lora.targetModules": t.lora.target_modules,
+        "training.lora.targetModules": t.lora.target_modules, "training.lora.quantization": t.lora.quantization,
         "training.deepspeed.zeroStage": t.deepspeed.zero_stage, "training.deepspeed.offload": t.deepspeed.offload,
         "evaluation.gate.maxPerplexityRatio": p.gate.max_perplexity_ratio,
         "evaluation.gate.minStyleSimilarity": p.gate.min_style_similarity,
@@ -184,11 +185,51 @@ def test_print_config_with_flags_builds_from_the_same_classes(tmp_path):
     (["--sft-learning-rate", "0.5"], "--sft-learning-rate"),
     (["--lora-r", "0"], "--lora-r"),
     (["--deepspeed-offload", "--deepspeed-zero-stage", "1"], "offload needs zeroStage 2 or 3"),
+    (["--qlora"], "4bit (QLoRA) needs GPU workers"),
+    (["--lora-quantization", "4bit", "--gpus-per-worker", "0"], "set gpusPerWorker >= 1"),
+    (["--lora-quantization", "8bit"], "--lora-quantization"),
+    (["--qlora", "--lora-quantization", "none", "--gpus-per-worker", "1"], "--qlora and --lora-quantization none"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(tmp_path, args, fragment):
     done = subprocess.run([sys.executable, "-m", "twin_cli", "--data-dir", str(tmp_path), "pipeline", "--author", "Ada",
                            *args, "--print-config"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and fragment in done.stderr, done.stderr
+
+
+def test_qlora_flag_is_the_lora_quantization_field(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "twin_cli", "--data-dir", str(tmp_path), "pipeline", "--author", "Ada",
+                           "--qlora", "--gpus-per-worker", "1", "--print-config"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["pipeline"]["train"]["lora"]["quantization"] == "4bit"
+
+
+def test_qlora_is_refused_naming_the_fix_where_a_worker_cannot_run_it(tmp_path):
+    """This machine has no CUDA GPU: the training function refuses before loading anything."""
+    done = subprocess.run([sys.executable, "-m", "twin_cli", "--data-dir", str(tmp_path), "train", "--author", "Ada",
+                           "--dataset", str(tmp_path / "dataset"), "--base-model", str(tmp_path / "no-model"),
+                           "--qlora", "--gpus-per-worker", "1", "--no-ray"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "needs a CUDA GPU on every training worker" in done.stderr and "lora.quantization none" in done.stderr
+
+
+def test_qlora_without_bitsandbytes_names_the_package(monkeypatch):
+    import importlib.util
+
+    from training import sft_dpo
+    from training.config import TrainConfig
+
+    cfg = TrainConfig(author="Ada", base_model="m", dataset_dir="d", output_dir="o", gpus_per_worker=1,
+                      lora={"quantization": "4bit"})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ValueError, match="pip install bitsandbytes"):
+        sft_dpo.four_bit_config(cfg, on_gpu=True)
+    assert sft_dpo.four_bit_config(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"quantization": "none"})}),
+                                   on_gpu=True) is None
+    with pytest.raises(ValueError, match="merge the adapter into 4-bit weights"):
+        TrainConfig(author="Ada", base_model="m", dataset_dir="d", output_dir="o", gpus_per_worker=1,
+                    lora={"quantization": "4bit"}, merge=True)
 
 
 def test_config_and_flags_together_are_refused(tmp_path):
