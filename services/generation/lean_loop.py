@@ -27,12 +27,6 @@ class LeanLoop:
         self.engine = engine
         self.chunk = prefill_chunk if prefill_chunk > 0 else engine.max_len
         self.prefix = PrefixCache(prefix_cache_tokens)
-        # A decode step of a row or two is bound by reading the weights, not by arithmetic, and the
-        # thread streaming its tokens out needs a core between steps: on 2 cores one torch thread
-        # decoded a single stream at 38 tokens/s where two (each step faster alone) gave 35, the
-        # streaming thread preempting them mid-step. Larger steps and prompt chunks use them all.
-        self.threads = torch.get_num_threads()
-        self.light_threads = max(1, self.threads - 1)
 
     def serve(self, new: list) -> None:
         b, engine = self.backend, self.engine
@@ -56,7 +50,6 @@ class LeanLoop:
                     if waiting:
                         continue
                     return
-                self._threads(self.light_threads if not chunks and len(rows) <= 2 else self.threads)
                 logits, chunk_logits = engine.step(torch.tensor(next_ids) if rows else None,
                                                    torch.tensor(lengths) if rows else None,
                                                    [r.adapter for r in rows], chunks)
@@ -110,11 +103,6 @@ class LeanLoop:
                 self.engine.move_row(f[2], decoding + i, f[1])
                 f[2] = decoding + i
         return filling
-
-    @staticmethod
-    def _threads(n: int) -> None:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
     def _left(self, r) -> bool:
         if r.cancelled.is_set() and not r.done:

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from llm_twin.config import in_own_thread
+
 from .errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -81,5 +83,5 @@ def resolve_model(configured: str | None, data_dir: Path) -> str:
         return configured  # a hub id: from_pretrained reads it from the local HF cache, offline
     target = default_model_dir(data_dir)
     if not (target / "config.json").exists():
-        convert_default_model(target)
+        in_own_thread(convert_default_model, target)  # see in_own_thread: no OpenMP team left behind
     return str(target)

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from llm_twin import prompts
+from llm_twin.config import in_own_thread
 
 from . import lean_llama, sampling
 from . import quantization as quantization_
@@ -101,17 +102,20 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        def load():  # in a thread of its own (llm_twin.config.in_own_thread: why)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                model, dtype=quantization_.load_dtype(quantization, _pick_dtype(dtype, device)))
+            loaded.to(device).eval()
+            return loaded, quantization_.quantize(loaded, quantization, device)
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.control_tokens = prompts.control_tokens(self.tokenizer)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=quantization_.load_dtype(quantization, _pick_dtype(dtype, device)))
+            self.model, self.quantized_modules = in_own_thread(load)
         except OSError as exc:
             raise ModelUnavailable(f"cannot load model {model!r}: {exc}. Set TWIN_GENERATION_MODEL to a "
                                    "local model folder (nothing is downloaded at run time)") from exc
-        self.model.to(device).eval()
         self.quantization = quantization
-        self.quantized_modules = quantization_.quantize(self.model, quantization, device)
         if not self.tokenizer.chat_template:
             raise ModelUnavailable(f"model {model!r} has no chat template; use an instruct/chat model")
         self.device = device
@@ -132,7 +136,7 @@ class TransformersBackend:
         self._model_lock = threading.Lock()
         self._in_flight: list[_Request] = []
         self._outbox = _Outbox()
-        self.lean = self._lean_loop(lean, prefill_chunk, prefix_cache_tokens)
+        self.lean = in_own_thread(self._lean_loop, lean, prefill_chunk, prefix_cache_tokens)
         self._worker = threading.Thread(target=self._run, name="generation-batcher", daemon=True)
         self._worker.start()
 
@@ -184,6 +188,9 @@ class TransformersBackend:
     def load_adapter(self, name: str, path: str) -> None:
         """Adds a twin's adapter; requests then name it. Requests for different adapters (and
         the base) still decode in one batch: PEFT applies each row's own adapter."""
+        in_own_thread(self._load_adapter, name, path)
+
+    def _load_adapter(self, name: str, path: str) -> None:
         from peft import PeftModel
 
         with self._model_lock:
