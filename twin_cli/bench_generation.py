@@ -73,7 +73,9 @@ def _answers(backend, n_tokens: int = 32) -> list[str]:
 
 
 def _perplexity(backend, texts: list[str]) -> float:
-    """Through the forward that decodes: the lean engine (row 0, while nothing else runs) or the model."""
+    """Through the forward that decodes: the lean engine (row 0, while nothing else runs) or the
+    model. Run in a thread of its own (in_own_thread): torch work left on this thread would slow
+    the decode thread for the rest of the run."""
     import torch
 
     total, count = 0.0, 0
@@ -172,7 +174,7 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
 
 
 def run() -> dict:
-    from llm_twin.config import Settings, configure_torch_threads
+    from llm_twin.config import Settings, configure_torch_threads, in_own_thread
     from services.generation.model_store import resolve_model
     from services.generation.prefix_cache import PrefixCache
     from services.generation.transformers_backend import TransformersBackend
@@ -197,7 +199,7 @@ def run() -> dict:
                 rates = [_decode_rate(backend, p) for _ in range(REPEATS) for p in PROMPTS[:4]]
                 answers = _answers(backend)
                 reference = reference or answers
-                results[name] = {"tokens_per_s": statistics.median(rates), "perplexity": _perplexity(backend, texts),
+                results[name] = {"tokens_per_s": statistics.median(rates), "perplexity": in_own_thread(_perplexity, backend, texts),
                                  "identical": sum(a == b for a, b in zip(answers, reference, strict=True)) / len(PROMPTS),
                                  "load_s": load_s}
                 print(f"generation: measured {name}", flush=True)
