@@ -6,7 +6,9 @@ engine's own business: the transformers backend batches in its decode loop, Tens
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -45,6 +47,37 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token in this delta, when the request asked
+
+
+def merge(deltas: Sequence[Delta]) -> Delta:
+    """Consecutive deltas of one stream as one: their text and logprobs joined, the last's finish
+    reason and usage."""
+    last = deltas[-1]
+    if len(deltas) == 1:
+        return last
+    return Delta("".join(d.text for d in deltas), last.finish_reason, last.prompt_tokens, last.completion_tokens,
+                 tuple(p for d in deltas for p in d.logprobs))
+
+
+async def coalesced(deltas: AsyncIterator[Delta], interval_s: float) -> AsyncIterator[Delta]:
+    """``deltas`` merged so that at most one goes out per ``interval_s`` (the first, which carries
+    the time to first token, and the last at once): each message through the serving hops carries
+    a few tokens (vLLM's stream interval). Closing this closes ``deltas``."""
+    async with aclosing(deltas):
+        if interval_s <= 0:
+            async for delta in deltas:
+                yield delta
+            return
+        pending, sent_at = [], None
+        async for delta in deltas:
+            pending.append(delta)
+            now = time.monotonic()
+            if sent_at is None or delta.finish_reason or now - sent_at >= interval_s:
+                sent_at = now
+                yield merge(pending)
+                pending = []
+        if pending:
+            yield merge(pending)
 
 
 async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 from opentelemetry import trace
@@ -13,7 +14,7 @@ from llm_twin import registry
 from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
 
-from .backend import Delta, SamplingParams, collect
+from .backend import Delta, SamplingParams, coalesced, collect
 from .core import Generator
 from .errors import ModelUnavailable
 
@@ -100,9 +101,11 @@ class GenerationDeployment:
                 adapter = await self._adapter()
             if adapter:
                 span.set_attribute("gen_ai.request.model", f"{self.generator.model_id}+{adapter}")
-            async for delta in self.generator.raw(prompt, params, adapter):
-                last = delta
-                yield delta
+            interval = self.settings.stream_interval_ms / 1000
+            async with aclosing(coalesced(self.generator.raw(prompt, params, adapter), interval)) as deltas:
+                async for delta in deltas:
+                    last = delta
+                    yield delta
         except BaseException as exc:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attribute("error.type", type(exc).__name__)

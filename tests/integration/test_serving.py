@@ -106,6 +106,10 @@ def test_reflection_lists_the_twin_services(channel):
 def test_grpc_chat_answers_with_sources_and_the_stream_says_the_same(channel):
     stub = chat_pb2_grpc.ChatServiceStub(channel)
     request = chat_pb2.ChatRequest(twin="Mara Quill", messages=ask(QUESTION), sampling=sampling(16))
+    # Asked once first, so that both answers below start from the prefix cache: with int8 weights a
+    # prompt prefilled whole and one whose last token alone is computed differ in rounding (a
+    # 64-row chunk and a single row go through different kernels), enough to move a near-tie.
+    stub.Chat(request)
     unary = stub.Chat(request)
     assert unary.answer.strip() and unary.model == "mara-quill"
     assert unary.sources[0].title == "Notes on hybrid search"

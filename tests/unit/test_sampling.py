@@ -59,3 +59,55 @@ def test_top_p_sampling_keeps_the_same_nucleus_whether_or_not_the_top_256_hold_i
     for seed in range(20):
         assert sampling.sample(logits, params, torch.Generator().manual_seed(seed)) == \
             full_sort_sample(logits, params, torch.Generator().manual_seed(seed))
+
+
+# -- streamed text in fewer, larger messages -----------------------------------------------------------
+def _deltas(gaps: list[float], closed: list):
+    from services.generation.backend import Delta, TokenLogprob
+
+    async def stream():
+        import asyncio
+
+        try:
+            for i, gap in enumerate(gaps):
+                await asyncio.sleep(gap)
+                yield Delta(f"t{i} ", "stop" if i == len(gaps) - 1 else None, 5, i + 1, (TokenLogprob(f"t{i}", -0.1),))
+        finally:
+            closed.append(True)
+
+    return stream()
+
+
+def test_coalesced_sends_the_first_at_once_merges_the_rest_and_never_holds_the_last():
+    import asyncio
+
+    from services.generation.backend import coalesced
+
+    async def run(interval):
+        closed = []
+        out = [d async for d in coalesced(_deltas([0.0] + [0.01] * 9, closed), interval)]
+        return out, closed
+
+    out, closed = asyncio.run(run(0.035))
+    assert out[0].text == "t0 " and len(out) < 10 and closed
+    assert "".join(d.text for d in out) == "".join(f"t{i} " for i in range(10))
+    assert [len(d.logprobs) for d in out] and sum(len(d.logprobs) for d in out) == 10
+    assert out[-1].finish_reason == "stop" and out[-1].completion_tokens == 10 and out[-1].prompt_tokens == 5
+    assert all(d.finish_reason is None for d in out[:-1])
+    every, _ = asyncio.run(run(0))
+    assert [d.text for d in every] == [f"t{i} " for i in range(10)]
+
+
+def test_closing_a_coalesced_stream_closes_the_one_it_reads():
+    import asyncio
+
+    from services.generation.backend import coalesced
+
+    async def run():
+        closed = []
+        stream = coalesced(_deltas([0.0] * 10, closed), 0.05)
+        await anext(stream)
+        await stream.aclose()
+        return closed
+
+    assert asyncio.run(run()) == [True]
