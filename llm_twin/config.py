@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         "auto", description="Serving weights: int8 (weight-only, per-channel scales, bf16 activations), bf16, or "
         "none; auto = int8 on a CPU, none on a GPU. `make bench` prints each one's speed and quality delta "
         "against none.")
+    int8_kernel: Literal["auto", "native", "torch"] = Field(
+        "auto", description="What multiplies int8 weights: native (a kernel built once with the machine's C++ "
+        "compiler, for CPUs with AVX512-BF16: one weight widening per step for up to 8 rows), torch "
+        "(torch._weight_int8pack_mm), or auto = native where it builds, else torch, saying why.")
     generation_lean: bool = Field(
         True, description="Decode Llama-architecture models on a CPU with the lean forward (fused weights, a KV "
         "cache allocated once, chunked prefill, prefix caching); false uses transformers' own forward.")

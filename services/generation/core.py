@@ -146,9 +146,9 @@ class Generator:
         if settings.generation_engine == "tensorrt-llm":
             from .tensorrt_backend import TensorRTLLMBackend
 
-            if settings.generation_quantization not in ("auto", "none"):
-                raise ModelUnavailable("TWIN_GENERATION_QUANTIZATION applies to the transformers engine; "
-                                       "TensorRT-LLM quantizes when its engine is built (FP8 on Hopper)")
+            if settings.generation_quantization not in ("auto", "none") or settings.int8_kernel != "auto":
+                raise ModelUnavailable("TWIN_GENERATION_QUANTIZATION and TWIN_INT8_KERNEL apply to the transformers "
+                                       "engine; TensorRT-LLM quantizes when its engine is built (FP8 on Hopper)")
 
             backend = TensorRTLLMBackend(path)
         else:
@@ -159,7 +159,8 @@ class Generator:
                                           quantization=settings.generation_quantization,
                                           max_batch_size=settings.max_batch_size, batch_wait_s=settings.batch_wait_s,
                                           lean=settings.generation_lean, prefill_chunk=settings.prefill_chunk,
-                                          prefix_cache_tokens=settings.prefix_cache_tokens)
+                                          prefix_cache_tokens=settings.prefix_cache_tokens,
+                                          int8_kernel=settings.int8_kernel)
         return cls(backend=backend, default_max_tokens=settings.default_max_tokens,
                    max_new_tokens=settings.max_new_tokens, max_prompt_tokens=settings.max_prompt_tokens,
                    repetition_penalty=settings.repetition_penalty)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import int8_kernel
 from .quantization import Int8WeightOnlyLinear
 
 WIDEN_FROM_ROWS = 16  # from this many rows an int8 layer multiplies in bf16 (crossover measured here, FusedLinear)
@@ -60,9 +61,9 @@ def adapter_problem(path: str) -> str | None:
 class FusedLinear:
     """Several linear layers' weights stacked into one matrix: float, or int8 per output channel."""
 
-    def __init__(self, weights: list[torch.Tensor], int8: bool, dtype: torch.dtype):
+    def __init__(self, weights: list[torch.Tensor], int8: bool, dtype: torch.dtype, op=None):
         weight = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
-        self.int8 = int8
+        self.int8, self.op = int8, op  # op: the native int8 kernel (int8_kernel), None: torch's
         if int8:
             q = Int8WeightOnlyLinear(_as_linear(weight))
             self.weight, self.scales = q.weight_int8, q.scales
@@ -78,7 +79,7 @@ class FusedLinear:
             return F.linear(x, self.weight)
         if x.shape[0] >= WIDEN_FROM_ROWS:
             return F.linear(x, self.widened) * self.scales
-        return torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
+        return int8_kernel.matmul(x, self.weight, self.scales, self.op)
 
 
 def _as_linear(weight: torch.Tensor) -> torch.nn.Linear:
@@ -96,7 +97,7 @@ def _weight(module) -> torch.Tensor:
 
 
 class LeanLlama:
-    def __init__(self, model, *, int8: bool, rows: int, max_len: int | None = None):
+    def __init__(self, model, *, int8: bool, rows: int, max_len: int | None = None, int8_op=None):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         c = base.config
         self.dtype = torch.bfloat16 if int8 else base.model.embed_tokens.weight.dtype
@@ -108,17 +109,18 @@ class LeanLlama:
         self.embed = base.model.embed_tokens.weight.detach().to(self.dtype)
         self.rotary = base.model.rotary_emb
         self.norm = base.model.norm.weight.detach().to(self.dtype)
-        self.lm_head = FusedLinear([_weight(base.lm_head)], int8, self.dtype)
+        self.lm_head = FusedLinear([_weight(base.lm_head)], int8, self.dtype, int8_op)
         self.layers = []
         for layer in base.model.layers:
             a, m = layer.self_attn, layer.mlp
             self.layers.append({
                 "in_norm": layer.input_layernorm.weight.detach().to(self.dtype),
                 "post_norm": layer.post_attention_layernorm.weight.detach().to(self.dtype),
-                "qkv": FusedLinear([_weight(a.q_proj), _weight(a.k_proj), _weight(a.v_proj)], int8, self.dtype),
-                "o": FusedLinear([_weight(a.o_proj)], int8, self.dtype),
-                "gate_up": FusedLinear([_weight(m.gate_proj), _weight(m.up_proj)], int8, self.dtype),
-                "down": FusedLinear([_weight(m.down_proj)], int8, self.dtype)})
+                "qkv": FusedLinear([_weight(a.q_proj), _weight(a.k_proj), _weight(a.v_proj)], int8, self.dtype,
+                                   int8_op),
+                "o": FusedLinear([_weight(a.o_proj)], int8, self.dtype, int8_op),
+                "gate_up": FusedLinear([_weight(m.gate_proj), _weight(m.up_proj)], int8, self.dtype, int8_op),
+                "down": FusedLinear([_weight(m.down_proj)], int8, self.dtype, int8_op)})
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.inter = base.config.intermediate_size
         # Where each adapted module's output sits in its fused matrix's output.

@@ -1,8 +1,8 @@
 """Weights for CPU serving: `none` (as loaded), `bf16`, or `int8` weight-only.
 
 `int8` stores each linear layer's weight as int8 with one float scale per output channel and
-multiplies with torch's int8-weight kernel (`torch._weight_int8pack_mm`, the one torchao uses on
-CPU) on bf16 activations. Activations are not quantized, so a row's output does not depend on
+multiplies on bf16 activations with the native kernel where the CPU has AVX512-BF16, else torch's
+(`torch._weight_int8pack_mm`, the one torchao uses on CPU): `int8_kernel` says which and why. Activations are not quantized, so a row's output does not depend on
 what it is batched with, and quality stays close to float32.
 
 Measured on SmolLM2-135M, 2 cores (held-out perplexity of the sample posts; decode tokens/s of a
@@ -21,6 +21,7 @@ import torch
 
 from llm_twin.twinmodel import LoraSettings
 
+from . import int8_kernel
 from .errors import ModelUnavailable
 
 QUANTIZATIONS = ("auto", "none", "int8", "bf16")
@@ -30,8 +31,9 @@ INT8_KEEP = tuple(LoraSettings.model_fields["target_modules"].default)
 class Int8WeightOnlyLinear(torch.nn.Module):
     """A linear layer with int8 weights and per-output-channel scales."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, op=None):
         super().__init__()
+        self.op = op  # the native int8 kernel, or None: torch's
         weight = linear.weight.detach().float()
         scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
         self.register_buffer("weight_int8", torch.clamp((weight / scales[:, None]).round(), -128, 127).to(torch.int8))
@@ -42,7 +44,7 @@ class Int8WeightOnlyLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
-        out = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).reshape(*shape[:-1], self.out_features)
+        out = int8_kernel.matmul(flat, self.weight_int8, self.scales, self.op).reshape(*shape[:-1], self.out_features)
         out = out if self.bias is None else out + self.bias
         return out.to(x.dtype)
 
@@ -68,7 +70,20 @@ def check(quantization: str) -> None:
                                "(TWIN_GENERATION_QUANTIZATION)")
 
 
-def quantize(model: torch.nn.Module, quantization: str, device: str) -> set[str]:
+def int8_op(quantization: str, kernel: str):
+    """The native int8 kernel for int8 serving (None: torch's); a kernel asked for by name with
+    weights that are not int8 is refused rather than ignored."""
+    int8_kernel.check(kernel)
+    if quantization != "int8":
+        if kernel != "auto":
+            raise ModelUnavailable(f"TWIN_INT8_KERNEL={kernel} applies to int8 weights, and these are "
+                                   f"{quantization!r}: set TWIN_GENERATION_QUANTIZATION=int8 (or auto on a CPU), "
+                                   "or leave TWIN_INT8_KERNEL at auto")
+        return None
+    return int8_kernel.native(kernel)
+
+
+def quantize(model: torch.nn.Module, quantization: str, device: str, op=None) -> set[str]:
     """In place; -> the short names of the layers now int8 (gate_proj, lm_head, ...)."""
     check(quantization)
     if quantization != "int8":
@@ -80,7 +95,7 @@ def quantize(model: torch.nn.Module, quantization: str, device: str) -> set[str]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear) and name not in INT8_KEEP:
-                setattr(parent, name, Int8WeightOnlyLinear(child))
+                setattr(parent, name, Int8WeightOnlyLinear(child, op))
                 names.add(name)
     return names
 

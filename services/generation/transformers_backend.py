@@ -96,8 +96,10 @@ def _pick_dtype(name: str, device: str):
 class TransformersBackend:
     def __init__(self, model: str, *, device: str = "cpu", dtype: str = "auto", max_batch_size: int = 8,
                  batch_wait_s: float = 0.01, model_id: str | None = None, quantization: str = "none",
-                 lean: bool = True, prefill_chunk: int = 64, prefix_cache_tokens: int = 4096):
+                 lean: bool = True, prefill_chunk: int = 64, prefix_cache_tokens: int = 4096,
+                 int8_kernel: str = "auto"):
         quantization = quantization_.resolve(quantization, device)
+        int8_op = quantization_.int8_op(quantization, int8_kernel)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,7 +108,7 @@ class TransformersBackend:
             loaded = AutoModelForCausalLM.from_pretrained(
                 model, dtype=quantization_.load_dtype(quantization, _pick_dtype(dtype, device)))
             loaded.to(device).eval()
-            return loaded, quantization_.quantize(loaded, quantization, device)
+            return loaded, quantization_.quantize(loaded, quantization, device, int8_op)
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -115,7 +117,7 @@ class TransformersBackend:
         except OSError as exc:
             raise ModelUnavailable(f"cannot load model {model!r}: {exc}. Set TWIN_GENERATION_MODEL to a "
                                    "local model folder (nothing is downloaded at run time)") from exc
-        self.quantization = quantization
+        self.quantization, self.int8_op = quantization, int8_op
         if not self.tokenizer.chat_template:
             raise ModelUnavailable(f"model {model!r} has no chat template; use an instruct/chat model")
         self.device = device
@@ -149,7 +151,8 @@ class TransformersBackend:
         if why_not:
             log.info("generation decodes with transformers' forward: %s", why_not)
             return None
-        engine = lean_llama.LeanLlama(self.model, int8=self.quantization == "int8", rows=self.max_batch_size)
+        engine = lean_llama.LeanLlama(self.model, int8=self.quantization == "int8", rows=self.max_batch_size,
+                                      int8_op=self.int8_op)
         return LeanLoop(self, engine, prefill_chunk, prefix_cache_tokens)
 
     # -- the interface -------------------------------------------------------------------------

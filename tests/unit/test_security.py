@@ -137,6 +137,7 @@ def test_public_addresses_pass_and_allowed_networks_open_named_ranges():
     ("TWIN_PREFIX_CACHE_TOKENS", "-64", "prefix_cache_tokens"),
     ("TWIN_STREAM_INTERVAL_MS", "-5", "stream_interval_ms"),
     ("TWIN_STREAM_INTERVAL_MS", "5000", "stream_interval_ms"),
+    ("TWIN_INT8_KERNEL", "fast", "int8_kernel"),
 ])
 def test_a_bad_generation_setting_is_refused_naming_it(monkeypatch, variable, value, field):
     import pydantic

@@ -1,0 +1,92 @@
+"""The native int8 kernel against torch's and against exact arithmetic; choosing and refusing it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from services.generation import int8_kernel
+from services.generation.errors import ModelUnavailable
+from services.generation.quantization import int8_op
+
+MISSING = int8_kernel.missing_cpu_flags()
+needs_cpu = pytest.mark.skipif(bool(MISSING), reason=f"this CPU lacks {MISSING} (the kernel is refused there; "
+                               "test_auto_falls_back... covers that path)")
+
+
+def operands(m: int, n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(m, k, generator=g) * 3).to(torch.bfloat16)
+    weight = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    scales = (torch.rand(n, generator=g) * 0.02 + 1e-3).to(torch.bfloat16)
+    return x, weight, scales
+
+
+@pytest.fixture(scope="module")
+def op():
+    return int8_kernel.native("native")
+
+
+@needs_cpu
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 13, 16])
+@pytest.mark.parametrize(("n", "k"), [(1, 32), (7, 64), (130, 576), (577, 1536)])
+def test_native_kernel_computes_what_torchs_does(op, m, n, k):
+    x, weight, scales = operands(m, n, k, seed=m * 1000 + n)
+    got = int8_kernel.matmul(x, weight, scales, op).float()
+    exact = x.double() @ (weight.double() * scales.double()[:, None]).T
+    torchs = torch._weight_int8pack_mm(x, weight, scales).float()
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    # Both round the float32 sum to bf16 once: within bf16's half-ulp of the exact result (2^-8 relative).
+    bound = exact.abs().max().item() * 2 ** -7
+    assert (got.double() - exact).abs().max().item() <= bound
+    assert (torchs.double() - exact).abs().max().item() <= bound
+
+
+@needs_cpu
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(op):
+    """Each row accumulates in the same order whatever the batch: a row batched gives its bits alone."""
+    x, weight, scales = operands(8, 300, 576, seed=7)
+    batched = int8_kernel.matmul(x, weight, scales, op)
+    for row in range(8):
+        assert torch.equal(int8_kernel.matmul(x[row:row + 1], weight, scales, op)[0], batched[row])
+
+
+@needs_cpu
+def test_a_k_the_kernel_does_not_tile_goes_to_torchs_kernel(op):
+    x, weight, scales = operands(4, 9, 48, seed=3)  # 48 is not a multiple of 32
+    assert torch.equal(int8_kernel.matmul(x, weight, scales, op), torch._weight_int8pack_mm(x, weight, scales))
+
+
+def test_torch_never_builds_it_and_unknown_values_are_refused():
+    assert int8_kernel.native("torch") is None
+    with pytest.raises(ModelUnavailable, match="unknown int8 kernel 'fast'.*TWIN_INT8_KERNEL"):
+        int8_kernel.native("fast")
+
+
+def test_auto_falls_back_saying_why_and_native_refuses_naming_the_fix(monkeypatch, caplog):
+    monkeypatch.setattr(int8_kernel, "_native", [None, "this CPU lacks avx512_bf16"])
+    with caplog.at_level(logging.WARNING, logger=int8_kernel.__name__):
+        assert int8_kernel.native("auto") is None
+    assert "torch's kernel" in caplog.text and "avx512_bf16" in caplog.text
+    with pytest.raises(ModelUnavailable, match="TWIN_INT8_KERNEL=native: this CPU lacks avx512_bf16.*auto or torch"):
+        int8_kernel.native("native")
+
+
+def test_a_kernel_named_for_weights_that_are_not_int8_is_refused_not_ignored():
+    for quantization in ("none", "bf16"):
+        assert int8_op(quantization, "auto") is None
+        for kernel in ("native", "torch"):
+            with pytest.raises(ModelUnavailable, match=f"TWIN_INT8_KERNEL={kernel} applies to int8 weights"):
+                int8_op(quantization, kernel)
+    assert int8_op("int8", "torch") is None
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512bw avx512vl avx512_bf16\n")
+    assert int8_kernel.missing_cpu_flags(str(info)) == []
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    assert int8_kernel.missing_cpu_flags(str(info)) == ["avx512bw", "avx512vl", "avx512_bf16"]
+    assert int8_kernel.missing_cpu_flags(str(tmp_path / "absent")) == list(int8_kernel.CPU_FLAGS)
