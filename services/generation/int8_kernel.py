@@ -15,8 +15,11 @@ saying why, where it cannot; ``native`` refuses to start without it; ``torch`` n
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -56,15 +59,34 @@ def missing_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return [f for f in CPU_FLAGS if f not in flags]
 
 
+def build_folder(root: Path, source: Path = SOURCE) -> Path:
+    """The build folder for this source, these flags, this torch and Python (their ABI), with the
+    source copied in: every checkout of the same kernel finds the same build (ninja rebuilds when a
+    source path changes, and rebuilding in place would replace a library other processes have
+    loaded)."""
+    code = source.read_bytes()
+    built_for = f"{' '.join(FLAGS)} torch {torch.__version__} python {sys.version_info[:2]}"
+    folder = root / f"twin_int8-{hashlib.sha256(code + built_for.encode()).hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / SOURCE.name
+    if not copy.exists() or copy.read_bytes() != code:
+        temporary = folder / f".{SOURCE.name}.{os.getpid()}"
+        temporary.write_bytes(code)
+        temporary.replace(copy)
+    return folder
+
+
 def build() -> None:
     """Compiles (or finds compiled) and loads the kernel, whatever this CPU runs: the image build
     (`python -m services.generation.int8_kernel`) does this once for every pod."""
     if not hasattr(torch.ops.twin_int8, "int8_bf16_mm"):
         from torch.utils import cpp_extension
 
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
+        folder = build_folder(root)
         log.info("loading the native int8 kernel (built once per machine, ~10 s the first time)")
-        cpp_extension.load(name="twin_int8", sources=[str(SOURCE)], extra_cflags=FLAGS, is_python_module=False,
-                           verbose=False)
+        cpp_extension.load(name="twin_int8", sources=[str(folder / SOURCE.name)], extra_cflags=FLAGS,
+                           is_python_module=False, build_directory=str(folder), verbose=False)
 
 
 def _build() -> tuple[Callable | None, str]:

@@ -90,3 +90,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
     assert int8_kernel.missing_cpu_flags(str(info)) == ["avx512bw", "avx512vl", "avx512_bf16"]
     assert int8_kernel.missing_cpu_flags(str(tmp_path / "absent")) == list(int8_kernel.CPU_FLAGS)
+
+
+def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_its_own(tmp_path):
+    """ninja rebuilds when a source's path changes; a rebuild in place would swap the library under
+    processes that loaded it. So the build folder follows the source's content, not its place."""
+    root = tmp_path / "extensions"
+    one, two = tmp_path / "one" / "k.cpp", tmp_path / "two" / "k.cpp"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_text("// the kernel\n")
+    folder = int8_kernel.build_folder(root, one)
+    assert int8_kernel.build_folder(root, two) == folder
+    assert (folder / int8_kernel.SOURCE.name).read_text() == "// the kernel\n"
+    two.write_text("// another kernel\n")
+    other = int8_kernel.build_folder(root, two)
+    assert other != folder and (other / int8_kernel.SOURCE.name).read_text() == "// another kernel\n"
+    assert (folder / int8_kernel.SOURCE.name).read_text() == "// the kernel\n"
