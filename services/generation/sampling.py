@@ -57,6 +57,11 @@ def logprob(logits, token: int, top: int, decode) -> TokenLogprob:
     before temperature, as OpenAI reports them)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     best = torch.topk(logp, top).indices.tolist() if top else []
+    # bf16 logits tie often (0.125 apart at 16-32) and topk orders ties as it likes: among equals
+    # the chosen token is listed first, and one tied with the last place is listed at all.
+    if best and token not in best and float(logp[token]) >= float(logp[best[-1]]):
+        best[-1] = token
+    best.sort(key=lambda i: (-float(logp[i]), i != token))
     return TokenLogprob(decode([token]), float(logp[token]), tuple((decode([i]), float(logp[i])) for i in best))
 
 

@@ -111,3 +111,19 @@ def test_closing_a_coalesced_stream_closes_the_one_it_reads():
         return closed
 
     assert asyncio.run(run()) == [True]
+
+
+def test_a_chosen_token_tied_with_others_is_listed_first_in_its_top_logprobs():
+    """Greedy takes the first of equal logits (argmax); the top list must not show another of them first."""
+    logits = torch.full((50,), -5.0)
+    logits[[3, 17, 40]] = 2.0  # a three-way tie for first
+    logits[8] = 1.0
+    token = int(logits.argmax())
+    for top in (1, 2, 3, 4):
+        item = sampling.logprob(logits, token, top, lambda ids: f"t{ids[0]}")
+        assert item.top[0][0] == item.token == f"t{token}" and len(item.top) == top
+        assert item.top[0][1] == item.logprob
+        assert [p for _, p in item.top] == sorted((p for _, p in item.top), reverse=True)
+    logits[8] = 2.0  # tied with the last place: still listed
+    item = sampling.logprob(logits, 8, 2, lambda ids: f"t{ids[0]}")
+    assert item.top[0][0] == "t8"
