@@ -209,9 +209,12 @@ def run() -> dict:
                 rates = [_decode_rate(backend, p) for _ in range(REPEATS) for p in PROMPTS[:4]]
                 answers = _answers(backend)
                 reference = reference or answers
-                results[name] = {"tokens_per_s": statistics.median(rates), "perplexity": in_own_thread(_perplexity, backend, texts),
-                                 "identical": sum(a == b for a, b in zip(answers, reference, strict=True)) / len(PROMPTS),
-                                 "load_s": load_s}
+                results[name] = {"tokens_per_s": statistics.median(rates),
+                                 "perplexity": in_own_thread(_perplexity, backend, texts),
+                                 "identical": sum(a == b for a, b in zip(answers, reference, strict=True))
+                                 / len(PROMPTS),
+                                 "load_s": load_s,
+                                 "weights_mb": backend.lean.engine.weight_bytes() / 2**20 if backend.lean else None}
                 print(f"generation: measured {name}", flush=True)
                 if quantization == "int8":
                     results[name]["batching"] = _batching(backend)
@@ -242,7 +245,8 @@ def _report(results: dict, chunk: int) -> None:
         print(f"generation {name}: single-stream decode {r['tokens_per_s']:.1f} tok/s / baseline "
               f"{base['tokens_per_s']:.1f} = {ratio:.2f}{goal}; held-out perplexity {r['perplexity']:.2f} "
               f"(baseline {base['perplexity']:.2f}, {r['perplexity'] / base['perplexity'] - 1:+.1%}); greedy answers "
-              f"identical to the baseline's {r['identical']:.0%}; load {r['load_s']:.1f} s", flush=True)
+              f"identical to the baseline's {r['identical']:.0%}; load {r['load_s']:.1f} s"
+              + (f"; weights the lean loop holds {r['weights_mb']:.0f} MB" if r["weights_mb"] else ""), flush=True)
     for name, r in results.items():
         if isinstance(r, dict) and "batching" in r:
             one, many = r["batching"]

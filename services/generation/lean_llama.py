@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import int8_kernel
 from .quantization import Int8WeightOnlyLinear
 
-WIDEN_FROM_ROWS = 16  # from this many rows an int8 layer multiplies in bf16 (crossover measured here, FusedLinear)
+WIDEN_FROM_ROWS = 16  # with torch's int8 kernel, from this many rows a layer multiplies in bf16 (FusedLinear)
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -67,17 +67,20 @@ class FusedLinear:
         if int8:
             q = Int8WeightOnlyLinear(_as_linear(weight))
             self.weight, self.scales = q.weight_int8, q.scales
-            # The same int8 values widened to bf16, for prompt chunks: torch's int8-weight kernel
-            # costs in proportion to the rows (a 576x1536 layer here: 0.025 ms for one row, 0.097
-            # for 8, 1.7 for 128), a bf16 GEMM hardly grows (0.096, 0.102, 0.58).
-            self.widened = self.weight.to(torch.bfloat16)
+            # With torch's int8-weight kernel, the same int8 values widened to bf16 for prompt chunks:
+            # it costs in proportion to the rows (a 576x1536 layer here: 0.025 ms for one row, 0.097
+            # for 8, 1.7 for 128), a bf16 GEMM hardly grows (0.096, 0.102, 0.58). The native kernel
+            # widens each weight once per call whatever the rows (a 64-token chunk of the whole
+            # model: 70 ms against 73.5 through the copy; 256 tokens 259 against 232), so it needs
+            # no copy: 2 bytes a weight less.
+            self.widened = None if op is not None else self.weight.to(torch.bfloat16)
         else:  # a single float weight is shared with the model, not copied
             self.weight = weight.to(dtype).contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int8:
             return F.linear(x, self.weight)
-        if x.shape[0] >= WIDEN_FROM_ROWS:
+        if self.widened is not None and x.shape[0] >= WIDEN_FROM_ROWS:
             return F.linear(x, self.widened) * self.scales
         return int8_kernel.matmul(x, self.weight, self.scales, self.op)
 
@@ -131,6 +134,15 @@ class LeanLlama:
         self.capacity = 0
         self.kv = None  # (layers, 2, rows, kv_heads, capacity, head_dim), float32: see _decode_attention
         self.reserve(min(512, self.max_len))
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this engine holds (int8, scales, bf16 copies, embeddings, norms)."""
+        tensors = [self.embed, self.norm] + [t for layer in self.layers for t in (layer["in_norm"], layer["post_norm"])]
+        linears = [self.lm_head] + [f for layer in self.layers for f in layer.values() if isinstance(f, FusedLinear)]
+        for linear in linears:
+            tensors += [t for t in (linear.weight, getattr(linear, "scales", None), getattr(linear, "widened", None))
+                        if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     # -- the cache ------------------------------------------------------------------------------
     def reserve(self, length: int) -> None:

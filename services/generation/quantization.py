@@ -2,8 +2,9 @@
 
 `int8` stores each linear layer's weight as int8 with one float scale per output channel and
 multiplies on bf16 activations with the native kernel where the CPU has AVX512-BF16, else torch's
-(`torch._weight_int8pack_mm`, the one torchao uses on CPU): `int8_kernel` says which and why. Activations are not quantized, so a row's output does not depend on
-what it is batched with, and quality stays close to float32.
+(`torch._weight_int8pack_mm`, the one torchao uses on CPU): `int8_kernel` says which and why.
+Activations are not quantized, so a row's output does not depend on what it is batched with, and
+quality stays close to float32.
 
 Measured on SmolLM2-135M, 2 cores (held-out perplexity of the sample posts; decode tokens/s of a
 plain forward loop): float32 179.3 / 17.0, bf16 180.6 / 22.9, int8 weight-only 182.1 / 24.9.

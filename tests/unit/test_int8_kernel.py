@@ -30,7 +30,7 @@ def op():
 
 
 @needs_cpu
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 13, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 64, 100])
 @pytest.mark.parametrize(("n", "k"), [(1, 32), (7, 64), (130, 576), (577, 1536)])
 def test_native_kernel_computes_what_torchs_does(op, m, n, k):
     x, weight, scales = operands(m, n, k, seed=m * 1000 + n)
@@ -45,12 +45,20 @@ def test_native_kernel_computes_what_torchs_does(op, m, n, k):
 
 
 @needs_cpu
-def test_a_rows_result_does_not_depend_on_the_rows_beside_it(op):
-    """Each row accumulates in the same order whatever the batch: a row batched gives its bits alone."""
-    x, weight, scales = operands(8, 300, 576, seed=7)
+@pytest.mark.parametrize("m", [2, 8, 9, 64])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(op, m):
+    """Each row accumulates in the same order whatever the batch (a decode step's rows widen in
+    registers, a prompt chunk's from a buffer): a row batched or prefilled gives its bits alone."""
+    x, weight, scales = operands(m, 301, 576, seed=7)
     batched = int8_kernel.matmul(x, weight, scales, op)
-    for row in range(8):
+    for row in range(m):
         assert torch.equal(int8_kernel.matmul(x[row:row + 1], weight, scales, op)[0], batched[row])
+
+
+@needs_cpu
+def test_no_rows_give_an_empty_result(op):
+    x, weight, scales = operands(0, 5, 64, seed=1)
+    assert int8_kernel.matmul(x, weight, scales, op).shape == (0, 5)
 
 
 @needs_cpu

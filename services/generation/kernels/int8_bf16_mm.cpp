@@ -5,13 +5,17 @@
 // every weight to float32 once per block of rows, so a decode step of 8 rows cost 2.3x one of a
 // single row. Here each weight is widened once per step for up to 8 rows (int8 -> float32 -> bf16,
 // exact: every int8 value is a bf16), and the rows multiply with VDPBF16PS, two products per lane,
-// accumulated in float32; the scale is applied once per output. A row's result does not depend on
-// the rows it is batched with (each row accumulates in the same order whatever M is).
+// accumulated in float32; the scale is applied once per output. More than 8 rows (prompt chunks)
+// widen each tile of weights once into an L1-sized buffer that every block of rows reads, so the
+// widening is paid once per call whatever M is, and no bf16 copy of the weights is kept. A row's
+// result does not depend on the rows it is batched with (each row accumulates in the same order
+// whatever M is, in registers or from the buffer).
 // Built by services/generation/int8_kernel.py with torch.utils.cpp_extension; threads come from
 // torch's own OpenMP pool (at::parallel_for), so the decode loop keeps a single team.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <vector>
 #include <torch/library.h>
 
 namespace {
@@ -61,6 +65,63 @@ void rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFl
   for (int64_t n = tiles * NB; n < N; ++n) tile<M, 1>(x, w, s, y, K, N, n);
 }
 
+// Many rows (prompt chunks): each tile of kWide weight rows is widened once into a bf16 buffer
+// (L1-sized: 4 x K x 2 bytes) and every block of 8 rows reads it from there, so widening costs once
+// per call whatever M is, and memory traffic stays one byte a weight.
+constexpr int kWide = 4;
+
+template <int M>
+inline void from_buffer(const at::BFloat16* x, const __m512bh* wb, const at::BFloat16* s, at::BFloat16* y,
+                        int64_t K, int64_t N, int64_t n0, int nb) {
+  __m512 acc[M][kWide];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < kWide; ++j) acc[m][j] = _mm512_setzero_ps();
+  const int64_t steps = K / kStep;
+  for (int64_t k = 0; k < steps; ++k) {
+    __m512bh wv[kWide];
+    for (int j = 0; j < kWide; ++j) wv[j] = wb[j * steps + k];
+    for (int m = 0; m < M; ++m) {
+      __m512bh xv = (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(x + m * K + k * kStep));
+      for (int j = 0; j < kWide; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], xv, wv[j]);
+    }
+  }
+  for (int j = 0; j < nb; ++j) {
+    float scale = static_cast<float>(s[n0 + j]);
+    for (int m = 0; m < M; ++m)
+      y[m * N + n0 + j] = static_cast<at::BFloat16>(_mm512_reduce_add_ps(acc[m][j]) * scale);
+  }
+}
+
+void many_rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t M,
+               int64_t K, int64_t N) {
+  const int64_t steps = K / kStep, tiles = (N + kWide - 1) / kWide;
+  at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
+    std::vector<__m512bh> wb(kWide * steps);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * kWide;
+      const int nb = static_cast<int>(std::min<int64_t>(kWide, N - n0));
+      for (int j = 0; j < kWide; ++j)  // rows past N (the last tile) widen row n0 again, never stored
+        for (int64_t k = 0; k < steps; ++k) wb[j * steps + k] = widen(w + (n0 + (j < nb ? j : 0)) * K + k * kStep);
+      for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        const auto* xm = x + m0 * K;
+        auto* ym = y + m0 * N;
+        switch (std::min<int64_t>(8, M - m0)) {
+          case 1: from_buffer<1>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 2: from_buffer<2>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 3: from_buffer<3>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 4: from_buffer<4>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 5: from_buffer<5>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 6: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 7: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb);  // 8 x 4 accumulators would spill
+                  from_buffer<1>(xm + 6 * K, wb.data(), s, ym + 6 * N, K, N, n0, nb); break;
+          default: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb);
+                   from_buffer<2>(xm + 6 * K, wb.data(), s, ym + 6 * N, K, N, n0, nb); break;
+        }
+      }
+    }
+  });
+}
+
 at::Tensor int8_bf16_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && s.dim() == 1, "int8_bf16_mm: x (M, K), w (N, K), s (N)");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kChar && s.scalar_type() == at::kBFloat16,
@@ -74,20 +135,22 @@ at::Tensor int8_bf16_mm(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const auto* wp = w.const_data_ptr<int8_t>();
   const auto* sp = s.const_data_ptr<at::BFloat16>();
   auto* yp = y.mutable_data_ptr<at::BFloat16>();
-  // Blocks of 8 rows; the tile widths keep M * NB accumulators + NB weights + 1 row in 32 registers.
-  for (int64_t m0 = 0; m0 < M; m0 += 8) {
-    const auto* xm = xp + m0 * K;
-    auto* ym = yp + m0 * N;
-    switch (std::min<int64_t>(8, M - m0)) {
-      case 1: rows<1, 4>(xm, wp, sp, ym, K, N); break;
-      case 2: rows<2, 4>(xm, wp, sp, ym, K, N); break;
-      case 3: rows<3, 4>(xm, wp, sp, ym, K, N); break;
-      case 4: rows<4, 4>(xm, wp, sp, ym, K, N); break;
-      case 5: rows<5, 3>(xm, wp, sp, ym, K, N); break;
-      case 6: rows<6, 3>(xm, wp, sp, ym, K, N); break;
-      case 7: rows<7, 3>(xm, wp, sp, ym, K, N); break;
-      default: rows<8, 3>(xm, wp, sp, ym, K, N); break;
-    }
+  if (M == 0 || N == 0) return y;
+  if (M > 8) {
+    many_rows(xp, wp, sp, yp, M, K, N);
+    return y;
+  }
+  // Up to 8 rows (decode steps) widen in registers; the tile widths keep M * NB accumulators + NB
+  // weights + 1 row in 32 registers.
+  switch (M) {
+    case 1: rows<1, 4>(xp, wp, sp, yp, K, N); break;
+    case 2: rows<2, 4>(xp, wp, sp, yp, K, N); break;
+    case 3: rows<3, 4>(xp, wp, sp, yp, K, N); break;
+    case 4: rows<4, 4>(xp, wp, sp, yp, K, N); break;
+    case 5: rows<5, 3>(xp, wp, sp, yp, K, N); break;
+    case 6: rows<6, 3>(xp, wp, sp, yp, K, N); break;
+    case 7: rows<7, 3>(xp, wp, sp, yp, K, N); break;
+    default: rows<8, 3>(xp, wp, sp, yp, K, N); break;
   }
   return y;
 }
