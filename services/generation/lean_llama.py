@@ -136,13 +136,15 @@ class LeanLlama:
         self.reserve(min(512, self.max_len))
 
     def weight_bytes(self) -> int:
-        """Bytes of the weights this engine holds (int8, scales, bf16 copies, embeddings, norms)."""
+        """Bytes of the weights this engine holds (int8, scales, bf16 copies, embeddings, norms), a
+        tensor shared by two of them (tied embeddings and output layer in float32) counted once."""
         tensors = [self.embed, self.norm] + [t for layer in self.layers for t in (layer["in_norm"], layer["post_norm"])]
         linears = [self.lm_head] + [f for layer in self.layers for f in layer.values() if isinstance(f, FusedLinear)]
         for linear in linears:
             tensors += [t for t in (linear.weight, getattr(linear, "scales", None), getattr(linear, "widened", None))
                         if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        unique = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(unique.values())
 
     # -- the cache ------------------------------------------------------------------------------
     def reserve(self, length: int) -> None:

@@ -237,6 +237,11 @@ def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
                                  int8_kernel="torch")
     try:
         assert native.int8_op is not None and torchs.int8_op is None
+        # No bf16 copy of the weights for prompt chunks with the native kernel: 2 bytes a weight less.
+        engine = native.lean.engine
+        weights = sum(f.weight.numel() for f in [engine.lm_head, *(layer[n] for layer in engine.layers
+                                                                  for n in ("qkv", "o", "gate_up", "down"))])
+        assert torchs.lean.engine.weight_bytes() - engine.weight_bytes() == 2 * weights
         prompts = ["Name a colour.", "Write one sentence about the sea.", "What is a LoRA adapter?", "2+2=",
                    "Give me a tip for sleeping well.", "Why is the sky blue?", "Say hello in French.", "Count to five."]
 
