@@ -60,12 +60,15 @@ def missing_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 
 
 def build_folder(root: Path, source: Path = SOURCE) -> Path:
-    """The build folder for this source, these flags, this torch and Python (their ABI), with the
-    source copied in: every checkout of the same kernel finds the same build (ninja rebuilds when a
-    source path changes, and rebuilding in place would replace a library other processes have
-    loaded)."""
+    """The build folder for this source, these flags, this torch (version and place) and Python,
+    with the source copied in: every checkout of the same kernel finds the same build (ninja
+    rebuilds when a source path changes, and rebuilding in place would replace a library other
+    processes have loaded)."""
     code = source.read_bytes()
-    built_for = f"{' '.join(FLAGS)} torch {torch.__version__} python {sys.version_info[:2]}"
+    # torch's place too: its headers' paths are in the build file, so two environments sharing a
+    # cache folder would rebuild each other's library in place.
+    built_for = (f"{' '.join(FLAGS)} torch {torch.__version__} at {Path(torch.__file__).parent} "
+                 f"python {sys.version_info[:2]}")
     folder = root / f"twin_int8-{hashlib.sha256(code + built_for.encode()).hexdigest()[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / SOURCE.name

@@ -115,3 +115,19 @@ def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_it
     other = int8_kernel.build_folder(root, two)
     assert other != folder and (other / int8_kernel.SOURCE.name).read_text() == "// another kernel\n"
     assert (folder / int8_kernel.SOURCE.name).read_text() == "// the kernel\n"
+
+
+def test_why_the_native_kernel_is_not_available_is_said(monkeypatch):
+    monkeypatch.setattr(int8_kernel, "missing_cpu_flags", lambda: ["avx512_bf16"])
+    assert int8_kernel._build() == (None, "this CPU lacks avx512_bf16")
+    monkeypatch.setattr(int8_kernel, "missing_cpu_flags", lambda: [])
+    monkeypatch.setattr(int8_kernel.shutil, "which", lambda name: None)
+    assert int8_kernel._build() == (None, "no C++ compiler (install g++)")
+    monkeypatch.setattr(int8_kernel.shutil, "which", lambda name: "/usr/bin/" + name)
+
+    def broken():
+        raise RuntimeError("Error building extension 'twin_int8'\nninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(int8_kernel, "build", broken)
+    op, why = int8_kernel._build()
+    assert op is None and why == "building int8_bf16_mm.cpp failed: ninja: build stopped: subcommand failed."
