@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         4096, ge=0, le=1_000_000, description="Prompt-prefix KV kept for reuse across requests (lean loop), in "
         "tokens; 0 turns prefix caching off.")
     stream_interval_ms: int = Field(
-        30, ge=0, le=1000, description="Streamed text goes out at most once per this many milliseconds per "
+        60, ge=0, le=1000, description="Streamed text goes out at most once per this many milliseconds per "
         "request (the first and last delta at once), a few tokens a message: fewer messages through Ray and "
         "the gRPC/HTTP hops, which share the cores with decoding; 0 sends every token alone.")
     generation_dtype: str = Field(

@@ -2,8 +2,10 @@
 
 - tokens/s streamed through gRPC (GenerationService/GenerateStream) and through HTTP (SSE) divided
   by tokens/s of the same generation engine streaming in this process, same prompt, same settings
-  (goal >= 0.9: Ray Serve's proxy and the gateway hop cost little), before the platform starts and
-  again while it runs idle beside it (which parts the hops, which the platform's presence);
+  (goal >= 0.9: Ray Serve's proxy and the gateway hop cost little). The in-process stream runs with
+  the platform's processes paused (SIGSTOP: the engine as if alone) and again with them running
+  idle beside it (which parts the hops' cost from the platform's mere presence); the four are
+  interleaved in rounds, medians taken, so that what else this shared machine runs weighs on each;
 - throughput of 8 concurrent chat clients (RAG included) divided by one client's (goal >= 4:
   concurrent requests share decode steps), and the same for plain generation (batching alone);
 - `twin eval rag` with 4 questions in flight against one at a time (questions/s).
@@ -14,12 +16,16 @@ Needs nothing from ../shared: it serves the sample corpus.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 PROMPT = "Write a detailed paragraph about how rivers shape the landscape over thousands of years."
@@ -31,30 +37,91 @@ CHAT_TOKENS = (48, 128)
 EVAL_CONCURRENCY = 4  # `twin eval rag --concurrency`'s default
 
 
-def _baseline_tokens_per_s(settings) -> float:
+ROUNDS = 5  # of the four streams (paused, beside, gRPC, HTTP): medians of these
+
+
+class InProcess:
     """The platform's own generation engine (same settings: quantization, decode loop) streaming in
     this process: what the gRPC and HTTP figures would be with no Ray, proxy or network hop."""
-    import asyncio
 
-    from services.generation.core import Generator
+    def __init__(self, settings):
+        from services.generation.core import Generator
 
-    generator = Generator.from_settings(settings)
+        self.generator = Generator.from_settings(settings)
 
-    async def one() -> float:
-        started = time.perf_counter()
-        tokens = 0
-        async for delta in generator.stream([{"role": "user", "content": PROMPT}],
-                                            generator.sampling(max_tokens=TOKENS)):
-            tokens = delta.completion_tokens or tokens
-        return tokens / (time.perf_counter() - started)
+    def tokens_per_s(self) -> float:
+        import asyncio
 
+        async def one() -> float:
+            started = time.perf_counter()
+            tokens = 0
+            async for delta in self.generator.stream([{"role": "user", "content": PROMPT}],
+                                                     self.generator.sampling(max_tokens=TOKENS)):
+                tokens = delta.completion_tokens or tokens
+            return tokens / (time.perf_counter() - started)
+
+        return asyncio.run(one())
+
+    def close(self) -> None:
+        self.generator.backend.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it (from /proc): `twin serve` and the Ray cluster it started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else None
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+@contextmanager
+def _paused(pids: Sequence[int]):
+    """The platform stopped (SIGSTOP) for a moment and resumed (SIGCONT) whatever happens: a few
+    seconds, well inside Ray's and gRPC's liveness timeouts."""
+    stopped = []
     try:
-        return max(asyncio.run(one()) for _ in range(3))  # the first run warms up
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
     finally:
-        generator.backend.close()
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
-def _grpc_tokens_per_s(address: str) -> float:
+def _streams(engine: InProcess, platform_pid: int, address: str, base: str) -> dict[str, float]:
+    """Median tokens/s of each way to stream the same answer, in interleaved rounds (a warm-up of
+    each first)."""
+    pids = _descendants(platform_pid)
+    grpc_stream, http_stream = _grpc_stream(address), _http_stream(base)
+
+    def alone() -> float:
+        with _paused(pids):
+            return engine.tokens_per_s()
+
+    ways = {"alone": alone, "beside": engine.tokens_per_s, "grpc": grpc_stream, "http": http_stream}
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    for i in range(ROUNDS + 1):
+        for name, way in ways.items():
+            rate = way()
+            if i:
+                rates[name].append(rate)
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def _grpc_stream(address: str):
+    """-> a function streaming the answer once through GenerationService/GenerateStream: tokens/s."""
     import grpc
 
     from twin.v1 import common_pb2, generation_pb2, generation_pb2_grpc
@@ -62,31 +129,33 @@ def _grpc_tokens_per_s(address: str) -> float:
     stub = generation_pb2_grpc.GenerationServiceStub(grpc.insecure_channel(address))
     request = generation_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
                                              sampling=generation_pb2.SamplingParams(max_tokens=TOKENS))
-    best = 0.0
-    for _ in range(3):
+
+    def once() -> float:
         started = time.perf_counter()
         chunks = list(stub.GenerateStream(request, timeout=300))
-        best = max(best, chunks[-1].usage.completion_tokens / (time.perf_counter() - started))
-    return best
+        return chunks[-1].usage.completion_tokens / (time.perf_counter() - started)
+
+    return once
 
 
-def _http_tokens_per_s(base: str) -> float:
+def _http_stream(base: str):
+    """-> a function streaming the answer once through the gateway's SSE path (the JSON mirror of
+    GenerateStream; the chat route adds retrieval, which the concurrency figures include)."""
     import httpx
 
-    best = 0.0
-    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS}
-    # Generation alone through the gateway's SSE path (the JSON mirror of GenerateStream); the
-    # chat route adds retrieval, which the concurrency figure below includes.
-    for _ in range(3):
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": TOKENS, "stream": True}
+
+    def once() -> float:
         started = time.perf_counter()
         tokens = 0
-        with httpx.stream("POST", f"{base}/v1/generate", json={**body, "stream": True}, timeout=300) as reply:
+        with httpx.stream("POST", f"{base}/v1/generate", json=body, timeout=300) as reply:
             reply.raise_for_status()
             for line in reply.iter_lines():
                 if line.startswith("data: {") and '"usage"' in line:
                     tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-        best = max(best, tokens / (time.perf_counter() - started))
-    return best
+        return tokens / (time.perf_counter() - started)
+
+    return once
 
 
 def _fan_out(clients: int, one) -> float:
@@ -189,8 +258,8 @@ def run() -> None:
     settings = Settings()
     configure_torch_threads(settings)
     model = resolve_model(settings.generation_model, settings.data_dir)
-    print(f"serving: baseline, {Path(model).name} streaming in this process ...", flush=True)
-    baseline = _baseline_tokens_per_s(settings.model_copy(update={"generation_model": model}))
+    print(f"serving: {Path(model).name} streamed in this process, through gRPC and HTTP ...", flush=True)
+    engine = InProcess(settings.model_copy(update={"generation_model": model}))
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
         data_dir = Path(tmp)
         index_sample(data_dir)
@@ -202,12 +271,10 @@ def run() -> None:
             except RuntimeError as exc:
                 sys.exit(f"make bench: {exc} (run `twin serve` by hand to see why)")
             address, base = platform.grpc, platform.http
-            # The same in-process stream with the platform up and idle beside it: what separates
-            # the hops' cost from that of the platform's processes merely running (Ray, Serve's
-            # controller, five replicas: ~12 % of one core at rest, read from /proc once).
-            beside = _baseline_tokens_per_s(settings.model_copy(update={"generation_model": model}))
-            grpc_rate = _grpc_tokens_per_s(address)
-            http_rate = _http_tokens_per_s(base)
+            try:
+                streams = _streams(engine, platform.process.pid, address, base)
+            finally:
+                engine.close()
             _chat_throughput(address, [WARM_UP_QUESTION], 8)  # warm the chat path
             fresh = iter(CHAT_QUESTIONS)
             concurrency = {n: (_chat_throughput(address, [next(fresh)], n),
@@ -218,10 +285,13 @@ def run() -> None:
             evals = (_eval_rate(base, settings, 1), _eval_rate(base, settings, EVAL_CONCURRENCY))
         finally:
             platform.stop()
-    for name, rate in (("gRPC stream", grpc_rate), ("HTTP SSE", http_rate)):
-        print(f"serving: {name} {rate:.1f} tok/s / in-process stream {baseline:.1f} tok/s = {rate / baseline:.2f} "
-              f"(goal >= 0.9); / in-process with the platform idle beside it {beside:.1f} tok/s = "
-              f"{rate / beside:.2f} (the hops alone)")
+    alone, beside = streams["alone"], streams["beside"]
+    print(f"serving: in-process stream with the platform paused {alone:.1f} tok/s, with it idle beside "
+          f"{beside:.1f} tok/s = {beside / alone:.2f} (the platform's mere presence), medians of {ROUNDS} "
+          "interleaved rounds")
+    for name, rate in (("gRPC stream", streams["grpc"]), ("HTTP SSE", streams["http"])):
+        print(f"serving: {name} {rate:.1f} tok/s / in-process stream {alone:.1f} tok/s = {rate / alone:.2f} "
+              f"(goal >= 0.9); / in-process with the platform idle beside it = {rate / beside:.2f} (the hops alone)")
     print(f"serving: {CLIENTS} concurrent generate clients {generate[1]:.1f} tok/s / 1 client {generate[0]:.1f} tok/s "
           f"= {generate[1] / generate[0]:.2f} (batching alone: short prompts, no retrieval)")
     print(f"serving: twin eval rag {len(EVAL_QUESTIONS)} questions, {EVAL_CONCURRENCY} at a time {evals[1]:.2f} "
