@@ -71,9 +71,16 @@ def check(quantization: str) -> None:
                                "(TWIN_GENERATION_QUANTIZATION)")
 
 
-def int8_op(quantization: str, kernel: str):
+def _int8_on(device: str) -> None:
+    if device != "cpu":
+        raise ModelUnavailable("int8 weight-only quantization is for CPU serving; on a GPU use bf16 or the "
+                               "tensorrt-llm engine")
+
+
+def int8_op(quantization: str, kernel: str, device: str = "cpu"):
     """The native int8 kernel for int8 serving (None: torch's); a kernel asked for by name with
-    weights that are not int8 is refused rather than ignored."""
+    weights that are not int8 is refused rather than ignored, and int8 on a GPU before anything
+    is compiled for it."""
     int8_kernel.check(kernel)
     if quantization != "int8":
         if kernel != "auto":
@@ -81,6 +88,7 @@ def int8_op(quantization: str, kernel: str):
                                    f"{quantization!r}: set TWIN_GENERATION_QUANTIZATION=int8 (or auto on a CPU), "
                                    "or leave TWIN_INT8_KERNEL at auto")
         return None
+    _int8_on(device)
     return int8_kernel.native(kernel)
 
 
@@ -89,9 +97,7 @@ def quantize(model: torch.nn.Module, quantization: str, device: str, op=None) ->
     check(quantization)
     if quantization != "int8":
         return set()
-    if device != "cpu":
-        raise ModelUnavailable("int8 weight-only quantization is for CPU serving; on a GPU use bf16 or the "
-                               "tensorrt-llm engine")
+    _int8_on(device)
     names: set[str] = set()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -99,7 +99,7 @@ class TransformersBackend:
                  lean: bool = True, prefill_chunk: int = 64, prefix_cache_tokens: int = 4096,
                  int8_kernel: str = "auto"):
         quantization = quantization_.resolve(quantization, device)
-        int8_op = quantization_.int8_op(quantization, int8_kernel)
+        int8_op = quantization_.int8_op(quantization, int8_kernel, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -131,3 +131,14 @@ def test_why_the_native_kernel_is_not_available_is_said(monkeypatch):
     monkeypatch.setattr(int8_kernel, "build", broken)
     op, why = int8_kernel._build()
     assert op is None and why == "building int8_bf16_mm.cpp failed: ninja: build stopped: subcommand failed."
+
+
+def test_int8_on_a_gpu_is_refused_before_anything_is_compiled(monkeypatch):
+    def no_build():
+        raise AssertionError("the kernel was built for weights that would never use it")
+
+    monkeypatch.setattr(int8_kernel, "_native", [])
+    monkeypatch.setattr(int8_kernel, "_build", no_build)
+    for kernel in ("auto", "native"):
+        with pytest.raises(ModelUnavailable, match="int8 weight-only quantization is for CPU serving"):
+            int8_op("int8", kernel, "cuda")

@@ -66,7 +66,7 @@ void rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFl
 }
 
 // Many rows (prompt chunks): each tile of kWide weight rows is widened once into a bf16 buffer
-// (L1-sized: 4 x K x 2 bytes) and every block of 8 rows reads it from there, so widening costs once
+// (L1-sized: 4 x K x 2 bytes) and every block of rows reads it from there, so widening costs once
 // per call whatever M is, and memory traffic stays one byte a weight.
 constexpr int kWide = 4;
 
@@ -102,20 +102,18 @@ void many_rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at
       const int nb = static_cast<int>(std::min<int64_t>(kWide, N - n0));
       for (int j = 0; j < kWide; ++j)  // rows past N (the last tile) widen row n0 again, never stored
         for (int64_t k = 0; k < steps; ++k) wb[j * steps + k] = widen(w + (n0 + (j < nb ? j : 0)) * K + k * kStep);
-      for (int64_t m0 = 0; m0 < M; m0 += 8) {
+      // Blocks of 6 rows (6 x 4 accumulators: enough independent sums to hide the dot product's
+      // latency), the remainder in one smaller block.
+      for (int64_t m0 = 0; m0 < M; m0 += 6) {
         const auto* xm = x + m0 * K;
         auto* ym = y + m0 * N;
-        switch (std::min<int64_t>(8, M - m0)) {
+        switch (std::min<int64_t>(6, M - m0)) {
           case 1: from_buffer<1>(xm, wb.data(), s, ym, K, N, n0, nb); break;
           case 2: from_buffer<2>(xm, wb.data(), s, ym, K, N, n0, nb); break;
           case 3: from_buffer<3>(xm, wb.data(), s, ym, K, N, n0, nb); break;
           case 4: from_buffer<4>(xm, wb.data(), s, ym, K, N, n0, nb); break;
           case 5: from_buffer<5>(xm, wb.data(), s, ym, K, N, n0, nb); break;
-          case 6: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb); break;
-          case 7: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb);  // 8 x 4 accumulators would spill
-                  from_buffer<1>(xm + 6 * K, wb.data(), s, ym + 6 * N, K, N, n0, nb); break;
-          default: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb);
-                   from_buffer<2>(xm + 6 * K, wb.data(), s, ym + 6 * N, K, N, n0, nb); break;
+          default: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb); break;
         }
       }
     }
