@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -76,6 +77,28 @@ def api_crawl_target(target: str, source_type: str) -> None:
                              "feeds, sitemaps and https:// git repositories can be crawled")
     if source_type == "git" and parts.scheme != "https":
         raise InvalidRequest(f"targets: {target[:200]!r}: git repositories are crawled over https:// only")
+
+
+async def started(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    """``deltas`` once its first delta is in: what the generation deployment refuses (a prompt
+    over the model's limit, a full queue) raises here, before a transport starts its response,
+    without a separate validation call to the deployment (a Ray round trip and the prompt
+    rendered twice for every stream)."""
+    try:
+        first = await anext(deltas)
+    except StopAsyncIteration:
+        return deltas
+    except BaseException:
+        await deltas.aclose()
+        raise
+
+    async def resumed() -> AsyncIterator[Delta]:
+        async with aclosing(deltas):
+            yield first
+            async for delta in deltas:
+                yield delta
+
+    return resumed()
 
 
 class DataPlane:
@@ -190,23 +213,22 @@ class DataPlane:
 
     async def generate_stream(self, messages: list[dict], params: SamplingParams,
                               transport: str = "http") -> AsyncIterator[Delta]:
-        """Validated before the first delta, so a bad request fails before a response starts."""
+        """Returned once the first delta is in, so a bad request fails before a response starts."""
         self.check_messages(messages)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            await self.generation.validate(messages)
             base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
         model, _ = await self.serving()
-        return self.observer.watch(base, self.generation.stream(messages, params), model)
+        return self.observer.watch(base, await started(self.generation.stream(messages, params)), model)
 
     async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http") -> tuple[str, AsyncIterator[Delta]]:
-        """/v1/completions: a plain prompt continued, no chat template. -> (id, deltas)"""
+        """/v1/completions: a plain prompt continued, no chat template. -> (id, deltas), returned
+        once the first delta is in."""
         if len(prompt) > self.settings.max_request_chars:
             raise TooLarge(f"prompt: {len(prompt)} characters; the limit is {self.settings.max_request_chars} "
                            "(TWIN_MAX_REQUEST_CHARS)")
         with span("twin.completion", SpanKind.SERVER, **{"rpc.system": transport}):
-            await self.generation.validate_text(prompt)
             base = self.observer.start("completion", "", prompt, transport)
-        deltas = self.generation.stream_text(prompt, params)
+        deltas = await started(self.generation.stream_text(prompt, params))
         return base["id"], self.observer.watch(base, deltas, (await self.serving())[0])
 
     # -- retrieval, embeddings, crawling -------------------------------------------------------------

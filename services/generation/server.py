@@ -69,10 +69,6 @@ class GenerationDeployment:
     def stats(self) -> dict:
         return {**self.generator.backend.stats(), "adapters": dict(self.loaded)}
 
-    def validate(self, messages: list[dict]) -> None:
-        """Raises InvalidGenerationRequest for what the model would refuse (prompt too long...)."""
-        self.generator.prompt(messages)
-
     # Serve streams only from methods that are generators themselves (not ones returning one).
     async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
         """Deltas for one chat request (rendered with the model's chat template)."""
@@ -83,9 +79,6 @@ class GenerationDeployment:
         """Deltas continuing a plain prompt (/v1/completions): no chat template."""
         async for delta in self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion"):
             yield delta
-
-    def validate_text(self, prompt: str) -> None:
-        self.generator.check_prompt(prompt)
 
     async def _run(self, render, params: SamplingParams, operation: str) -> AsyncIterator[Delta]:
         """The span is ended by hand: a span kept current across the yields of an async generator

@@ -75,9 +75,6 @@ class FakeGeneration:
         self.generator = Generator(backend=self.engine, max_prompt_tokens=200)
         self.twins = []
 
-    async def validate(self, messages):
-        self.generator.prompt(messages)
-
     def stream(self, messages, params, twin=None):
         self.twins.append(twin)
         return self.generator.stream(messages, params)
@@ -265,6 +262,31 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
 
     asyncio.run(leave_early())
     assert plane.generation.engine.closed_early == 1
+
+
+def test_a_generate_stream_fails_before_its_response_and_a_good_one_streams_whole(plane, client):
+    too_long = [{"role": "user", "content": "word " * 400}]  # over the fake model's 200-token limit
+    with pytest.raises(Exception, match="prompt"):
+        asyncio.run(plane.generate_stream(too_long, plane.sampling(max_tokens=5)))
+    reply = client.post("/v1/generate", json={"messages": too_long, "stream": True})
+    assert reply.status_code == 400 and "the prompt is 401 tokens" in reply.json()["error"]["message"]
+
+    async def whole() -> list[str]:
+        deltas = await plane.generate_stream([{"role": "user", "content": "one two three"}],
+                                             plane.sampling(max_tokens=50))
+        return [d.text async for d in deltas]
+
+    assert "".join(asyncio.run(whole())).startswith("you asked:")
+
+    async def leave_after_the_first():
+        deltas = await plane.generate_stream([{"role": "user", "content": "one two three four"}],
+                                             plane.sampling(max_tokens=50))
+        await anext(deltas)
+        await deltas.aclose()
+
+    closed = plane.generation.engine.closed_early
+    asyncio.run(leave_after_the_first())
+    assert plane.generation.engine.closed_early == closed + 1  # the generation stopped too
 
 
 # -- gRPC ------------------------------------------------------------------------------------------------

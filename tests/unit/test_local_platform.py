@@ -25,14 +25,18 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
 @pytest.fixture()
 def tree():
     """A process with a child of its own (as `twin serve` has Ray's): -> (parent pid, child pid)."""
-    parent = subprocess.Popen([sys.executable, "-c",
-                               "import subprocess, sys, time\n"
-                               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-                               "print(child.pid, flush=True)\n"
-                               "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     yield parent.pid, child
     parent.kill()
