@@ -101,6 +101,12 @@ async def started(deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
     return resumed()
 
 
+def last_content(messages: list[dict]) -> str:
+    """What the monitoring record calls the question; "" for no messages, which the generation
+    deployment then refuses naming the field (this runs before it sees them)."""
+    return str(messages[-1].get("content", "")) if messages else ""
+
+
 class DataPlane:
     def __init__(self, settings: Settings, *, crawler, retrieval, embedding, generation,
                  authorizer: Authorizer | None = None, observer: Observer | None = None):
@@ -205,7 +211,7 @@ class DataPlane:
         errors surface while collecting, before any response exists."""
         self.check_messages(messages)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
+            base = self.observer.start("generate", "", last_content(messages), transport)
         model, _ = await self.serving()
         text, last = await collect(self.observer.watch(base, self.generation.stream(messages, params), model))
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
@@ -216,7 +222,7 @@ class DataPlane:
         """Returned once the first delta is in, so a bad request fails before a response starts."""
         self.check_messages(messages)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            base = self.observer.start("generate", "", str(messages[-1].get("content", "")), transport)
+            base = self.observer.start("generate", "", last_content(messages), transport)
         model, _ = await self.serving()
         return self.observer.watch(base, await started(self.generation.stream(messages, params)), model)
 

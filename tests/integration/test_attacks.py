@@ -245,7 +245,9 @@ def test_a_bad_seed_beside_good_requests_harms_none(platform, keys):
 def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, grpc_channel):
     """The test platform works on 8 generations and queues 8 more; the rest get 503 /
     RESOURCE_EXHAUSTED at once instead of waiting."""
-    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 48}
+    # Answers long enough that the queue stays full while all 32 arrive, on a loaded machine too
+    # (with 48 tokens, a CI run once saw the first answers done before the last requests came in).
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 128}
 
     def send(_):
         started = time.monotonic()

@@ -268,6 +268,12 @@ def test_a_generate_stream_fails_before_its_response_and_a_good_one_streams_whol
     too_long = [{"role": "user", "content": "word " * 400}]  # over the fake model's 200-token limit
     with pytest.raises(Exception, match="prompt"):
         asyncio.run(plane.generate_stream(too_long, plane.sampling(max_tokens=5)))
+    for streamed in (True, False):  # what the deployment refuses, not an IndexError in the gateway
+        with pytest.raises(Exception, match="messages is empty"):
+            if streamed:
+                asyncio.run(plane.generate_stream([], plane.sampling(max_tokens=5)))
+            else:
+                asyncio.run(plane.generate([], plane.sampling(max_tokens=5), "grpc"))
     reply = client.post("/v1/generate", json={"messages": too_long, "stream": True})
     assert reply.status_code == 400 and "the prompt is 401 tokens" in reply.json()["error"]["message"]
 
