@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     max_pages_per_source: int = Field(
         500, ge=1, description="Most pages followed from one feed or sitemap."
     )
+    sitemap_max_children: int = Field(
+        50, ge=0, le=50_000, description="Most child sitemaps read from one sitemap index (more are reported, not read)."
+    )
+    crawl_page_deadline_s: float = Field(
+        60.0, gt=0, description="Longest one page, feed, sitemap or robots.txt may take to arrive, headers to last byte."
+    )
+    max_archive_bytes: int = Field(
+        200 * 1024 * 1024, gt=0, description="Most bytes an export zip (LinkedIn) may decompress to, all members together."
+    )
 
     generation_model: str | None = Field(
         None,

@@ -36,6 +36,14 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(f"{title}\n\n{text}".encode()).hexdigest()
 
 
+def web_link(link: str | None) -> str:
+    """``link`` when it is an http(s) URL, else "": a document's link is shown to readers as a
+    link to follow, so a file:, javascript: or data: URL (from a feed, a sitemap, an export or a
+    local path) is never stored as one, whichever crawler made the document."""
+    link = (link or "").strip()
+    return link if re.match(r"^https?://[^\s/?#]+", link, re.IGNORECASE) else ""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -47,7 +55,7 @@ class RawDocument(BaseModel):
     author: str = Field(description="The author's display name, e.g. 'Paul Iusztin'.")
     category: Category
     source: str = Field(description="Where it came from: a URL, or a path inside a repo/export.")
-    link: str = Field(description="Where a reader can see it (usually the source URL).")
+    link: str = Field(description="Where a reader can see it: an http(s) URL, or '' (local files, exports).")
     title: str = ""
     text: str
     published: str | None = Field(None, description="Publication date as found (ISO 8601).")
@@ -70,7 +78,7 @@ class RawDocument(BaseModel):
             author=author.strip(),
             category=category,
             source=source,
-            link=link or source,
+            link=web_link(source if link is None else link),
             title=title.strip(),
             text=text,
             content_hash=content_hash(title.strip(), text),

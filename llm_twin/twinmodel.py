@@ -141,6 +141,8 @@ class LinkedInExport(Section):
 
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+# git is cloned over https only: ssh/git remotes reach hosts the crawler's address guard cannot pin.
+HttpsGitUrl = Annotated[str, Field(pattern=r"^https://[^/\s]+/\S+$", max_length=2048)]
 
 
 class Sources(Section):
@@ -151,7 +153,7 @@ class Sources(Section):
         "give at least one source (feeds, pages, repositories or linkedinExport)")))
     feeds: list[HttpUrl] = Field([], max_length=100, description="RSS/Atom feeds: every entry's page is crawled.")
     pages: list[HttpUrl] = Field([], max_length=1000, description="Article pages or sitemaps.")
-    repositories: list[str] = Field([], max_length=100, description="Git repositories (https:// clone URLs).")
+    repositories: list[HttpsGitUrl] = Field([], max_length=100, description="Git repositories (https:// clone URLs only).")
     linkedin_export: LinkedInExport | None = None
 
     def targets(self) -> list[tuple[str, list[str]]]:

@@ -23,15 +23,17 @@ from .common import bar, fail, settings_of
 @click.option("--allow-private", is_flag=True, help="Also reach loopback and private-network addresses for this run "
               "(your own intranet or a local test site); otherwise only public addresses and "
               "TWIN_CRAWL_ALLOWED_NETWORKS are crawled.")
+@click.option("--allow-insecure-git", is_flag=True, help="Also clone git repositories over http://, ssh:// or git:// "
+              "(otherwise https:// only).")
 @click.pass_context
-def crawl(ctx: click.Context, targets, author, source, allow_private) -> None:
+def crawl(ctx: click.Context, targets, author, source, allow_private, allow_insecure_git) -> None:
     """Crawl URLs or paths into the warehouse: articles, feeds, sitemaps, git repos, folders, LinkedIn exports."""
     from services.crawler.core import Crawler
     from services.crawler.errors import CrawlError
 
     if not author.strip():
         fail("--author is empty: name the person whose writing this is")
-    crawler = Crawler.from_settings(settings_of(ctx), allow_private=allow_private)
+    crawler = Crawler.from_settings(settings_of(ctx), allow_private=allow_private, allow_insecure_git=allow_insecure_git)
     marks = {"stored": ("stored   ", "green"), "updated": ("updated  ", "cyan"),
              "unchanged": ("unchanged", None), "failed": ("failed   ", "red")}
 

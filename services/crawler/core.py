@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from llm_twin.twinmodel import Sources
 from llm_twin.warehouse import Warehouse
 
 from .errors import CrawlError, InvalidTarget
-from .fetch import Fetcher, Response, check_http_url
+from .fetch import Budget, Fetcher, Response, check_http_url, current_budget
 from .sources import (
     ArticleSource,
     FeedSource,
@@ -89,23 +88,26 @@ def _sniff_web(response: Response) -> str:
 
 class Crawler:
     def __init__(self, warehouse: Warehouse, fetcher: Fetcher, *, max_file_bytes: int = 512 * 1024,
-                 max_pages: int = 500, deadline_s: float | None = None):
+                 max_pages: int = 500, deadline_s: float | None = None, max_children: int = 50,
+                 max_archive_bytes: int = 200 * 1024 * 1024, allow_insecure_git: bool = False):
         self.warehouse = warehouse
         self.fetcher = fetcher
         self.article = ArticleSource(fetcher)
         self.feed = FeedSource(fetcher, max_pages)
-        self.sitemap = SitemapSource(fetcher, max_pages)
-        self.git = GitSource(max_file_bytes, fetcher.guard)
+        self.sitemap = SitemapSource(fetcher, max_pages, max_children)
+        self.git = GitSource(max_file_bytes, fetcher.guard, allow_insecure=allow_insecure_git)
         self.deadline_s = deadline_s
         self.folder = FolderSource(max_file_bytes)
-        self.linkedin = LinkedInExportSource()
+        self.linkedin = LinkedInExportSource(max_archive_bytes)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, allow_private: bool = False) -> Crawler:
-        """``allow_private``: reach non-public addresses too (`twin crawl --allow-private`, the CLI only)."""
+    def from_settings(cls, settings: Settings, *, allow_private: bool = False, allow_insecure_git: bool = False) -> Crawler:
+        """``allow_private``: reach non-public addresses too (`twin crawl --allow-private`, the CLI only);
+        ``allow_insecure_git``: clone http, ssh and git remotes too (`--allow-insecure-git`, the CLI only)."""
         return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings, allow_private=allow_private),
                    max_file_bytes=settings.max_file_bytes, max_pages=settings.max_pages_per_source,
-                   deadline_s=settings.crawl_deadline_s)
+                   deadline_s=settings.crawl_deadline_s, max_children=settings.sitemap_max_children,
+                   max_archive_bytes=settings.max_archive_bytes, allow_insecure_git=allow_insecure_git)
 
     def check_twin_name(self, author: str) -> None:
         """Over the API a crawl may add to an existing twin only under the exact name it was created
@@ -137,31 +139,32 @@ class Crawler:
         """Crawl every target; a failing target or page is reported, never aborts the batch. The crawl
         ends early (what is left is reported as failed) past ``deadline_s`` or once ``stop`` is set
         (the client went away)."""
-        deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
         if source not in SOURCE_TYPES:
             raise InvalidTarget(source, f"unknown source type; choose one of {', '.join(SOURCE_TYPES)}")
         author_slug(author)  # fail fast on an author name that cannot make an id
         report = CrawlReport()
+        budget = Budget(self.deadline_s, stop)
+        token = current_budget.set(budget)  # fetches and parsers check it (fetch.Budget)
 
         def record(outcome: Outcome) -> None:
             report.outcomes.append(outcome)
             on_outcome(outcome)
 
-        for target in targets:
-            try:
-                for item in self._items(target, author, source):
-                    if stop is not None and stop.is_set():
-                        raise CrawlError(target, "stopped: the client went away")
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise CrawlError(target, f"stopped: the crawl ran past its {self.deadline_s:.0f} s deadline "
-                                                 "(TWIN_CRAWL_DEADLINE_S)")
-                    if isinstance(item, CrawlError):
-                        record(Outcome(item.target, "failed", item.reason, source=source))
-                        continue
-                    status = self.warehouse.put(item)
-                    record(Outcome(item.link, status, item.title, item.id, source))
-            except CrawlError as exc:
-                record(Outcome(exc.target, "failed", exc.reason, source=source))
+        try:
+            for target in targets:
+                try:
+                    budget.check(target)
+                    for item in self._items(target, author, source):
+                        budget.check(target)
+                        if isinstance(item, CrawlError):
+                            record(Outcome(item.target, "failed", item.reason, source=source))
+                            continue
+                        status = self.warehouse.put(item)
+                        record(Outcome(item.link or item.source, status, item.title, item.id, source))
+                except CrawlError as exc:
+                    record(Outcome(exc.target, "failed", exc.reason, source=source))
+        finally:
+            current_budget.reset(token)
         return report
 
     def crawl_sources(self, sources: Sources, author: str,

@@ -26,3 +26,7 @@ class FetchError(CrawlError):
 
 class ParseError(CrawlError):
     """The content arrived but is not what its type promises (malformed feed, empty page)."""
+
+
+class Stopped(CrawlError):
+    """The crawl ran past its deadline or its client went away: nothing more of it runs."""

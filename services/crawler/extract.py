@@ -30,10 +30,22 @@ class Extracted:
     sitename: str | None = None
 
 
+def looks_compressed(raw: bytes) -> bool:
+    """gzip, zstd or zlib data: what a page is not once its Content-Encoding is undone (trafilatura
+    would inflate it again, up to 20 MB, past the crawler's bounded decoder)."""
+    if raw[:3] == b"\x1f\x8b\x08" or raw[:4] == b"\x28\xb5\x2f\xfd":
+        return True
+    return len(raw) >= 2 and raw[0] & 0x0F == 8 and raw[0] >> 4 <= 7 and (raw[0] * 256 + raw[1]) % 31 == 0
+
+
 def decode_html(raw: bytes) -> str:
-    """Bytes of a page (encoding unknown) -> str, the way trafilatura itself decodes."""
+    """Bytes of a page (encoding unknown) -> str, the way trafilatura itself decodes; compressed
+    bytes are refused (ParseError), never inflated here."""
     from trafilatura.utils import decode_file
 
+    if looks_compressed(raw):
+        raise ParseError("<html>", "compressed data where a page was expected (a page is sent as HTML, "
+                                   "with any compression declared in Content-Encoding)")
     return decode_file(raw)
 
 

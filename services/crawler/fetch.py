@@ -1,7 +1,11 @@
-"""HTTP fetching for the crawlers: timeouts, a size cap, retries with backoff, robots.txt."""
+"""HTTP fetching for the crawlers: a wall-clock deadline per page and per crawl, a size cap on
+every decoded layer, retries with backoff, robots.txt."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from contextvars import ContextVar
 import time
 import urllib.robotparser
 from dataclasses import dataclass
@@ -9,7 +13,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from .errors import FetchError, InvalidTarget
+from .decode import ACCEPT_ENCODING, BoundedDecoder, TooLargeBody, UnsupportedEncoding
+from .errors import FetchError, InvalidTarget, Stopped
 from .guard import AddressGuard, Destination
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
@@ -47,6 +52,72 @@ class Response:
             return self.body.decode("utf-8", errors="replace")
 
 
+class Budget:
+    """One crawl's wall-clock deadline and its cancellation (the client went away): checked before
+    every fetch, while every page is read and between the entries a parser walks."""
+
+    def __init__(self, deadline_s: float | None = None, stop: threading.Event | None = None):
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s if deadline_s else None
+        self.stop = stop
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self, target: str) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(target, "stopped: the client went away")
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise Stopped(target, f"stopped: the crawl ran past its {self.deadline_s:.0f} s deadline "
+                                     "(TWIN_CRAWL_DEADLINE_S)")
+
+
+class _Watchdog:
+    """Ends one request at its deadline, whatever the server does: a server that sends a byte
+    every few seconds never trips a read timeout, so at the deadline the connection's socket is
+    shut down from this timer thread (a blocked read then returns at once)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.fired, self._sock = seconds, False, None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict) -> None:  # httpcore's trace extension
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            with self._lock:
+                self._sock = stream.get_extra_info("socket") if stream is not None else None
+                if self.fired:
+                    self._shut()
+
+    def _shut(self) -> None:
+        try:
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            self._shut()
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+NO_BUDGET = Budget()
+# The running crawl's budget: a context variable, since one Fetcher serves concurrent crawls (each
+# on a thread of its own, each thread with a copy of the context).
+current_budget: ContextVar[Budget] = ContextVar("current_budget", default=NO_BUDGET)
+
+
 def check_http_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -59,8 +130,10 @@ class Fetcher:
 
     def __init__(self, *, timeout_s: float = 20.0, max_bytes: int = 10 * 1024 * 1024,
                  retries: int = 3, backoff_s: float = 0.5, user_agent: str = "LLMTwinCrawler/0.1",
-                 respect_robots: bool = True, guard: AddressGuard | None = None):
+                 respect_robots: bool = True, guard: AddressGuard | None = None, page_deadline_s: float = 60.0):
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.page_deadline_s = page_deadline_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.user_agent = user_agent
@@ -70,9 +143,12 @@ class Fetcher:
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,  # each hop is checked by the guard (see _get_once)
-            headers={"User-Agent": user_agent, "Accept": "*/*"},
+            headers={"User-Agent": user_agent, "Accept": "*/*", "Accept-Encoding": ACCEPT_ENCODING},
             # Never pick up a proxy from the environment: the crawler talks to what it is given.
             trust_env=False,
+            # A fresh connection per request: the page deadline's watchdog holds that connection's
+            # socket (and every request goes to the address its guard check pinned anyway).
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     @classmethod
@@ -80,7 +156,17 @@ class Fetcher:
         return cls(timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes,
                    retries=settings.http_retries, backoff_s=settings.http_backoff_s,
                    user_agent=settings.user_agent, respect_robots=settings.respect_robots,
-                   guard=AddressGuard.from_settings(settings, allow_private=allow_private))
+                   guard=AddressGuard.from_settings(settings, allow_private=allow_private),
+                   page_deadline_s=settings.crawl_page_deadline_s)
+
+    @property
+    def budget(self) -> Budget:
+        return current_budget.get()
+
+    def checkpoint(self, target: str) -> None:
+        """Raise CrawlError once the running crawl is past its deadline or cancelled (parsers call
+        it between the entries they walk)."""
+        self.budget.check(target)
 
     def close(self) -> None:
         self._client.close()
@@ -115,6 +201,7 @@ class Fetcher:
     def get(self, url: str) -> Response:
         """GET a URL with retries; raises FetchError naming the URL and the reason."""
         check_http_url(url)
+        self.budget.check(url)
         if not self.allowed(url):
             raise FetchError(url, "disallowed by robots.txt (set TWIN_RESPECT_ROBOTS=false only for sites you own)")
         delay = self.backoff_s
@@ -130,6 +217,9 @@ class Fetcher:
                     return response
                 if response.status not in RETRYABLE_STATUS or last:
                     raise FetchError(url, f"HTTP {response.status}")
+            left = self.budget.remaining()
+            if left is not None and left < delay:
+                raise FetchError(url, "no time left in the crawl's deadline to retry (TWIN_CRAWL_DEADLINE_S)")
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")
@@ -146,8 +236,27 @@ class Fetcher:
         raise FetchError(url, f"more than {MAX_REDIRECTS} redirects")
 
     def _get_pinned(self, url: str, request_url: str, headers: dict, extensions: dict) -> Response | str:
-        """The response, or the next URL when it redirects."""
-        with self._client.stream("GET", request_url, headers=headers, extensions=extensions) as stream:
+        """The response, or the next URL when it redirects. The whole request (connect, headers,
+        body) ends by the page deadline or the crawl's, whichever is first."""
+        seconds = self.page_deadline_s
+        left = self.budget.remaining()
+        if left is not None:
+            seconds = max(0.01, min(seconds, left))
+        with _Watchdog(seconds) as watchdog:
+            try:
+                return self._read(url, request_url, headers, {**extensions, "trace": watchdog.trace},
+                                  min(self.timeout_s, seconds))
+            except (httpx.HTTPError, OSError) as exc:
+                if watchdog.fired:
+                    raise FetchError(url, f"took over {seconds:.0f} s (TWIN_CRAWL_PAGE_DEADLINE_S per page, "
+                                          "TWIN_CRAWL_DEADLINE_S per crawl)") from None
+                if isinstance(exc, httpx.HTTPError):
+                    raise
+                raise httpx.TransportError(str(exc)) from exc
+
+    def _read(self, url: str, request_url: str, headers: dict, extensions: dict, timeout_s: float) -> Response | str:
+        with self._client.stream("GET", request_url, headers=headers, extensions=extensions,
+                                 timeout=httpx.Timeout(timeout_s)) as stream:
             location = stream.headers.get("location")
             if stream.status_code in REDIRECT_STATUS and location:
                 return urljoin(url, location)
@@ -155,12 +264,18 @@ class Fetcher:
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise FetchError(url, f"response of {int(declared)} bytes exceeds the {self.max_bytes}-byte cap "
                                       "(raise TWIN_HTTP_MAX_BYTES to allow it)")
-            chunks, size = [], 0
-            for chunk in stream.iter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise FetchError(url, f"response exceeds the {self.max_bytes}-byte cap "
-                                          "(raise TWIN_HTTP_MAX_BYTES to allow it)")
-                chunks.append(chunk)
+            try:
+                decoder = BoundedDecoder(stream.headers.get("content-encoding"), self.max_bytes)
+                chunks, raw_size = [], 0
+                for raw in stream.iter_raw():
+                    raw_size += len(raw)
+                    if raw_size > self.max_bytes:
+                        raise TooLargeBody(f"it exceeds {self.max_bytes} bytes")
+                    chunks.append(decoder.feed(raw))
+                chunks.append(decoder.flush())
+            except TooLargeBody as exc:
+                raise FetchError(url, f"response refused: {exc} (the cap is TWIN_HTTP_MAX_BYTES)") from None
+            except (UnsupportedEncoding, ValueError) as exc:
+                raise FetchError(url, f"response refused: {exc}") from None
             return Response(url=url, status=stream.status_code,
                             content_type=stream.headers.get("content-type", ""), body=b"".join(chunks))

@@ -3,8 +3,11 @@
 Every address a crawl would reach (pages, feeds' entries, sitemaps, robots.txt, each redirect hop,
 git remotes) is resolved here first and refused when it is loopback, private (RFC 1918), link-local
 (169.254/16, fe80::/10; cloud metadata lives there), unique-local (fc00::/7), shared (CGNAT
-100.64/10), unspecified, multicast or reserved, also behind an IPv4-mapped IPv6 address or a
-numeric spelling (2130706433, 0x7f.1: the resolver turns them into the address that is checked).
+100.64/10), unspecified, multicast, documentation, benchmarking or reserved: anything the IANA
+special-purpose registries do not call globally reachable (`special_addresses.py`), also behind
+an address that carries an IPv4 address to a translator (IPv4-mapped, NAT64 64:ff9b::/96, 6to4,
+Teredo) or a numeric spelling (2130706433, 0x7f.1: the resolver turns them into the address that
+is checked).
 The caller connects to the address that was checked, so a second lookup cannot change the answer
 (DNS rebinding). `TWIN_CRAWL_ALLOWED_NETWORKS` (CIDRs) allows named private ranges; `twin crawl
 --allow-private` allows them all for one run of the CLI.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .errors import InvalidTarget
+from .special_addresses import embedded_ipv4, why_not_global
 
 PRIVATE_NETWORKS = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
                     "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10")
@@ -56,13 +60,12 @@ class AddressGuard:
             ip = ip.ipv4_mapped
         if any(ip in network for network in self.allowed):
             return None
-        if ip.is_multicast:
-            return "a multicast address"
-        if not ip.is_global:
-            kind = ("loopback" if ip.is_loopback else "link-local" if ip.is_link_local else
-                    "unspecified" if ip.is_unspecified else "private" if ip.is_private else "non-public")
-            return f"a {kind} address"
-        return None
+        if isinstance(ip, ipaddress.IPv6Address):
+            carried = embedded_ipv4(ip)
+            if carried is not None and any(carried[1] in network for network in self.allowed):
+                return None
+        why = why_not_global(ip)
+        return f"{why}" if why else None
 
     def check(self, url: str) -> Destination:
         """Resolve the URL's host; every address it resolves to must be allowed (no mix of a public

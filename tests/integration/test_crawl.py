@@ -28,7 +28,7 @@ def warehouse(tmp_path) -> Warehouse:
 def crawler(warehouse):
     # The fixture sites run on 127.0.0.1, which the crawler refuses unless it is allowed by name.
     fetcher = Fetcher(timeout_s=5, retries=2, backoff_s=0.01, max_bytes=200_000, guard=AddressGuard(["127.0.0.0/8"]))
-    yield Crawler(warehouse, fetcher)
+    yield Crawler(warehouse, fetcher, allow_insecure_git=True)  # the fixture git server speaks http
     fetcher.close()
 
 

@@ -77,17 +77,27 @@ def _git(args: list[str], cwd: Path | None, target: str) -> str:
 class GitSource:
     name = "git"
 
-    def __init__(self, max_file_bytes: int = 512 * 1024, guard: AddressGuard | None = None):
+    def __init__(self, max_file_bytes: int = 512 * 1024, guard: AddressGuard | None = None,
+                 allow_insecure: bool = False):
         self.max_file_bytes = max_file_bytes
         self.guard = guard or AddressGuard()
+        # ssh://, git:// and git@ remotes reach hosts the address guard cannot pin, and http:// is
+        # unauthenticated: only `twin crawl --allow-insecure-git` clones them.
+        self.allow_insecure = allow_insecure
 
     def _pinning(self, target: str) -> list[str]:
-        """git options that make an http(s) clone reach only the checked address, with no redirects."""
+        """git options that make an http(s) clone reach only the checked address, with no redirects,
+        and only over http(s) (no submodule or redirect may switch to ssh, git or file)."""
+        protocols = ["-c", "protocol.allow=never", "-c", "protocol.https.allow=always"]
+        if not target.startswith("https://") and not self.allow_insecure:
+            raise InvalidTarget(target, "git repositories are cloned over https:// only (`twin crawl "
+                                        "--allow-insecure-git` for an http, ssh or git remote you trust)")
         if not target.startswith(("http://", "https://")):
-            return []  # ssh/git remotes: the CLI's own sources (the API refuses them)
+            return []  # ssh/git remotes, allowed by the flag: the guard cannot pin them
+        protocols += ["-c", "protocol.http.allow=always"] if self.allow_insecure else []
         destination = self.guard.check(target)
         address = f"[{destination.address}]" if ":" in destination.address else destination.address
-        return ["-c", "http.followRedirects=false",
+        return [*protocols, "-c", "http.followRedirects=false",
                 "-c", f"http.curloptResolve={destination.host}:{destination.port}:{address}"]
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:

@@ -7,6 +7,7 @@ import io
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from llm_twin.documents import RawDocument
 
@@ -24,8 +25,33 @@ def is_linkedin_export(path: Path) -> bool:
         "Articles/" in n and n.lower().endswith(".html") for n in names)
 
 
+MAX_MEMBERS = 100_000  # an export holds a few thousand files; a million entries is a zip bomb's table
+
+
 class LinkedInExportSource:
+    """Every member is read with its size bounded (``max_bytes`` for the members read, all
+    together): a member's declared size is checked first, then the bytes actually decompressed,
+    since a crafted zip can declare one size and inflate to another."""
+
     name = "linkedin-export"
+
+    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._read_total = 0
+
+    def _read(self, archive: zipfile.ZipFile, name: str, target: str) -> bytes:
+        info = archive.getinfo(name)
+        left = self.max_bytes - self._read_total
+        if info.file_size > left:
+            raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
+                                                 "(TWIN_MAX_ARCHIVE_BYTES)")
+        with archive.open(info) as member:
+            data = member.read(left + 1)
+        self._read_total += len(data)
+        if self._read_total > self.max_bytes:
+            raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
+                                                 "(TWIN_MAX_ARCHIVE_BYTES)")
+        return data
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         path = Path(target).expanduser()
@@ -35,18 +61,21 @@ class LinkedInExportSource:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
             raise ParseError(target, "not a zip file (expected LinkedIn's data export)") from exc
+        self._read_total = 0
         with archive:
+            if len(archive.infolist()) > MAX_MEMBERS:
+                raise ParseError(target, f"the zip lists more than {MAX_MEMBERS} files: not a LinkedIn export")
             names = archive.namelist()
             shares = [n for n in names if PurePosixPath(n).name == "Shares.csv"]
             articles = sorted(n for n in names if "Articles/" in n and n.lower().endswith(".html"))
             if not shares and not articles:
                 raise ParseError(target, "zip has neither Shares.csv nor Articles/*.html: not a LinkedIn export")
             for name in shares:
-                yield from self._posts(archive.read(name), target, author)
+                yield from self._posts(self._read(archive, name, target), target, author)
             for name in articles:
                 source = f"{path.name}#{name}"
                 try:
-                    page = extract_article(archive.read(name), source)
+                    page = extract_article(self._read(archive, name, target), source)
                     yield RawDocument.create(author=author, category="article", source=source,
                                              link=source, title=page.title or PurePosixPath(name).stem,
                                              text=page.text, published=page.date, platform="linkedin")
@@ -59,8 +88,11 @@ class LinkedInExportSource:
             text = (row.get("ShareCommentary") or "").replace('""', '"').strip()
             if not text:
                 continue  # a reshare with no words of the author's own
-            link = (row.get("ShareLink") or "").strip() or f"{Path(target).name}#Shares.csv:{number}"
+            link = (row.get("ShareLink") or "").strip()
+            if urlsplit(link).scheme not in ("http", "https"):
+                link = ""  # only http(s) links are stored: a javascript: or file: link is not followed
+            source = link or f"{Path(target).name}#Shares.csv:{number}"
             first_line = text.splitlines()[0]
-            yield RawDocument.create(author=author, category="post", source=link, link=link,
+            yield RawDocument.create(author=author, category="post", source=source, link=link,
                                      title=first_line[:80], text=text, published=row.get("Date") or None,
                                      platform="linkedin")

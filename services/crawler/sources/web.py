@@ -10,7 +10,7 @@ from lxml import etree
 
 from llm_twin.documents import RawDocument
 
-from ..errors import CrawlError, ParseError
+from ..errors import CrawlError, ParseError, Stopped
 from ..extract import extract_article
 from ..fetch import Fetcher, Response
 from .base import Item
@@ -49,9 +49,12 @@ def _page_items(fetcher: Fetcher, author: str, pages: list[tuple[str, str, str |
                 ) -> Iterator[Item]:
     """Fetch and extract each (url, title, date, fallback_html) page, one failure at a time."""
     for url, title, date, fallback_html in pages:
+        fetcher.checkpoint(url)
         try:
             response = fetcher.get(url)
             yield article_document(author, url, response.body, title, date)
+        except Stopped:
+            raise
         except CrawlError as exc:
             if len(fallback_html) >= MIN_FEED_CONTENT_CHARS:
                 # The feed carries the whole article (Medium, Substack do): use it.
@@ -80,47 +83,70 @@ class FeedSource:
             raise ParseError(target, why)
         pages = []
         for entry in feed.entries[: self.max_pages]:
+            self.fetcher.checkpoint(target)
             link = entry.get("link")
-            if not link:
-                continue
+            if not link or urlsplit(link).scheme not in ("http", "https"):
+                continue  # only http(s) pages are fetched and stored as a document's link
             content = ""
             if entry.get("content"):
                 content = max((c.get("value", "") for c in entry.content), key=len)
             content = content or entry.get("summary", "")
             pages.append((link, entry.get("title", ""), entry.get("published"), content))
         if not pages:
-            raise ParseError(target, "no entry of the feed has a link")
+            raise ParseError(target, "no entry of the feed has an http(s) link")
         yield from _page_items(self.fetcher, author, pages)
 
 
-def parse_sitemap(target: str, body: bytes) -> tuple[list[str], list[str]]:
-    """-> (page URLs, nested sitemap URLs)."""
+def parse_sitemap(target: str, body: bytes, max_locs: int | None = None,
+                  checkpoint=lambda target: None) -> tuple[list[str], list[str]]:
+    """-> (page URLs, nested sitemap URLs), at most ``max_locs`` of them (the rest is not read);
+    ``checkpoint`` (the crawl's deadline and cancellation) is called as the parser walks."""
     try:
-        root = etree.fromstring(body, parser=etree.XMLParser(resolve_entities=False, no_network=True))
+        root = etree.fromstring(body, parser=etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False))
     except etree.XMLSyntaxError as exc:
         raise ParseError(target, f"malformed sitemap XML: {exc}") from exc
-    locs = [el.text.strip() for el in root.iter(f"{SITEMAP_NS}loc", "loc") if el.text and el.text.strip()]
-    if etree.QName(root).localname == "sitemapindex":
-        return [], locs
-    if etree.QName(root).localname != "urlset":
-        raise ParseError(target, f"not a sitemap: root element <{etree.QName(root).localname}>")
-    return locs, []
+    kind = etree.QName(root).localname
+    if kind not in ("sitemapindex", "urlset"):
+        raise ParseError(target, f"not a sitemap: root element <{kind}>")
+    locs: list[str] = []
+    for number, el in enumerate(root.iter(f"{SITEMAP_NS}loc", "loc")):
+        if number % 256 == 0:
+            checkpoint(target)
+        text = (el.text or "").strip()
+        if urlsplit(text).scheme in ("http", "https"):
+            locs.append(text)
+            if max_locs is not None and len(locs) >= max_locs:
+                break
+    return ([], locs) if kind == "sitemapindex" else (locs, [])
 
 
 class SitemapSource:
     name = "sitemap"
 
-    def __init__(self, fetcher: Fetcher, max_pages: int = 500):
+    def __init__(self, fetcher: Fetcher, max_pages: int = 500, max_children: int = 50):
         self.fetcher = fetcher
         self.max_pages = max_pages
+        self.max_children = max_children
 
     def crawl(self, target: str, author: str, prefetched: Response | None = None) -> Iterator[Item]:
         response = prefetched or self.fetcher.get(target)
-        pages, nested = parse_sitemap(target, response.body)
-        for child in nested:  # a sitemap index: one level of nesting, as the protocol allows
+        check = self.fetcher.checkpoint
+        pages, nested = parse_sitemap(target, response.body, self.max_pages, check)
+        if len(nested) > self.max_children:
+            yield ParseError(target, f"the sitemap index lists more than {self.max_children} sitemaps; the first "
+                                     f"{self.max_children} are read (TWIN_SITEMAP_MAX_CHILDREN)")
+        seen = set(pages)
+        for child in nested[: self.max_children]:  # a sitemap index: one level of nesting, as the protocol allows
+            if len(seen) >= self.max_pages:
+                break
             try:
-                more, _ = parse_sitemap(child, self.fetcher.get(child).body)
-                pages.extend(more)
+                more, _ = parse_sitemap(child, self.fetcher.get(child).body, self.max_pages - len(seen), check)
+                for url in more:
+                    if url not in seen:
+                        seen.add(url)
+                        pages.append(url)
+            except Stopped:
+                raise
             except CrawlError as exc:
                 yield exc
         if not pages:
