@@ -153,7 +153,8 @@ class Settings(BaseSettings):
                                      "`twin monitor` reads the records).")
     monitoring_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests recorded.")
     monitoring_retention_days: int = Field(30, ge=1, description="Day partitions of records older than this are deleted.")
-    monitoring_mask_pii: bool = Field(False, description="Mask e-mails, phones, keys... in recorded questions and answers.")
+    monitoring_mask_pii: bool = Field(True, description="Mask e-mails, phones, keys... in recorded questions, answers "
+                                      "and feedback comments (on by default: records are kept for days).")
     judge_url: str | None = Field(None, description="OpenAI-compatible endpoint of an LLM judge (base URL ending in /v1); "
                                   "used by `twin eval rag` and online evaluation.")
     judge_model: str | None = Field(None, description="The judge's model name at judge_url.")
@@ -167,6 +168,14 @@ class Settings(BaseSettings):
         None, description="API keys file (`twin keys`; hashes only). Default: <data_dir>/api-keys.json; on Kubernetes "
         "a file mounted from a Secret. With no key in it the server answers loopback clients only.")
     insecure_no_auth: bool = Field(False, description="Serve everyone without keys (only behind your own gateway).")
+    key_max_concurrent: int = Field(16, ge=0, le=100_000, description="Requests one API key may have in flight on a "
+                                    "gateway replica (0: no limit); more get 429 / RESOURCE_EXHAUSTED.")
+    key_requests_per_minute: int = Field(600, ge=0, le=10_000_000, description="Requests one API key may start a "
+                                         "minute on a gateway replica (0: no limit); more get 429 with Retry-After.")
+    trust_client_trace: bool = Field(False, description="Continue a caller's trace (traceparent): its trace id and "
+                                     "sampling decision. Off: every request starts a trace under the server's ratio.")
+    response_id_key: str | None = Field(None, description="Secret that signs response ids (feedback refers to "
+                                        "them); default: one generated into the artifact store on first use.")
     crawl_allowed_networks: list[str] = Field(
         [], description="CIDRs the crawler may reach although they are not public (e.g. an intranet wiki: "
         '["10.1.0.0/16"]); everything else non-public is refused.')

@@ -32,7 +32,7 @@ MAX_COMMENT_CHARS = 2000
 
 @dataclass
 class PromptRecord:
-    id: str                    # trace id (32 hex)
+    id: str                    # the response id the server made (32 hex; services/gateway/response_ids.py)
     time: float                # unix seconds when the request arrived
     operation: str             # chat | generate | completion
     twin: str
@@ -48,6 +48,7 @@ class PromptRecord:
     adapter_version: str | None = None
     key: str | None = None     # the API key's name (None: loopback without keys)
     sources: list[dict] = field(default_factory=list)  # {"id", "link", "similarity"}
+    trace_id: str | None = None  # the request's trace (32 hex), when traced
 
     @property
     def no_sources(self) -> bool:
@@ -64,7 +65,7 @@ class PromptLog:
     (llm_twin.pii, as for the teacher); partitions older than ``retention_days`` are deleted."""
 
     def __init__(self, artifact_uri: str, *, sample_ratio: float = 1.0, retention_days: int = 30,
-                 mask_pii: bool = False, flush_every_s: float = 1.0):
+                 mask_pii: bool = True, flush_every_s: float = 1.0):
         self.root = f"{artifact_uri.rstrip('/')}/monitoring"
         self.sample_ratio = sample_ratio
         self.retention_days = retention_days
@@ -75,7 +76,6 @@ class PromptLog:
         self._lock = threading.Lock()
         self._last_cleanup = 0.0
         self._flusher: threading.Thread | None = None
-        self._recent: dict[str, None] = {}  # ids recorded by this process (bounded), for feedback checks
 
     @classmethod
     def from_settings(cls, settings) -> PromptLog | None:
@@ -92,7 +92,6 @@ class PromptLog:
         if self.mask_pii:
             row["question"], mapping = pii.mask(row["question"])
             row["answer"], _ = pii.mask(row["answer"], mapping)
-        self._remember(record.id)
         self._add("requests", record.time, row)
 
     def feedback(self, response_id: str, score: int, comment: str = "", key: str | None = None) -> None:
@@ -103,19 +102,6 @@ class PromptLog:
     def judged(self, response_id: str, scores: dict, judge: str) -> None:
         now = time.time()
         self._add("judge", now, {"id": response_id, "time": now, "judge": judge, "scores": scores})
-
-    def knows(self, response_id: str) -> bool:
-        """Recorded by this process lately, or found in the last two days' partitions."""
-        if response_id in self._recent:
-            return True
-        self.flush()
-        since = time.time() - 2 * 86400
-        return any(r["id"] == response_id for r in read(self.root, "requests", since))
-
-    def _remember(self, rid: str) -> None:
-        self._recent[rid] = None
-        if len(self._recent) > 100_000:
-            self._recent.pop(next(iter(self._recent)))
 
     def _add(self, kind: str, ts: float, row: dict) -> None:
         with self._lock:

@@ -12,7 +12,9 @@
   the local teacher 8 at a time against one at a time;
 - serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against the same engine
   streaming in process, and 8 concurrent chat clients against one;
-- training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's.
+- training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's;
+- pii: masking time of pathological inputs at the request size limit (TWIN_MAX_REQUEST_CHARS) and
+  at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 `python -m twin_cli.bench [data] [generation] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
 """
@@ -28,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "generation", "serving", "training")
+PARTS = ("data", "generation", "serving", "training", "pii")
+# Inputs that made a backtracking pattern rescan the rest of the text from every position.
+PII_PATHOLOGICAL = ("a.", "a-", "1.", "1 ", "eyJ-", "-----BEGIN A-----", "a@", "aB/", "a:", "+1(", "sk-", "a.a@")
 
 
 def main(parts: list[str]) -> None:
@@ -50,6 +54,32 @@ def main(parts: list[str]) -> None:
         from . import bench_training
 
         bench_training.run()
+    if "pii" in parts:
+        pii_masking()
+
+
+def pii_masking() -> None:
+    from llm_twin import pii
+    from llm_twin.config import Settings
+
+    size = Settings().max_request_chars
+    worst = 0.0
+    print(f"pii masking, pathological inputs ({size} characters / {size // 10}):")
+    for unit in PII_PATHOLOGICAL:
+        seconds = []
+        for n in (size // 10, size):
+            text = (unit * (n // len(unit) + 1))[:n]
+            best = min(_timed(pii.mask, text) for _ in range(3))
+            seconds.append(best)
+        worst = max(worst, seconds[1])
+        print(f"  {unit!r:22} {seconds[1] * 1000:8.1f} ms   10x input / 1x = {seconds[1] / seconds[0]:5.1f}")
+    print(f"pii masking: slowest input at the size limit {worst * 1000:.0f} ms")
+
+
+def _timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
 
 
 def data_plane() -> None:

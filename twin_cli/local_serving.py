@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llm_twin.config import Settings
 from llm_twin.telemetry import serve_tracing_env
+from services.gateway.proxy_guard import proxy_env
 from services.gateway.serve_config import serve_config
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
                                            "data_dir": Path(settings.data_dir).resolve()})
     os.environ.update(serve_tracing_env(trace_sampling_ratio))
     os.environ.update(ray_env(os.environ))
+    # The proxies' guards (proxy_guard.py): gRPC's receive limit = the HTTP body limit, the HTTP proxy's middleware.
+    os.environ.update(proxy_env(settings.max_request_bytes))
     # Workers and replicas inherit this process's environment (torch threads, TWIN_*, OTEL_*).
     import ray
     from ray import serve

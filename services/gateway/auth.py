@@ -23,6 +23,28 @@ class PermissionDenied(Exception):
     """A valid key whose scope does not cover the operation (403 / PERMISSION_DENIED)."""
 
 
+class MisdirectedRequest(PermissionDenied):
+    """A keyless server asked under a name that is not loopback (421): a web page's DNS rebinding
+    makes a browser's calls come from 127.0.0.1 with the attacker's host name in Host."""
+
+
+LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """A Host header (name[:port]) naming this machine by a loopback name or address."""
+    if not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    return is_loopback(name)
+
+
 def is_loopback(address: str | None) -> bool:
     """A client address: an IP, or a gRPC peer such as 'ipv4:127.0.0.1:5000' / 'ipv6:[::1]:5000'."""
     if not address:
@@ -46,11 +68,17 @@ class Authorizer:
     def from_settings(cls, settings) -> Authorizer:
         return cls(KeyStore(settings.resolved_api_keys_file), disabled=settings.insecure_no_auth)
 
-    def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
+    def authorize(self, authorization: str | None, client: str | None, operation: str,
+                  host: str | None = None) -> Caller:
+        """``host``: the HTTP Host header (None for gRPC, which browsers cannot speak)."""
         if self.disabled:
             return LOCAL
         if not self.keys.configured():
             if is_loopback(client):
+                if host is not None and not is_loopback_host(host):
+                    raise MisdirectedRequest(f"this server has no API keys and answers loopback names only, not "
+                                             f"{host[:100]!r} (create a key with `twin keys create` to serve "
+                                             "other names)")
                 return LOCAL
             raise Unauthenticated("this server has no API keys and answers loopback clients only: create one with "
                                   "`twin keys create NAME --scope chat` and send it as `Authorization: Bearer KEY`")

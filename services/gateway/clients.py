@@ -6,9 +6,18 @@ so the data plane never sees a handle and tests pass in-process objects with the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+from ray.exceptions import RayActorError
 
 from services.generation.backend import Delta, SamplingParams
+
+from .status import ReplicaLost
+
+# A replica that died under a call (killed, crashed, its node gone): Serve starts another and routes
+# new calls to live replicas, so a call that had not produced anything yet is made once more.
+REPLICA_GONE = (RayActorError,)
+LOST = "a {name} replica stopped while working on this request (Serve is starting another): retry in a few seconds"
 
 
 class HandleClient:
@@ -21,9 +30,21 @@ class HandleClient:
         method = getattr(self.handle, name)
 
         async def call(*args, **kwargs):
-            return await method.remote(*args, **kwargs)
+            # Every method the data plane calls is safe to repeat (reads; a crawl stores by content
+            # hash), so a call whose replica died is made once more, on a live one.
+            try:
+                return await method.remote(*args, **kwargs)
+            except REPLICA_GONE:
+                try:
+                    return await method.remote(*args, **kwargs)
+                except REPLICA_GONE as exc:
+                    raise ReplicaLost(LOST.format(name=self.deployment)) from exc
 
         return call
+
+    @property
+    def deployment(self) -> str:
+        return str(getattr(self.handle, "deployment_name", "")) or "service"
 
 
 class GenerationClient(HandleClient):
@@ -32,18 +53,27 @@ class GenerationClient(HandleClient):
 
     def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
         options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
-        return self._relay(self.handle.options(**options).stream.remote(messages, params))
+        return self._relay(lambda: self.handle.options(**options).stream.remote(messages, params))
 
     def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
-        return self._relay(self.handle.options(stream=True).stream_text.remote(prompt, params))
+        return self._relay(lambda: self.handle.options(stream=True).stream_text.remote(prompt, params))
 
     @staticmethod
-    async def _relay(response) -> AsyncIterator[Delta]:
-        finished = False
-        try:
-            async for delta in response:
-                yield delta
-            finished = True
-        finally:
-            if not finished:
-                response.cancel()
+    async def _relay(start: Callable) -> AsyncIterator[Delta]:
+        """The stream ``start()`` makes; when its replica dies before the first delta it is started
+        once more (a live replica answers it), after that the loss is a ReplicaLost (503 /
+        UNAVAILABLE, or an error event once a stream has started)."""
+        for attempt in (1, 2):
+            response, produced, finished = start(), False, False
+            try:
+                async for delta in response:
+                    produced = True
+                    yield delta
+                finished = True
+                return
+            except REPLICA_GONE as exc:
+                if produced or attempt == 2:
+                    raise ReplicaLost(LOST.format(name="generation")) from exc
+            finally:
+                if not finished:
+                    response.cancel()

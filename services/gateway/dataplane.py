@@ -26,10 +26,12 @@ from services.crawler.core import SOURCE_TYPES
 from services.generation.backend import Delta, SamplingParams, collect
 from services.generation.core import sampling_params
 
-from .auth import Authorizer
+from .auth import LOCAL, Authorizer
+from .fairness import KeyLimiter
 from .observe import Observer, current_caller
 from .status import InvalidRequest, NotFound, TooLarge
 
+FEEDBACK_WINDOW_S = 2 * 86400
 SERVICES = ("twin.v1.CrawlerService", "twin.v1.EmbeddingService", "twin.v1.RetrievalService",
             "twin.v1.GenerationService", "twin.v1.ChatService")
 
@@ -109,13 +111,15 @@ def last_content(messages: list[dict]) -> str:
 
 class DataPlane:
     def __init__(self, settings: Settings, *, crawler, retrieval, embedding, generation,
-                 authorizer: Authorizer | None = None, observer: Observer | None = None):
+                 authorizer: Authorizer | None = None, observer: Observer | None = None,
+                 limiter: KeyLimiter | None = None):
         self.settings = settings
         self.crawler, self.retrieval, self.embedding, self.generation = crawler, retrieval, embedding, generation
         self.chat_core = Chat(retrieval, generation, top_k=settings.chat_top_k,
                               min_similarity=settings.min_source_similarity)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
+        self.limiter = limiter or KeyLimiter.from_settings(settings)
         self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
 
     async def serving(self) -> tuple[str, dict]:
@@ -130,10 +134,14 @@ class DataPlane:
                 return (self._serving[1], self._serving[2]) if self._serving else ("", {})
         return self._serving[1], self._serving[2]
 
-    def authorize(self, authorization: str | None, client: str | None, operation: str) -> Caller:
-        """Raises Unauthenticated / PermissionDenied (see auth.py). The caller is remembered for
-        this request's monitoring record (a context variable: one per request task)."""
-        caller = self.authorizer.authorize(authorization, client, operation)
+    def authorize(self, authorization: str | None, client: str | None, operation: str,
+                  host: str | None = None) -> Caller:
+        """Raises Unauthenticated / PermissionDenied / MisdirectedRequest (see auth.py), and
+        RateLimited past the key's share (fairness.py). The caller is remembered for this request's
+        monitoring record (a context variable: call this from the request's own task, not a thread)."""
+        caller = self.authorizer.authorize(authorization, client, operation, host)
+        if caller is not LOCAL:
+            self.limiter.hold_for_task(caller.name)
         current_caller.set(caller)
         return caller
 
@@ -197,9 +205,10 @@ class DataPlane:
         log = self.observer.prompt_log
         if log is None:
             raise NotFound("prompt monitoring is off (TWIN_MONITORING_ENABLED=false): feedback is not recorded")
-        if not (len(rid) == 32 and all(c in "0123456789abcdef" for c in rid)) or not await asyncio.to_thread(log.knows, rid):
-            raise NotFound(f"response_id: no recorded answer {response_id[:80]!r} (use the id of a chat answer "
-                           "from the last two days)")
+        # The id is checked by its signature and age alone (response_ids.py): nothing is read for it.
+        if not self.observer.ids.valid(rid, FEEDBACK_WINDOW_S):
+            raise NotFound(f"response_id: no answer {response_id[:80]!r} from this server in the last two days "
+                           "(use the id of a chat or completion answer)")
         caller = current_caller.get()
         log.feedback(rid, score, comment, caller.name if caller else None)
         self.observer.feedback(score)

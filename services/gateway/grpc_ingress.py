@@ -7,6 +7,9 @@ suspended and never closed, so the replica keeps generating to max_tokens for no
 a cancelled ChatStream ran its 1000 tokens; the upstream fix, ray-project/ray#42665, was closed
 unmerged). The HTTP proxy watches for the disconnect separately and is not affected.
 
+The same wrapper applies the platform's policy on the caller's metadata (`proxy_guard`: a caller's
+trace headers are dropped unless trusted) before the proxy reads it.
+
 The servicer function below is listed first in ``grpc_options.grpc_servicer_functions``; the
 proxy calls it with its server before registering the twin's services. It wraps the server's
 handler factory so that every server-streaming handler is driven from a task of its own that only
@@ -19,6 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from .proxy_guard import client_metadata, proxy_status
 
 logger = logging.getLogger(__name__)
 _END = object()
@@ -37,9 +44,42 @@ def cancel_streams_on_client_cancel(servicer, server) -> None:
     server.service_handler_factory = cancelling_factory(factory)
 
 
+class PolicyContext:
+    """The call's context with the caller's metadata as the platform's policy has it
+    (`proxy_guard.client_metadata`: no trace headers from the caller unless trusted)."""
+
+    def __init__(self, context):
+        self._context = context
+        self._code = None
+
+    def invocation_metadata(self):
+        return tuple(client_metadata(self._context.invocation_metadata()))
+
+    # The proxy sets a code, then its details: an INTERNAL of its own becomes UNAVAILABLE (proxy_status).
+    def set_code(self, code):
+        self._code = code
+        self._context.set_code(proxy_status(code, None)[0] if code != grpc.StatusCode.INTERNAL else code)
+
+    def set_details(self, details):
+        code, details = proxy_status(self._code, details)
+        if code != self._code:
+            self._context.set_code(code)
+        self._context.set_details(details)
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+
+def with_policy(handler: Callable) -> Callable:
+    def call(request, context):
+        return handler(request, PolicyContext(context))
+
+    return call
+
+
 def cancelling_factory(factory: Callable) -> Callable:
     def make(service_method: str, streaming_type):
-        handler = factory(service_method=service_method, streaming_type=streaming_type)
+        handler = with_policy(factory(service_method=service_method, streaming_type=streaming_type))
         if getattr(streaming_type, "name", "") == "UNARY_STREAM":
             return pumped(handler)
         return handler

@@ -16,15 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import openai_format as oa
 from . import page
 from .dataplane import DataPlane
-from .http_guards import BodyLimit, allowed
-from .status import STATUS, InvalidRequest, status_for
+from .http_guards import BodyLimit, Origin, allowed
+from .status import STATUS, InvalidRequest, retry_after, status_for
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
 
-http = FastAPI(title="LLM Twin", version="0.1.0",
+# No /docs, /redoc or /openapi.json: they would answer without a key, and /docs loads scripts from a
+# CDN into the chat page's origin. The API is documented in the README and by twin.v1's protos.
+http = FastAPI(title="LLM Twin", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 http.add_middleware(BodyLimit)
+http.add_middleware(Origin)  # outermost: BodyLimit's own 413 is marked too
 http.include_router(page.router)
 
 
@@ -35,8 +38,11 @@ def _mapped(exc: BaseException) -> tuple[int, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     status, message = _mapped(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(oa.error_body(message, status), status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    wait = retry_after(exc)
+    if wait is not None:
+        headers["Retry-After"] = str(wait)
+    return JSONResponse(oa.error_body(message, status), status_code=status, headers=headers or None)
 
 
 def error_event(exc: BaseException) -> str:

@@ -27,11 +27,34 @@ def plane(request: Request) -> DataPlane:
 def allowed(operation: str):
     """A route's guard: the caller's API key must cover ``operation`` (see auth.py)."""
 
-    def check(request: Request, dp: DataPlane = Depends(plane)) -> DataPlane:
-        dp.authorize(request.headers.get("authorization"), request.client.host if request.client else None, operation)
+    # async: it runs in the request's own task, so the caller it sets (a context variable) reaches the
+    # monitoring record and its in-flight count lasts as long as the response (a sync dependency
+    # would run on a thread-pool copy of the context).
+    async def check(request: Request, dp: DataPlane = Depends(plane)) -> DataPlane:
+        dp.authorize(request.headers.get("authorization"), request.client.host if request.client else None, operation,
+                     request.headers.get("host", ""))
         return dp
 
     return Depends(check)
+
+
+class Origin:
+    """ASGI middleware: every response says it was made by the platform's app (`x-twin-origin`),
+    so the proxy's guard can tell a 500 of Serve's own (a dead replica: answered 503) from ours."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def marked(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*(message.get("headers") or []), (b"x-twin-origin", b"gateway")]}
+            await send(message)
+
+        return await self.app(scope, receive, marked)
 
 
 class BodyLimit:

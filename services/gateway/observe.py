@@ -11,7 +11,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
@@ -21,18 +20,22 @@ from llm_twin.keys import Caller
 from llm_twin.monitoring import PromptLog, PromptRecord
 from services.generation.backend import Delta
 
+from .response_ids import ResponseIds
+
 log = logging.getLogger(__name__)
 current_caller: ContextVar[Caller | None] = ContextVar("current_caller", default=None)
 
 
-def request_id() -> str:
-    """The current trace id (so a record leads to its trace), or a random one without tracing."""
+def trace_id() -> str | None:
+    """The current trace id (the record leads to its trace), None without tracing."""
     context = trace.get_current_span().get_span_context()
-    return f"{context.trace_id:032x}" if context.trace_id else uuid.uuid4().hex
+    return f"{context.trace_id:032x}" if context.trace_id else None
 
 
 class Observer:
-    def __init__(self, prompt_log: PromptLog | None = None, metrics=None, judge=None, judge_sample_ratio: float = 0.0):
+    def __init__(self, prompt_log: PromptLog | None = None, metrics=None, judge=None, judge_sample_ratio: float = 0.0,
+                 ids: ResponseIds | None = None):
+        self.ids = ids or ResponseIds.random()
         self.prompt_log = prompt_log
         self.metrics = metrics
         self.judge = judge
@@ -42,7 +45,7 @@ class Observer:
     def start(self, operation: str, twin: str, question: str, transport: str, sources=()) -> dict:
         """What is known when a request starts; ``watch`` completes it."""
         caller = current_caller.get()
-        return {"id": request_id(), "time": time.time(), "started": time.perf_counter(), "operation": operation,
+        return {"id": self.ids.new(), "trace_id": trace_id(), "time": time.time(), "started": time.perf_counter(), "operation": operation,
                 "twin": twin, "question": question, "transport": transport, "key": caller.name if caller else None,
                 "sources": [{"id": s.chunk_id, "link": s.link, "similarity": round(float(s.similarity), 4)}
                             for s in sources], "passages": [s.text for s in sources],
@@ -72,7 +75,7 @@ class Observer:
             question=base["question"], answer=answer, finish_reason=reason, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, ttft_s=round(first_at - base["started"], 4) if first_at else None,
             latency_s=round(now - base["started"], 4), transport=base["transport"], adapter_version=adapter_version,
-            key=base["key"], sources=base["sources"])
+            key=base["key"], sources=base["sources"], trace_id=base.get("trace_id"))
         try:
             if self.metrics is not None:
                 self.metrics.observe(record)

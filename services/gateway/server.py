@@ -24,6 +24,7 @@ from .grpc_api import GrpcApi
 from .http_api import http
 from .metrics import ServeMetrics
 from .observe import Observer
+from .response_ids import ResponseIds
 
 # No `from __future__ import annotations`: serve.ingress resolves FastAPI annotations at runtime.
 
@@ -34,7 +35,7 @@ class Gateway(GrpcApi):
     def __init__(self, settings: dict, crawler, retrieval, embedding, generation):
         settings = Settings(**settings)
         observer = Observer(PromptLog.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
-                            settings.judge_sample_ratio)
+                            settings.judge_sample_ratio, ResponseIds.from_settings(settings))
         self.plane = DataPlane(settings, crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
                                embedding=HandleClient(embedding), generation=GenerationClient(generation),
                                observer=observer)
