@@ -204,7 +204,10 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir), "TWIN_TORCH_THREADS": "2", "OMP_NUM_THREADS": "2",
            "TWIN_CRAWL_ALLOWED_NETWORKS": f'["{ALLOWED_HOST}/32"]',
            # Small queues, so that overload can be shown with a few dozen requests.
-           "TWIN_GENERATION_MAX_ONGOING_REQUESTS": "8", "TWIN_MAX_QUEUED_REQUESTS": "8"}
+           "TWIN_GENERATION_MAX_ONGOING_REQUESTS": "8", "TWIN_MAX_QUEUED_REQUESTS": "8",
+           # A key's share below that (8 working + 8 queued): one key flooding leaves room for another.
+           # The rate limit is tested without a server (tests/unit/test_security.py).
+           "TWIN_KEY_MAX_CONCURRENT": "6", "TWIN_KEY_REQUESTS_PER_MINUTE": "0"}
     index_sample(data_dir)
     # A registered, servable adapter for the sample author: her chats go through it.
     from llm_twin.registry import register

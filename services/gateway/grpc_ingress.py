@@ -70,18 +70,25 @@ class PolicyContext:
         return getattr(self._context, name)
 
 
-def with_policy(handler: Callable) -> Callable:
-    def call(request, context):
-        return handler(request, PolicyContext(context))
+def with_policy(handler: Callable, streaming: bool) -> Callable:
+    """The handler called with a PolicyContext; grpc.aio awaits a unary handler only when it is a
+    coroutine function, so the unary wrapper is one."""
+    if streaming:
+        return lambda request, context: handler(request, PolicyContext(context))
 
-    return call
+    async def unary(request, context):
+        return await handler(request, PolicyContext(context))
+
+    return unary
 
 
 def cancelling_factory(factory: Callable) -> Callable:
     def make(service_method: str, streaming_type):
-        handler = with_policy(factory(service_method=service_method, streaming_type=streaming_type))
+        handler = factory(service_method=service_method, streaming_type=streaming_type)
         if getattr(streaming_type, "name", "") == "UNARY_STREAM":
-            return pumped(handler)
+            return pumped(with_policy(handler, streaming=True))
+        if getattr(streaming_type, "name", "") == "UNARY_UNARY":
+            return with_policy(handler, streaming=False)
         return handler
 
     make.cancels_streams = True

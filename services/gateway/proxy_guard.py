@@ -75,35 +75,63 @@ class ProxyGuard:
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
         if scope.get("path") == ROUTES_PATH:
-            body = b'{"error":{"message":"not found","code":404}}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
-            return
+            return await _send_json(send, 404, {"error": {"message": "not found", "code": 404}})
         if not self.trust_trace:
             headers = scope.get("headers") or []
             if any(name.lower() in TRACE_HEADERS for name, _ in headers):
                 scope = {**scope, "headers": [(n, v) for n, v in headers if n.lower() not in TRACE_HEADERS]}
-        replaced = False
+        state = {"replaced": False, "started": None, "finished": False}
 
         async def guarded_send(message):
-            nonlocal replaced
-            if message["type"] == "http.response.start" and message.get("status") == 500 and not any(
-                    name.lower() == ORIGIN_HEADER for name, _ in message.get("headers") or []):
-                replaced = True
-                body = json.dumps({"error": {"message": LOST.format(seconds=RETRY_AFTER_S), "type": "unavailable",
-                                             "code": 503}}).encode()
-                await send({"type": "http.response.start", "status": 503,
-                            "headers": [(b"content-type", b"application/json"), (b"retry-after", b"%d" % RETRY_AFTER_S),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-            if replaced:
-                return  # the proxy's own 500 body: already answered
-            await send(message)
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                if message.get("status") == 500 and not any(n.lower() == ORIGIN_HEADER for n, _ in headers):
+                    state["replaced"] = True
+                    await _send_json(send, 503, {"error": {"message": LOST.format(seconds=RETRY_AFTER_S),
+                                                           "type": "unavailable", "code": 503}})
+                    return
+                state["started"] = message
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["finished"] = True
+            if not state["replaced"]:
+                await send(message)
 
-        return await self.app(scope, receive, guarded_send)
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:  # noqa: BLE001 - answered below: uvicorn would answer a bare 500
+            pass
+        finally:
+            # Serve's proxy sends nothing at all when the replica it called died before answering
+            # (RayActorError: it only answers 408, 429 and 503 itself); uvicorn then answers a bare 500.
+            if state["started"] is None and not state["replaced"]:
+                state["replaced"] = True
+                try:
+                    await _send_json(send, 503, {"error": {"message": LOST.format(seconds=RETRY_AFTER_S),
+                                                           "type": "unavailable", "code": 503}})
+                except Exception:  # noqa: BLE001 - the client is gone
+                    pass
+            # A stream whose replica died after it started: Serve's proxy just stops. An SSE client
+            # gets an error event saying so and the end of the stream instead of a cut connection.
+            if state["started"] is not None and not state["finished"] and not state["replaced"]:
+                types = [v for n, v in state["started"].get("headers") or [] if n.lower() == b"content-type"]
+                tail = b""
+                if types and types[0].startswith(b"text/event-stream"):
+                    error = {"error": {"message": LOST.format(seconds=RETRY_AFTER_S), "type": "unavailable",
+                                       "code": 503}}
+                    tail = b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
+                try:
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                except Exception:  # noqa: BLE001 - the client is gone too
+                    pass
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def middlewares() -> list:

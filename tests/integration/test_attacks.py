@@ -242,16 +242,31 @@ def test_a_bad_seed_beside_good_requests_harms_none(platform, keys):
     assert [r.status_code for r in replies] == [200, 400, 200, 200, 400, 200]
 
 
-def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, grpc_channel):
+@pytest.fixture(scope="module")
+def many_keys(platform, keys):
+    """Eight chat keys: overload shown across keys, each within its own share."""
+    store = KeyStore(platform.data_dir / "api-keys.json")
+    made = [store.create(f"crowd-{i}", "chat") for i in range(8)]
+    deadline = time.monotonic() + 10
+    while any(httpx.get(f"{platform.http}/v1/models", headers=bearer(k), timeout=30).status_code != 200 for k in made) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    yield made
+    for i in range(8):
+        store.revoke(f"crowd-{i}")
+
+
+def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, many_keys, grpc_channel):
     """The test platform works on 8 generations and queues 8 more; the rest get 503 /
-    RESOURCE_EXHAUSTED at once instead of waiting."""
+    RESOURCE_EXHAUSTED at once instead of waiting. 32 requests from 8 keys, 4 each: every key is
+    within its share (6), so what refuses them is the queue."""
     # Answers long enough that the queue stays full while all 32 arrive, on a loaded machine too
     # (with 48 tokens, a CI run once saw the first answers done before the last requests came in).
     body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 128}
 
-    def send(_):
+    def send(i):
         started = time.monotonic()
-        reply = httpx.post(f"{platform.http}/v1/generate", json=body, headers=bearer(keys["chat"]), timeout=300)
+        reply = httpx.post(f"{platform.http}/v1/generate", json=body, headers=bearer(many_keys[i % 8]), timeout=300)
         return reply.status_code, time.monotonic() - started
 
     with ThreadPoolExecutor(32) as pool:
@@ -265,6 +280,114 @@ def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, grp
                                              sampling=generation_pb2.SamplingParams(max_tokens=2))
     assert generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
         request, timeout=120, metadata=metadata(keys["chat"])).text is not None
+
+
+def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, many_keys, grpc_channel):
+    """One key sends 14 long generations at once: 6 (its share) are served, the rest get 429 with
+    Retry-After at once (gRPC: RESOURCE_EXHAUSTED); meanwhile a second key is answered over HTTP
+    and gRPC, and afterwards the first key is served again."""
+    flood = {"messages": [{"role": "user", "content": "Write a long story about a storm."}], "max_tokens": 256}
+    results = []
+
+    def send(_):
+        reply = httpx.post(f"{platform.http}/v1/generate", json=flood, headers=bearer(keys["chat"]), timeout=300)
+        results.append((reply.status_code, reply.headers.get("retry-after"), reply.json()))
+
+    pool = ThreadPoolExecutor(14)
+    futures = [pool.submit(send, i) for i in range(14)]
+    try:
+        deadline = time.monotonic() + 60  # wait until the flood holds the key's share
+        while sum(1 for code, *_ in results if code == 429) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        other = httpx.post(f"{platform.http}/v1/generate", headers=bearer(many_keys[0]), timeout=300,
+                           json={"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
+        assert other.status_code == 200, other.text
+        request = generation_pb2.GenerateRequest(messages=[common_pb2.ChatMessage(role="user", content="Hi")],
+                                                 sampling=generation_pb2.SamplingParams(max_tokens=2))
+        assert generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
+            request, timeout=120, metadata=metadata(many_keys[1])).text is not None
+        if sum(1 for code, *_ in results if code == 200) < 6:  # the flood still holds its share
+            with pytest.raises(grpc.RpcError) as refused:
+                generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
+                    request, timeout=120, metadata=metadata(keys["chat"]))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "TWIN_KEY_MAX_CONCURRENT" in refused.value.details()
+    finally:
+        for future in futures:
+            future.result()
+        pool.shutdown()
+    codes = sorted(code for code, *_ in results)
+    assert codes.count(200) == 6 and codes.count(429) == 8, codes
+    refusal = next(r for r in results if r[0] == 429)
+    assert refusal[1] and int(refusal[1]) >= 1 and "TWIN_KEY_MAX_CONCURRENT" in refusal[2]["error"]["message"]
+    again = httpx.post(f"{platform.http}/v1/generate", headers=bearer(keys["chat"]), timeout=120,
+                       json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert again.status_code == 200, "the key's slots were given back"
+
+
+def test_http_records_carry_the_callers_key_name(platform, keys):
+    from llm_twin.monitoring import load
+
+    reply = httpx.post(f"{platform.http}/v1/chat/completions", json=chat_body(), headers=bearer(keys["chat"]),
+                       timeout=120)
+    rid = reply.json()["id"].removeprefix("chatcmpl-")
+    deadline, record = time.monotonic() + 30, None
+    while record is None and time.monotonic() < deadline:
+        record = next((r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid), None)
+        time.sleep(0.3)
+    assert record is not None and record["key"] == "attack-chat" and record["transport"] == "http"
+
+
+@pytest.mark.parametrize("rid", ["f" * 32, "0" * 32, "chatcmpl-" + "a" * 32, "x" * 32, "1" * 31])
+def test_feedback_on_an_id_this_server_never_issued_is_404(platform, keys, rid):
+    reply = httpx.post(f"{platform.http}/v1/feedback", json={"response_id": rid, "score": 1},
+                       headers=bearer(keys["chat"]), timeout=30)
+    assert reply.status_code == 404 and "response_id" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/-/routes", "/docs/oauth2-redirect"])
+def test_documentation_and_route_listings_are_not_served(platform, keys, path):
+    for headers in ({}, bearer(keys["admin"])):
+        assert httpx.get(f"{platform.http}{path}", headers=headers, timeout=30).status_code in (401, 404)
+    assert httpx.get(f"{platform.http}/-/healthz", timeout=30).status_code == 200  # Serve's probe stays
+
+
+def _proxy_rss() -> int:
+    import psutil
+
+    total = 0
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        if "ProxyActor" in " ".join(proc.info["cmdline"] or []) and proc.info["memory_info"]:
+            total += proc.info["memory_info"].rss
+    return total
+
+
+def test_an_oversized_grpc_message_is_refused_before_it_is_buffered(platform, grpc_channel):
+    """No key, a 64 MB message: refused with RESOURCE_EXHAUSTED as it arrives (the proxy's limit is
+    the HTTP body limit, 1 MiB), and the proxy's memory does not grow by the message."""
+    before, peak, running = _proxy_rss(), [0], [True]
+    assert before > 0, "no Serve proxy process found"
+
+    def watch():
+        while running[0]:
+            peak[0] = max(peak[0], _proxy_rss())
+            time.sleep(0.02)
+
+    watcher = __import__("threading").Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        huge = chat_pb2.ChatRequest(twin="mara-quill",
+                                    messages=[common_pb2.ChatMessage(role="user", content="x" * 64_000_000)])
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                chat_pb2_grpc.ChatServiceStub(grpc_channel).Chat(huge, timeout=60)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        running[0] = False
+        watcher.join()
+    assert peak[0] - before < 48 * 1024 * 1024, f"the proxy grew by {(peak[0] - before) / 1e6:.0f} MB"
+    health = health_pb2_grpc.HealthStub(grpc_channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- fuzz ------------------------------------------------------------------------------------------------

@@ -336,25 +336,41 @@ def _span_names(otlp, trace_id: str, needed: set[str]) -> set[str]:
     return wait_for(have, 30, f"spans {needed} in trace {trace_id}")
 
 
+def _record(platform, rid: str) -> dict:
+    from llm_twin.monitoring import load
+
+    def found():
+        records = [r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid]
+        return records[0] if records else None
+
+    return wait_for(found, 30, f"the monitoring record of {rid}")
+
+
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_one_chat_request_is_one_trace_across_processes(platform, channel, otlp, transport):
-    trace_id = secrets.token_hex(16)
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    """The server starts the trace (a caller's traceparent chooses neither the trace id nor the
+    response id: TWIN_TRUST_CLIENT_TRACE is off); the answer's record leads to it."""
+    client_trace = secrets.token_hex(16)
+    traceparent = f"00-{client_trace}-{secrets.token_hex(8)}-01"
     if transport == "http":
         reply = httpx.post(f"{platform.http}/v1/chat/completions", headers={"traceparent": traceparent}, timeout=120,
                            json={"model": "mara-quill", "messages": [{"role": "user", "content": QUESTION}],
                                  "max_tokens": 4})
         assert reply.status_code == 200
+        rid = reply.json()["id"].removeprefix("chatcmpl-")
     else:
-        chat_pb2_grpc.ChatServiceStub(channel).Chat(
+        rid = chat_pb2_grpc.ChatServiceStub(channel).Chat(
             chat_pb2.ChatRequest(twin="mara-quill", messages=ask(QUESTION), sampling=sampling(4)),
-            metadata=[("traceparent", traceparent)], timeout=120)
+            metadata=[("traceparent", traceparent)], timeout=120).id
+    trace_id = _record(platform, rid)["trace_id"]
+    assert trace_id and trace_id != client_trace and rid != client_trace
     needed = {"twin.chat", "retrieval.search", "embeddings", "chat SmolLM2"}
     names = _span_names(otlp, trace_id, needed)
     spans = otlp.trace(trace_id)
     # Spans from several processes (gateway, retrieval, embedding, generation replicas) in one trace,
-    # each with a parent inside the trace except the first one under the caller's span.
+    # each with a parent inside the trace except the first one under the proxy's span.
     assert len({s.parent_span_id for s in spans}) > 3, names
+    assert otlp.trace(client_trace) == [], "the caller's trace id was used"
     generation = next(s for s in spans if s.name.startswith("chat SmolLM2"))
     attributes = {a.key: a.value for a in generation.attributes}
     assert attributes["gen_ai.operation.name"].string_value == "chat"

@@ -117,15 +117,56 @@ def test_only_server_streaming_handlers_are_wrapped_once():
     class Server:
         def service_handler_factory(self, service_method, streaming_type):
             made.append((service_method, streaming_type))
-            return f"{service_method}:{streaming_type.name}"
+            async def handler(request, context):
+                return f"{service_method}:{streaming_type.name}"
+
+            return handler
 
     server = Server()
     cancel_streams_on_client_cancel(None, server)
     wrapped = server.service_handler_factory
     cancel_streams_on_client_cancel(None, server)  # listed twice: still one wrapper
     assert server.service_handler_factory is wrapped
-    assert wrapped("/twin.v1.ChatService/Chat", Kind.UNARY_UNARY) == "/twin.v1.ChatService/Chat:UNARY_UNARY"
+    unary = wrapped("/twin.v1.ChatService/Chat", Kind.UNARY_UNARY)
+    assert inspect.iscoroutinefunction(unary)  # grpc.aio awaits only coroutine functions
+    assert asyncio.run(unary(None, None)) == "/twin.v1.ChatService/Chat:UNARY_UNARY"
     assert inspect.iscoroutinefunction(wrapped("/twin.v1.ChatService/ChatStream", Kind.UNARY_STREAM))
     assert made == [("/twin.v1.ChatService/Chat", Kind.UNARY_UNARY),
                     ("/twin.v1.ChatService/ChatStream", Kind.UNARY_STREAM)]
     cancel_streams_on_client_cancel(None, object())  # another server: left alone, no error
+
+
+def test_the_callers_metadata_and_the_proxys_status_follow_the_platforms_policy(monkeypatch):
+    """A caller's trace headers are dropped (unless TWIN_TRUST_CLIENT_TRACE); Serve's own INTERNAL
+    (the replica it called died) goes out as UNAVAILABLE, the platform's "internal error" as it is."""
+    import grpc
+
+    from services.gateway.grpc_ingress import PolicyContext
+
+    class Context:
+        code = details = None
+
+        def invocation_metadata(self):
+            return (("authorization", "Bearer k"), ("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
+                    ("tracestate", "x=y"))
+
+        def set_code(self, code):
+            self.code = code
+
+        def set_details(self, details):
+            self.details = details
+
+    monkeypatch.delenv("TWIN_TRUST_CLIENT_TRACE", raising=False)
+    raw = Context()
+    context = PolicyContext(raw)
+    assert context.invocation_metadata() == (("authorization", "Bearer k"),)
+    monkeypatch.setenv("TWIN_TRUST_CLIENT_TRACE", "true")
+    assert len(context.invocation_metadata()) == 3
+
+    context.set_code(grpc.StatusCode.INTERNAL)
+    context.set_details("ActorDiedError: The actor died unexpectedly before finishing this task.")
+    assert raw.code == grpc.StatusCode.UNAVAILABLE and "retry" in raw.details
+    ours = Context()
+    PolicyContext(ours).set_code(grpc.StatusCode.INTERNAL)
+    PolicyContext(ours).set_details("internal error: KeyError")
+    assert ours.code == grpc.StatusCode.INTERNAL and ours.details == "internal error: KeyError"

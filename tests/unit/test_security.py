@@ -147,3 +147,106 @@ def test_a_bad_generation_setting_is_refused_naming_it(monkeypatch, variable, va
     monkeypatch.setenv(variable, value)
     with pytest.raises(pydantic.ValidationError, match=field):
         Settings()
+
+
+# -- keyless means loopback, by address and by name -------------------------------------------------------
+@pytest.mark.parametrize("host", ["localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST", "app.localhost:8000",
+                                  "127.0.0.2"])
+def test_keyless_mode_answers_loopback_host_names(tmp_path, host):
+    authorizer = Authorizer(KeyStore(tmp_path / "none.json"))
+    assert authorizer.authorize(None, "127.0.0.1", "chat", host).name == "local"
+
+
+@pytest.mark.parametrize("host", ["evil.example:8000", "attacker.test", "127.0.0.1.nip.io", "localhost.evil.com",
+                                  "10.0.0.5:8000", "[fe80::1]", ""])
+def test_keyless_mode_refuses_other_host_names_from_loopback_dns_rebinding(tmp_path, host):
+    from services.gateway.auth import MisdirectedRequest
+    from services.gateway.status import status_for
+
+    authorizer = Authorizer(KeyStore(tmp_path / "none.json"))
+    with pytest.raises(MisdirectedRequest, match="loopback names only") as refused:
+        authorizer.authorize(None, "127.0.0.1", "chat", host)
+    assert status_for(refused.value)[1] == 421
+    assert authorizer.authorize(None, "127.0.0.1", "chat", None).name == "local"  # gRPC: no Host to check
+
+
+def test_with_keys_the_host_name_does_not_matter(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    key = store.create("ada", "chat")
+    assert Authorizer(store).authorize(f"Bearer {key}", "10.0.0.9", "chat", "twin.example.com").name == "ada"
+
+
+# -- fair per key -------------------------------------------------------------------------------------------
+def test_a_key_over_its_concurrency_is_refused_and_another_key_is_not():
+    from services.gateway.fairness import KeyLimiter, RateLimited
+    from services.gateway.status import retry_after, status_for
+
+    limiter = KeyLimiter(max_concurrent=2, requests_per_minute=0)
+    limiter.acquire("flood")
+    limiter.acquire("flood")
+    with pytest.raises(RateLimited, match="TWIN_KEY_MAX_CONCURRENT") as refused:
+        limiter.acquire("flood")
+    assert status_for(refused.value)[:2][1] == 429 and retry_after(refused.value) >= 1
+    limiter.acquire("other")  # a second key keeps its share
+    limiter.release("flood")
+    limiter.acquire("flood")
+    assert limiter.in_flight("flood") == 2 and limiter.in_flight("other") == 1
+
+
+def test_a_key_over_its_rate_waits_for_its_tokens():
+    from services.gateway.fairness import KeyLimiter, RateLimited
+
+    limiter = KeyLimiter(max_concurrent=0, requests_per_minute=60, burst=3)
+    for _ in range(3):
+        limiter.acquire("ada")
+        limiter.release("ada")
+    with pytest.raises(RateLimited, match="retry in 1 s") as refused:
+        limiter.acquire("ada")
+    assert refused.value.retry_after == 1
+    limiter.acquire("bob")
+    time.sleep(1.05)
+    limiter.acquire("ada")  # one token back after a second
+
+
+def test_a_request_holds_its_slot_until_its_task_ends():
+    import asyncio
+
+    from services.gateway.fairness import KeyLimiter, RateLimited
+
+    limiter = KeyLimiter(max_concurrent=1, requests_per_minute=0)
+
+    async def request(gate: asyncio.Event):
+        limiter.hold_for_task("ada")
+        limiter.hold_for_task("ada")  # authorizing twice in one request counts once
+        await gate.wait()
+
+    async def main():
+        gate = asyncio.Event()
+        first = asyncio.create_task(request(gate))
+        await asyncio.sleep(0)
+        assert limiter.in_flight("ada") == 1
+        second = asyncio.create_task(request(gate))
+        await asyncio.sleep(0)
+        with pytest.raises(RateLimited):
+            await second
+        gate.set()
+        await first
+        await asyncio.sleep(0)
+        assert limiter.in_flight("ada") == 0
+
+    asyncio.run(main())
+
+
+# -- response ids -------------------------------------------------------------------------------------------
+def test_response_ids_are_made_and_checked_by_the_server(tmp_path):
+    from services.gateway.response_ids import ResponseIds, shared_key
+
+    key = shared_key(str(tmp_path / "monitoring" / ".response-id-key"))
+    assert shared_key(str(tmp_path / "monitoring" / ".response-id-key")) == key  # replicas agree
+    ids, other = ResponseIds(key), ResponseIds.random()
+    rid = ids.new()
+    assert len(rid) == 32 and ids.valid(rid, 86400) and not other.valid(rid, 86400)
+    assert not ids.valid("a" * 32, 86400) and not ids.valid(rid[:-1] + ("0" if rid[-1] != "0" else "1"), 86400)
+    old = ids.new(now=time.time() - 3 * 86400)
+    assert ids.issued_at(old) is not None and not ids.valid(old, 2 * 86400)
+    assert not ids.valid("not hex at all, 32 characters!!", 86400)
