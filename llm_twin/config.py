@@ -168,6 +168,8 @@ class Settings(BaseSettings):
         None, description="API keys file (`twin keys`; hashes only). Default: <data_dir>/api-keys.json; on Kubernetes "
         "a file mounted from a Secret. With no key in it the server answers loopback clients only.")
     insecure_no_auth: bool = Field(False, description="Serve everyone without keys (only behind your own gateway).")
+    require_keys: bool = Field(False, description="Refuse every call while no API key exists, loopback ones too (on "
+                               "Kubernetes a sidecar proxy or port-forward makes every caller loopback).")
     key_max_concurrent: int = Field(16, ge=0, le=100_000, description="Requests one API key may have in flight on a "
                                     "gateway replica (0: no limit); more get 429 / RESOURCE_EXHAUSTED.")
     key_requests_per_minute: int = Field(600, ge=0, le=10_000_000, description="Requests one API key may start a "

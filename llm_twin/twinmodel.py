@@ -183,10 +183,13 @@ class Author(Section):
 
 
 class Storage(Section):
-    warehouse_uri: str = Field("", description="fsspec URI of the raw-document warehouse, e.g. s3://bucket/warehouse "
-                                               "(empty: the job's local data folder).")
-    artifact_uri: str = Field("s3://llm-twin/artifacts",
-                              description="Where datasets and models are stored, e.g. s3://bucket/artifacts.")
+    """Under the operator's storage root, each twin has its own prefix, <root>/<namespace>/<name>/: a
+    path elsewhere (another twin's) is refused with its path; empty paths are placed there."""
+
+    warehouse_uri: str = Field("", max_length=1024, description="fsspec URI of the raw-document warehouse "
+                               "(empty: <root>/<namespace>/<name>/warehouse).")
+    artifact_uri: str = Field("", max_length=1024, description="Where datasets and models are stored "
+                              "(empty: <root>/<namespace>/<name>/artifacts).")
 
 
 class VectorStore(Section):
@@ -264,7 +267,14 @@ class Serving(Section):
     max_queued_requests: int = Field(100, ge=1, le=100_000, description="Requests waiting per replica before new "
                                      "ones are refused at once (503 / RESOURCE_EXHAUSTED).")
     api_keys_secret: str = Field("", max_length=253, description="A Secret with the key api-keys.json (`twin keys "
-                                 "create` with TWIN_API_KEYS_FILE set): who may call. Empty: loopback clients only.")
+                                 "create` with TWIN_API_KEYS_FILE set), labelled llmtwin.dev/twin-secret=true: who "
+                                 "may call. Empty: every call is refused (a twin on a cluster never runs keyless).")
+    key_max_concurrent: int = Field(16, ge=0, le=100_000, description="Requests one API key may have in flight per "
+                                    "gateway replica (0: no limit); more get 429 / RESOURCE_EXHAUSTED.")
+    key_requests_per_minute: int = Field(600, ge=0, le=10_000_000, description="Requests one API key may start a "
+                                         "minute per gateway replica (0: no limit); more get 429 with Retry-After.")
+    mask_pii: bool = Field(True, description="Mask e-mails, phones, keys... in the questions and answers the twin "
+                           "records for monitoring.")
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")

@@ -22,6 +22,9 @@ VALUES = {
     "gpus": "{{ .Values.platform.gpus }}",
     "timeout": "{{ .Values.platform.requestTimeoutSeconds }}",
     "queue": "{{ .Values.platform.maxQueuedRequests }}",
+    "keyConcurrent": "{{ .Values.platform.perKey.maxConcurrent }}",
+    "keyRate": "{{ .Values.platform.perKey.requestsPerMinute }}",
+    "maskPii": "{{ .Values.monitoring.maskPii }}",
 }
 
 
@@ -33,7 +36,10 @@ def render() -> str:
     config = serve_config(
         {"generation_model": placeholder("model"), "generation_device": placeholder("device"),
          "milvus_uri": placeholder("milvusUri"), "warehouse_uri": placeholder("warehouseUri"),
-         "artifact_uri": placeholder("artifactUri"), "http_host": "0.0.0.0"},
+         "artifact_uri": placeholder("artifactUri"), "http_host": "0.0.0.0",
+         # On a cluster the platform never answers keyless (auth.insecureNoAuth is the explicit way out).
+         "require_keys": True, "key_max_concurrent": placeholder("keyConcurrent"),
+         "key_requests_per_minute": placeholder("keyRate"), "monitoring_mask_pii": placeholder("maskPii")},
         generation_gpus=placeholder("gpus"), request_timeout_s=placeholder("timeout"),
         max_queued_requests=placeholder("queue"))
     text = yaml.safe_dump(config, sort_keys=False, width=200)

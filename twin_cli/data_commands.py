@@ -238,4 +238,29 @@ def status(ctx: click.Context) -> None:
     click.echo(f"index {settings.resolved_milvus_uri} collection {settings.collection}: {store.count()} chunks")
 
 
-COMMANDS = [crawl, extract, import_handbook_cmd, index, search, eval_group, status]
+@click.command("refresh")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A rendered TwinModel (the operator's ConfigMap).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the counts as JSON to this file (the operator's Job: its termination message).")
+@click.pass_context
+def refresh_cmd(ctx: click.Context, config_path, report_path) -> None:
+    """Re-crawl a TwinModel's sources and re-index what changed (the operator runs it as a Job)."""
+    from llm_twin.twinmodel import InvalidSpec, TwinModelSpec
+    from operators.twinmodel import refresh as fresh
+    from services.embedding.core import Embedder
+
+    try:
+        spec = TwinModelSpec.parse(json.loads(config_path.read_text())["spec"])
+    except (InvalidSpec, ValueError, KeyError) as exc:
+        fail(f"{config_path}: not a rendered TwinModel ({exc})", 2)
+    settings = fresh.settings_for(spec, settings_of(ctx))
+    report = fresh.refresh(spec, settings, Embedder.from_settings(settings))
+    counts = {"added": report.added, "changed": report.changed, "removed": report.removed, "failed": report.failed,
+              "documents": report.documents, "chunks_written": report.chunks_written}
+    click.echo(json.dumps(counts))
+    if report_path:
+        report_path.write_text(json.dumps(counts))
+
+
+COMMANDS = [crawl, extract, import_handbook_cmd, index, search, eval_group, status, refresh_cmd]

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 
 import yaml
 
+from llm_twin.config import Settings
 from llm_twin.documents import author_slug
+from services.gateway.proxy_guard import proxy_env
 from services.gateway.serve_config import GRPC_PORT, HTTP_PORT, PIPELINE_COMMAND, serve_config
 
 from .spec import GROUP, STAGES
@@ -63,15 +65,35 @@ POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "
                 "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
 KEYS_DIR = "/etc/llm-twin/keys"
+# Ray's token authentication, managed by KubeRay (>= 1.5.1; a Secret with a random token per cluster,
+# RAY_AUTH_MODE/RAY_AUTH_TOKEN set in every Ray container). It needs rayVersion >= 2.52.
+AUTH_OPTIONS = {"mode": "token"}
 
 
-def ray_pod(containers: list[dict], volumes: list[dict]) -> dict:
-    """A Ray pod template: labelled for the chart's NetworkPolicy, hardened, no service account token."""
-    spec = {"automountServiceAccountToken": False, "securityContext": dict(POD_SECURITY),
+def ray_version() -> str:
+    """The Ray the platform's image carries (the operator runs the same image)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ray")
+    except PackageNotFoundError:
+        return "2.60.0"
+
+
+def proxy_environment() -> list[dict]:
+    """What the Serve proxies of a twin's cluster read at start (services/gateway/proxy_guard.py):
+    gRPC's receive limit (the HTTP body limit) and the HTTP proxy's guard."""
+    return [{"name": k, "value": v} for k, v in proxy_env(Settings.model_fields["max_request_bytes"].default).items()]
+
+
+def ray_pod(containers: list[dict], volumes: list[dict], name: str) -> dict:
+    """A Ray pod template: labelled with its twin (the twin's NetworkPolicy selects it), hardened,
+    no service account token."""
+    spec = {"automountServiceAccountToken": False, "enableServiceLinks": False, "securityContext": dict(POD_SECURITY),
             "containers": [{**c, "securityContext": dict(CONTAINER_SECURITY)} for c in containers]}
     if volumes:
         spec["volumes"] = volumes
-    return {"metadata": {"labels": {f"{GROUP}/ray": "true"}}, "spec": spec}
+    return {"metadata": {"labels": {f"{GROUP}/ray": "true", LABEL: name}}, "spec": spec}
 
 
 def _container(spec: dict, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
@@ -97,16 +119,20 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
                      "labels": labels(name, hashes["evaluation"])},
         "spec": {
             "entrypoint": " ".join(PIPELINE_COMMAND),
+            # KubeRay submits the job over the dashboard's HTTP API itself: no submitter pod needs
+            # to reach the head (the twin's NetworkPolicy lets only KubeRay's operator in).
+            "submissionMode": "HTTPMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 3600,
             "backoffLimit": 0,
             "rayClusterSpec": {
-                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([head], volumes)},
+                "rayVersion": ray_version(), "authOptions": dict(AUTH_OPTIONS),
+                "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([head], volumes, name)},
                 "workerGroupSpecs": [{
                     "groupName": "train", "replicas": int(training["workers"]),
                     "minReplicas": int(training["workers"]), "maxReplicas": int(training["workers"]),
                     "rayStartParams": {},
-                    "template": ray_pod([worker], volumes)}],
+                    "template": ray_pod([worker], volumes, name)}],
             },
         },
     }
@@ -121,7 +147,11 @@ def platform_serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict
     args = {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
             "generation_device": "cuda" if gpus else "cpu", "artifact_uri": spec["storage"]["artifactUri"],
             "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
-            "pinned_models": {author_slug(spec["author"]["name"]): hashes["evaluation"]}, "http_host": "0.0.0.0"}
+            "pinned_models": {author_slug(spec["author"]["name"]): hashes["evaluation"]}, "http_host": "0.0.0.0",
+            # On a cluster a twin never answers keyless (a sidecar proxy would make every caller loopback).
+            "require_keys": True, "key_max_concurrent": int(serving["keyMaxConcurrent"]),
+            "key_requests_per_minute": int(serving["keyRequestsPerMinute"]),
+            "monitoring_mask_pii": bool(serving["maskPii"])}
     if spec["storage"].get("warehouseUri"):
         args["warehouse_uri"] = spec["storage"]["warehouseUri"]
     return serve_config(args, request_timeout_s=float(serving["requestTimeoutSeconds"]), generation_gpus=gpus,
@@ -141,9 +171,9 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     image = spec["training"]["image"]
-    # Who may call: the keys file from serving.apiKeysSecret; without one the platform answers loopback only.
+    # Who may call: the keys file from serving.apiKeysSecret; without one every call is refused (require_keys).
     env = {"env": [{"name": "TWIN_API_KEYS_FILE", "value": f"{KEYS_DIR}/api-keys.json"},
-                   *secret_env(spec, teacher=False)]}
+                   *proxy_environment(), *secret_env(spec, teacher=False)]}
     volumes, mounts = [], {}
     if serving.get("apiKeysSecret"):
         volumes = [{"name": "api-keys", "secret": {"secretName": serving["apiKeysSecret"]}}]
@@ -160,17 +190,18 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
             "upgradeStrategy": upgrade,
             "serveConfigV2": yaml.safe_dump(platform_serve_config(name, spec, hashes), sort_keys=False),
             "rayClusterConfig": {
+                "rayVersion": ray_version(), "authOptions": dict(AUTH_OPTIONS),
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([{
                     "name": "ray-head", "image": image,
                     "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
-                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env, **mounts}], volumes)},
+                    "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env, **mounts}], volumes, name)},
                 "workerGroupSpecs": [{
                     "groupName": "serve", "replicas": max(1, int(serving["minReplicas"])),
                     "minReplicas": int(serving["minReplicas"]), "maxReplicas": int(serving["maxReplicas"]),
                     "rayStartParams": {},
                     "template": ray_pod([{"name": "ray-worker", "image": image, **env, **mounts,
-                                          "resources": {"limits": limits, "requests": dict(limits)}}], volumes)}],
+                                          "resources": {"limits": limits, "requests": dict(limits)}}], volumes, name)}],
             },
         },
     }

@@ -9,6 +9,7 @@ gets a new job. A RayJob or RayService still working means "come back later"
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -18,14 +19,15 @@ from kubernetes.client.rest import ApiException
 
 from llm_twin.twinmodel import TwinModelSpec
 
-from . import builders
-from .spec import GROUP, PLURAL, VERSION, InvalidSpec, normalise, stage_hashes
+from . import builders, isolation
+from .spec import GROUP, PLURAL, SECRET_OPT_IN, VERSION, InvalidSpec, normalise, place_storage, secret_refs, stage_hashes
 
 POLL_S = float(os.environ.get("TWIN_OPERATOR_POLL_S", "15"))
 # How often the refresh timer looks at each twin; a twin refreshes when its spec.refresh.interval is due.
 REFRESH_TICK_S = float(os.environ.get("TWIN_OPERATOR_REFRESH_TICK_S", "60"))
 RAY = ("ray.io", "v1")
 REVISION = f"{GROUP}/data-revision"  # bumped by a refresh that found enough new writing to retrain on
+POLICY = isolation.ClusterPolicy.from_env()
 
 
 @kopf.on.startup()
@@ -66,6 +68,44 @@ def _apply_custom(plural: str, body: dict, owner: dict) -> dict:
     else:
         return existing
     return result if isinstance(result, dict) and result.get("metadata") else body
+
+
+def _apply_network_policy(body: dict, owner: dict) -> None:
+    kopf.adopt(body, owner=owner)
+    api, meta = client.NetworkingV1Api(), body["metadata"]
+    try:
+        current = api.read_namespaced_network_policy(meta["name"], meta["namespace"])
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        api.create_namespaced_network_policy(meta["namespace"], body)
+        return
+    if client.ApiClient().sanitize_for_serialization(current.spec) != body["spec"]:
+        api.patch_namespaced_network_policy(meta["name"], meta["namespace"], {"spec": body["spec"]})
+
+
+class SecretNotAllowed(Exception):
+    """A Secret the spec names has not opted in to TwinModels (its label)."""
+
+
+def _check_secrets(spec: dict, namespace: str) -> None:
+    """Every Secret the spec names must carry the opt-in label. Only the Secret's metadata is
+    requested (PartialObjectMetadata): the operator never reads a Secret's data; pods get the
+    values through secretKeyRef."""
+    for where, secret in secret_refs(spec):
+        try:
+            response = client.ApiClient().call_api(
+                f"/api/v1/namespaces/{namespace}/secrets/{secret}", "GET",
+                header_params={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+                auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False)
+            meta = json.loads(response.data)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretNotAllowed(f"{where}: no Secret {secret!r} in namespace {namespace}") from None
+            raise kopf.TemporaryError(f"reading Secret {secret} metadata: {exc.reason}", delay=POLL_S) from exc
+        if ((meta or {}).get("metadata", {}).get("labels") or {}).get(SECRET_OPT_IN) != "true":
+            raise SecretNotAllowed(f"{where}: Secret {secret!r} is not labelled {SECRET_OPT_IN}=true; label it "
+                                   f"(kubectl label secret {secret} {SECRET_OPT_IN}=true) to let TwinModels use it")
 
 
 def _apply_config_map(body: dict, owner: dict) -> None:
@@ -110,10 +150,18 @@ class _Status:
 def reconcile(spec, status, meta, name, namespace, body, patch, logger, **_) -> None:
     state = _Status(status or {}, patch, meta.get("generation", 1))
     try:
-        spec = normalise(dict(spec))
+        spec = place_storage(normalise(dict(spec)), namespace, name, POLICY.storage_root)
     except InvalidSpec as exc:
         state.fail("Validation", "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from exc
+    try:
+        _check_secrets(spec, namespace)
+    except SecretNotAllowed as exc:
+        state.fail("Validation", "SecretNotAllowed", str(exc))
+        raise kopf.PermanentError(str(exc)) from exc
+    # The twin's Ray pods and refresh pods are closed to the cluster before any of them exists.
+    for policy in isolation.network_policies(name, namespace, POLICY):
+        _apply_network_policy(policy, body)
     if spec["suspend"]:
         patch.status["stage"] = "Suspended"
         state.condition("Ready", False, "Suspended", "spec.suspend is true: nothing runs until it is false")
@@ -183,55 +231,86 @@ def data_revision(meta) -> int:
         return 0
 
 
-_embedder = None
+def _list(path: str, selector: str) -> list[dict]:
+    """Objects at ``path`` as plain dicts (the operator reads a few fields of them; typed models would
+    refuse an object for a field it does not need)."""
+    response = client.ApiClient().call_api(path, "GET", query_params=[("labelSelector", selector)],
+                                           header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+                                           _return_http_data_only=True, _preload_content=False)
+    return json.loads(response.data).get("items") or []
 
 
-def _refresh_embedder(settings):
-    """The embedding model, loaded on the first refresh and kept (a few seconds, ~100 MB)."""
-    global _embedder
-    if _embedder is None:
-        from services.embedding.core import Embedder
-
-        _embedder = Embedder.from_settings(settings)
-    return _embedder
+def _refresh_jobs(name: str, namespace: str) -> list[dict]:
+    jobs = _list(f"/apis/batch/v1/namespaces/{namespace}/jobs", f"{builders.LABEL}={name},{isolation.JOB_LABEL}=refresh")
+    # Not every API server filters by label selector.
+    return [j for j in jobs if (j["metadata"].get("labels") or {}).get(builders.LABEL) == name
+            and (j["metadata"].get("labels") or {}).get(isolation.JOB_LABEL) == "refresh"]
 
 
-def _secret_value(namespace: str, ref) -> str | None:
-    if ref is None:
-        return None
-    import base64
-
-    secret = client.CoreV1Api().read_namespaced_secret(ref.name, namespace)
-    value = (secret.data or {}).get(ref.key)
-    if value is None:
-        raise kopf.TemporaryError(f"Secret {ref.name} has no key {ref.key!r}", delay=POLL_S)
-    return base64.b64decode(value).decode()
+def _job_report(job: dict, namespace: str) -> tuple[str, dict | None]:
+    """('running' | 'succeeded' | 'failed', the report from its pod's termination message)."""
+    status, name = job.get("status") or {}, job["metadata"]["name"]
+    if not (status.get("succeeded") or status.get("failed")):
+        return "running", None
+    message = None
+    for pod in _list(f"/api/v1/namespaces/{namespace}/pods", f"job-name={name}"):
+        if (pod["metadata"].get("labels") or {}).get("job-name") != name:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") == 0:
+                message = terminated.get("message")
+    return ("succeeded" if status.get("succeeded") else "failed"), isolation.parse_report(message)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=REFRESH_TICK_S, initial_delay=REFRESH_TICK_S)
-def refresh(spec, status, meta, namespace, patch, logger, **_) -> None:
-    """spec.refresh: re-crawl the sources when the interval is due, re-index what changed, and when
-    the changes since the served model was trained reach retrainAfterDocuments, bump the data
-    revision (an annotation: the update handler then trains, gates and rolls out a new version)."""
+def refresh(spec, status, meta, name, namespace, body, patch, logger, **_) -> None:
+    """spec.refresh: when the interval is due, a Job in the twin's namespace re-crawls the sources
+    and re-indexes what changed (`twin refresh`, isolation.refresh_job); nothing fetched from the
+    web is parsed in the operator. When it ends, its report (the pod's termination message) updates
+    the status, and when the changes since the served model was trained reach
+    retrainAfterDocuments, the data revision is bumped (an annotation: the update handler then
+    trains, gates and rolls out a new version)."""
     import time
-
-    from . import refresh as fresh
 
     try:
         parsed = TwinModelSpec.parse(dict(spec))
+        normalised = place_storage(parsed.as_resource(), namespace, name, POLICY.storage_root)
     except InvalidSpec:
         return  # the reconcile handler reports it
     every = parsed.refresh.seconds
+    previous = dict((status or {}).get("refresh") or {})
+    batch = client.BatchV1Api()
+    for job in _refresh_jobs(name, namespace):
+        outcome, report = _job_report(job, namespace)
+        if outcome == "running":
+            return  # one refresh at a time; the Job's activeDeadlineSeconds bounds it
+        _record_refresh(patch, meta, parsed, previous, outcome, report, job["metadata"]["name"], logger)
+        batch.delete_namespaced_job(job["metadata"]["name"], namespace, propagation_policy="Background")
+        return
     if parsed.suspend or not every:
         return
-    previous = dict((status or {}).get("refresh") or {})
     if time.time() - float(previous.get("lastRefreshEpoch", 0)) < every:
         return
-    settings = fresh.settings_for(parsed).with_overrides(
-        milvus_token=_secret_value(namespace, parsed.vector_store.token_secret_ref))
-    report = fresh.refresh(parsed, settings, _refresh_embedder(settings))
+    epoch = time.time()
+    job = isolation.refresh_job(name, namespace, normalised, epoch)
+    kopf.adopt(job, owner=body)
+    batch.create_namespaced_job(namespace, job)
+    patch.status["refresh"] = {**previous, "lastRefreshEpoch": epoch, "job": job["metadata"]["name"],
+                               "lastRefresh": builders.now()}
+    logger.info(f"refresh: started Job {job['metadata']['name']}")
+
+
+def _record_refresh(patch, meta, parsed, previous: dict, outcome: str, report: dict | None, job: str, logger) -> None:
+    if outcome != "succeeded" or report is None:
+        patch.status["refresh"] = {**previous, "job": job, "lastFailure": {
+            "time": builders.now(), "message": f"refresh Job {job} {outcome} without a report (see its pod's log)"}}
+        logger.warning(f"refresh Job {job} {outcome} without a report")
+        return
+    changes = report["added"] + report["changed"] + report["removed"]
     # The first refresh is the baseline: the served model was trained on a crawl of the same sources.
-    pending = int(previous.get("pendingDocuments", 0)) + (report.changes if previous else 0)
+    baseline = not previous.get("baselineDone")
+    pending = int(previous.get("pendingDocuments", 0)) + (0 if baseline else changes)
     revision = data_revision(meta)
     retrain = pending >= parsed.refresh.retrain_after_documents
     if retrain:
@@ -239,16 +318,18 @@ def refresh(spec, status, meta, namespace, patch, logger, **_) -> None:
         patch.metadata.annotations[REVISION] = str(revision)
         pending = 0
     patch.status["refresh"] = {
-        "lastRefresh": builders.now(), "lastRefreshEpoch": time.time(), "documentsAdded": report.added,
-        "documentsChanged": report.changed, "documentsRemoved": report.removed, "failed": report.failed,
-        "documents": report.documents, "chunksWritten": report.chunks_written, "pendingDocuments": pending,
-        "dataRevision": revision, "retrainTriggered": retrain}
-    if report.changes:  # kept until the next refresh that changes something (status patches merge)
+        "lastRefresh": previous.get("lastRefresh") or builders.now(),
+        "lastRefreshEpoch": previous.get("lastRefreshEpoch", 0), "job": job, "baselineDone": True,
+        "documentsAdded": report["added"], "documentsChanged": report["changed"],
+        "documentsRemoved": report["removed"], "failed": report["failed"], "documents": report["documents"],
+        "chunksWritten": report["chunks_written"], "pendingDocuments": pending, "dataRevision": revision,
+        "retrainTriggered": retrain, "lastFailure": None}
+    if changes:  # kept until the next refresh that changes something (status patches merge)
         patch.status["refresh"]["lastChange"] = {
-            "time": builders.now(), "added": report.added, "changed": report.changed, "removed": report.removed,
-            "chunksWritten": report.chunks_written, "pendingDocuments": pending, "retrainTriggered": retrain,
-            "baseline": not previous}
-    logger.info(f"refresh: {report.added} added, {report.changed} changed, {report.removed} removed"
+            "time": builders.now(), "added": report["added"], "changed": report["changed"],
+            "removed": report["removed"], "chunksWritten": report["chunks_written"], "pendingDocuments": pending,
+            "retrainTriggered": retrain, "baseline": baseline}
+    logger.info(f"refresh: {report['added']} added, {report['changed']} changed, {report['removed']} removed"
                 + (f"; retraining (data revision {revision})" if retrain else ""))
 
 
@@ -269,6 +350,14 @@ def cleanup(name, namespace, logger, **_) -> None:
             _delete(lambda n=item["metadata"]["name"], p=plural: _custom().delete_namespaced_custom_object(
                 *RAY, namespace, p, n))
     _delete(lambda: client.CoreV1Api().delete_namespaced_config_map(f"{name}-config", namespace))
+    for policy in (f"{name}-ray", f"{name}-refresh"):
+        _delete(lambda p=policy: client.NetworkingV1Api().delete_namespaced_network_policy(p, namespace))
+    try:
+        for job in _refresh_jobs(name, namespace):
+            _delete(lambda j=job["metadata"]["name"]: client.BatchV1Api().delete_namespaced_job(
+                j, namespace, propagation_policy="Background"))
+    except ApiException as exc:
+        logger.warning(f"listing refresh Jobs: {exc.reason}")
 
 
 def _delete(call) -> None:

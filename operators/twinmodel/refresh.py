@@ -39,7 +39,7 @@ class RefreshReport:
 def settings_for(spec: TwinModelSpec, base: Settings | None = None) -> Settings:
     """The platform settings the twin's spec implies (its warehouse, index and artifact store)."""
     return (base or Settings()).with_overrides(
-        warehouse_uri=spec.storage.warehouse_uri or None, artifact_uri=spec.storage.artifact_uri,
+        warehouse_uri=spec.storage.warehouse_uri or None, artifact_uri=spec.storage.artifact_uri or None,
         milvus_uri=spec.vector_store.milvus_uri, collection=spec.vector_store.collection)
 
 

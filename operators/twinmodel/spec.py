@@ -14,7 +14,11 @@ from typing import Any
 
 from llm_twin.twinmodel import GROUP, PLURAL, VERSION, InvalidSpec, TwinModelSpec
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "STAGES", "InvalidSpec", "normalise", "stage_hashes", "digest"]
+__all__ = ["GROUP", "PLURAL", "VERSION", "STAGES", "InvalidSpec", "normalise", "stage_hashes", "digest",
+           "place_storage", "secret_refs", "SECRET_OPT_IN"]
+# A Secret a TwinModel may name (Milvus token, teacher and judge keys, API keys) carries this label:
+# a TwinModel's author cannot hand the twin's pods (running an image they choose) any other Secret.
+SECRET_OPT_IN = f"{GROUP}/twin-secret"
 
 STAGES = ("SourcesIngested", "DatasetReady", "Trained", "Evaluated", "Serving")
 
@@ -41,3 +45,42 @@ def stage_hashes(spec: dict, data_revision: int = 0) -> dict[str, str]:
     serving = digest(evaluation, spec["serving"])
     return {"ingest": ingest, "dataset": dataset, "training": training, "evaluation": evaluation,
             "serving": serving}
+
+
+def _clean(uri: str) -> str:
+    return uri.strip().rstrip("/")
+
+
+def place_storage(spec: dict, namespace: str, name: str, root: str) -> dict:
+    """The spec with the twin's storage placed under ``<root>/<namespace>/<name>/``: empty paths
+    are put there, a path elsewhere (another twin's, or anywhere else) raises InvalidSpec naming it.
+    Warehouse and artifacts hold what trains and serves the twin: another twin's must be out of reach."""
+    own = f"{_clean(root)}/{namespace}/{name}"
+    storage = dict(spec.get("storage") or {})
+    for field, default in (("warehouseUri", "warehouse"), ("artifactUri", "artifacts")):
+        uri = _clean(storage.get(field) or "")
+        if not uri:
+            storage[field] = f"{own}/{default}"
+            continue
+        parts = uri.split("://", 1)[-1].split("/")
+        if ".." in parts or "." in parts or "//" in uri.split("://", 1)[-1] or not (uri + "/").startswith(own + "/"):
+            raise InvalidSpec(f"spec.storage.{field}: {uri!r} is outside this twin's storage {own}/ (each twin "
+                              f"stores under <storage root>/<namespace>/<name>/; leave it empty to use {own}/{default})")
+        storage[field] = uri
+    return {**spec, "storage": storage}
+
+
+def secret_refs(spec: dict) -> list[tuple[str, str]]:
+    """(field path, Secret name) of every Secret the spec names."""
+    refs = []
+    if (spec.get("vectorStore") or {}).get("tokenSecretRef"):
+        refs.append(("spec.vectorStore.tokenSecretRef", spec["vectorStore"]["tokenSecretRef"]["name"]))
+    teacher = (spec.get("dataset") or {}).get("teacher") or {}
+    if teacher.get("secretRef"):
+        refs.append(("spec.dataset.teacher.secretRef", teacher["secretRef"]["name"]))
+    judge = ((spec.get("evaluation") or {}).get("judge") or {})
+    if judge.get("secretRef"):
+        refs.append(("spec.evaluation.judge.secretRef", judge["secretRef"]["name"]))
+    if (spec.get("serving") or {}).get("apiKeysSecret"):
+        refs.append(("spec.serving.apiKeysSecret", spec["serving"]["apiKeysSecret"]))
+    return refs

@@ -61,12 +61,13 @@ def is_loopback(address: str | None) -> bool:
 
 
 class Authorizer:
-    def __init__(self, keys: KeyStore, *, disabled: bool = False):
-        self.keys, self.disabled = keys, disabled
+    def __init__(self, keys: KeyStore, *, disabled: bool = False, require_keys: bool = False):
+        self.keys, self.disabled, self.require_keys = keys, disabled, require_keys
 
     @classmethod
     def from_settings(cls, settings) -> Authorizer:
-        return cls(KeyStore(settings.resolved_api_keys_file), disabled=settings.insecure_no_auth)
+        return cls(KeyStore(settings.resolved_api_keys_file), disabled=settings.insecure_no_auth,
+                   require_keys=settings.require_keys)
 
     def authorize(self, authorization: str | None, client: str | None, operation: str,
                   host: str | None = None) -> Caller:
@@ -74,6 +75,10 @@ class Authorizer:
         if self.disabled:
             return LOCAL
         if not self.keys.configured():
+            if self.require_keys:
+                raise Unauthenticated("this server answers API keys only and has none yet: create one with `twin keys "
+                                      "create NAME --scope chat` into its keys file (on Kubernetes: the Secret named "
+                                      "by serving.apiKeysSecret / auth.apiKeysSecret)")
             if is_loopback(client):
                 if host is not None and not is_loopback_host(host):
                     raise MisdirectedRequest(f"this server has no API keys and answers loopback names only, not "

@@ -126,6 +126,7 @@ def cluster(tmp_path):
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "default"}}]}))
     emulator.kubeconfig = kubeconfig
     emulator.log = tmp_path / "operator.log"
+    secret(emulator, "mara-quill-keys", opted_in=True)  # the example's serving.apiKeysSecret
     yield emulator
     emulator.close()
 
@@ -148,6 +149,15 @@ def apply(cluster, document: dict) -> None:
     cluster.merge(path, {"metadata": {"resourceVersion": "1", "uid": uid}})
 
 
+def secret(cluster, name: str, opted_in: bool) -> None:
+    """A Secret in the default namespace, labelled for TwinModels or not."""
+    labels = {"llmtwin.dev/twin-secret": "true"} if opted_in else {}
+    document = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "default",
+                                                                  "labels": labels}, "data": {"k": "dg=="}}
+    reply = httpx.post(f"{cluster.url}/api/v1/namespaces/default/secrets", json=document, timeout=10)
+    assert reply.status_code < 300, reply.text
+
+
 def kubectl(cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([kubectl_binary(), "--kubeconfig", str(cluster.kubeconfig), *args], input=stdin,
                           capture_output=True, text=True, timeout=60, check=False)
@@ -166,6 +176,11 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
         assert job["spec"]["entrypoint"].startswith("twin pipeline --config")
         assert condition(cluster.get(twin_path()), "Trained")["reason"] == "JobRunning"
         assert cluster.get("/api/v1/namespaces/default/configmaps/mara-quill-config")
+        # The twin's Ray pods and refresh pods are closed to the cluster (tests/unit/test_isolation.py).
+        for policy in ("mara-quill-ray", "mara-quill-refresh"):
+            found = cluster.get(f"/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/{policy}")
+            assert found and found["metadata"]["ownerReferences"][0]["uid"] == twin["metadata"]["uid"], policy
+        assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
 
         # An operator restart mid-way (the job running) converges without duplicating children.
         operator.stop()
@@ -249,6 +264,33 @@ def test_a_failed_job_and_an_invalid_spec_give_false_conditions_with_reasons(clu
         operator.stop()
 
 
+def test_a_twin_cannot_borrow_secrets_or_storage(cluster):
+    """A Secret that has not opted in (its label) and another twin's storage are refused with
+    reasons that say what to do; nothing is created for those twins."""
+    secret(cluster, "team-db-password", opted_in=False)
+    borrower = manifest(name="borrower")
+    borrower["spec"]["vectorStore"]["tokenSecretRef"] = {"name": "team-db-password", "key": "k"}
+    missing = manifest(name="missing")
+    missing["spec"]["serving"]["apiKeysSecret"] = "no-such-secret"
+    squatter = manifest(name="squatter")
+    squatter["spec"]["storage"] = {"artifactUri": "s3://llm-twin/default/mara-quill/artifacts"}
+    for obj in (borrower, missing, squatter):
+        apply(cluster, obj)
+    operator = Operator(cluster.kubeconfig, cluster.log)
+    try:
+        ready = wait_for(lambda: condition(cluster.get(twin_path("borrower")), "Ready") or None, "borrower's condition")
+        assert ready["reason"] == "SecretNotAllowed" and "team-db-password" in ready["message"]
+        assert "llmtwin.dev/twin-secret=true" in ready["message"]
+        ready = wait_for(lambda: condition(cluster.get(twin_path("missing")), "Ready") or None, "missing's condition")
+        assert ready["reason"] == "SecretNotAllowed" and "no-such-secret" in ready["message"]
+        ready = wait_for(lambda: condition(cluster.get(twin_path("squatter")), "Ready") or None, "squatter's condition")
+        assert ready["reason"] == "InvalidSpec" and "spec.storage.artifactUri" in ready["message"]
+        assert "s3://llm-twin/default/squatter/" in ready["message"]
+        assert (cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs") or {}).get("items", []) == []
+    finally:
+        operator.stop()
+
+
 def page(title: str, body: str) -> str:
     paragraph = " ".join([body] * 12)
     return f"<html><head><title>{title}</title></head><body><article><h1>{title}</h1><p>{paragraph}</p>" \
@@ -260,22 +302,79 @@ def sitemap(site, *paths: str) -> str:
     return f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
 
 
+class JobRunner:
+    """Stand-in for the Job controller and the kubelet (nothing runs pods here): each refresh Job
+    the operator creates is run as the command its container names (`twin refresh`), with its
+    ConfigMap written where the pod would mount it; its pod then reports the termination message
+    the report file holds, and the Job its outcome, as a cluster would."""
+
+    def __init__(self, cluster, folder: Path, env: dict):
+        self.cluster, self.folder, self.env = cluster, folder, env
+        self.ran: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            jobs = (self.cluster.get("/apis/batch/v1/namespaces/default/jobs") or {}).get("items") or []
+            for job in jobs:
+                if job["metadata"]["name"] not in self.ran and not (job.get("status") or {}).get("succeeded"):
+                    self._run(job)
+            time.sleep(0.3)
+
+    def _run(self, job: dict) -> None:
+        name = job["metadata"]["name"]
+        self.ran.append(name)
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        config_map = pod["volumes"][0]["configMap"]["name"]
+        data = self.cluster.get(f"/api/v1/namespaces/default/configmaps/{config_map}")["data"]
+        mount = self.folder / name
+        mount.mkdir(parents=True)
+        for key, value in data.items():
+            (mount / key).write_text(value)
+        report = mount / "termination-log"
+        args = [a.replace("/etc/llm-twin", str(mount)).replace("/dev/termination-log", str(report))
+                for a in container["args"]]
+        done = subprocess.run([sys.executable, "-m", "twin_cli", *args], env={**self.env, "TWIN_DATA_DIR": str(mount)},
+                              capture_output=True, text=True, timeout=240, check=False)
+        message = report.read_text() if report.exists() else done.stderr[-2000:]
+        httpx.post(f"{self.cluster.url}/api/v1/namespaces/default/pods", timeout=10, json={
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-pod", "namespace": "default", "labels": {"job-name": name}},
+            "spec": pod, "status": {"containerStatuses": [{"name": "refresh", "state": {"terminated": {
+                "exitCode": done.returncode, "message": message}}}]}})
+        outcome = {"succeeded": 1} if done.returncode == 0 else {"failed": 1}
+        self.cluster.merge(f"/apis/batch/v1/namespaces/default/jobs/{name}", {"status": outcome})
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=300)
+
+
+@pytest.mark.timeout(900)
 def test_refresh_recrawls_on_its_timer_and_retrains_when_enough_changed(cluster, site, tmp_path):
     """spec.refresh on a site that changes between ticks: the first refresh is the baseline, a
     changed page counts, a new and a removed page push the count past retrainAfterDocuments, and a
-    new training job runs; once it succeeds the RayService serves the new version."""
+    new training job runs; once it succeeds the RayService serves the new version. Each refresh is
+    a Job in the twin's namespace (run here by JobRunner); the operator only reads its report."""
     site.add("/a", page("Alpha", "Chunk documents by headings and keep overlaps small."))
     site.add("/b", page("Beta", "Retry flaky calls with exponential backoff and jitter."))
     site.add("/sitemap.xml", sitemap(site, "/a", "/b"), "application/xml")
     twin = manifest(name="fresh")
     twin["spec"]["author"] = {"name": "Fresh Writer", "sources": {"pages": [f"{site.url}/sitemap.xml"]}}
-    twin["spec"]["storage"] = {"warehouseUri": str(tmp_path / "warehouse"), "artifactUri": str(tmp_path / "artifacts")}
+    twin["spec"].pop("storage", None)  # placed by the operator: <root>/default/fresh/
     twin["spec"]["vectorStore"] = {"milvusUri": str(tmp_path / "milvus.db"), "collection": "fresh"}
     twin["spec"]["serving"].update(engine="transformers", resources={"cpu": "2", "memory": "8Gi", "gpus": 0})
     twin["spec"]["refresh"] = {"interval": "1s", "retrainAfterDocuments": 2}
     apply(cluster, twin)
+    root = tmp_path / "storage"
     operator = Operator(cluster.kubeconfig, cluster.log, TWIN_OPERATOR_REFRESH_TICK_S="1",
-                        TWIN_CRAWL_ALLOWED_NETWORKS='["127.0.0.0/8"]')  # the test site is local
+                        TWIN_OPERATOR_STORAGE_ROOT=str(root))
+    runner = JobRunner(cluster, tmp_path / "pods", {**os.environ, "TWIN_TORCH_THREADS": "2",
+                                                    "TWIN_CRAWL_ALLOWED_NETWORKS": '["127.0.0.0/8"]'})  # a local site
+    warehouse = root / "default" / "fresh" / "warehouse"
     path = twin_path("fresh")
 
     def refresh_status():
@@ -306,7 +405,7 @@ def test_refresh_recrawls_on_its_timer_and_retrains_when_enough_changed(cluster,
                 changed["retrainTriggered"]) == (0, 1, 0, 1, False)
         jobs = cluster.get("/apis/ray.io/v1/namespaces/default/rayjobs")["items"]
         assert [j["metadata"]["name"] for j in jobs] == [first_job], "one change is below retrainAfterDocuments"
-        stored = list((tmp_path / "warehouse").rglob("*.json"))
+        stored = list(warehouse.rglob("*.json"))
         assert any("by meaning" in f.read_text() for f in stored), "the changed page replaced the old one"
 
         site.add("/c", page("Gamma", "Alerts need an owner, a runbook and a clear threshold."))
@@ -315,7 +414,7 @@ def test_refresh_recrawls_on_its_timer_and_retrains_when_enough_changed(cluster,
         assert (retrained["added"], retrained["changed"], retrained["removed"], retrained["pendingDocuments"]) == (
             1, 0, 1, 0)
         assert refresh_status()["dataRevision"] == 1 and refresh_status()["documents"] == 2
-        texts = " ".join(f.read_text() for f in (tmp_path / "warehouse").rglob("*.json"))
+        texts = " ".join(f.read_text() for f in warehouse.rglob("*.json"))
         assert "exponential backoff" not in texts and "runbook" in texts, "the removed page left the warehouse"
         assert cluster.get(path)["metadata"]["annotations"]["llmtwin.dev/data-revision"] == "1"
 
@@ -327,5 +426,8 @@ def test_refresh_recrawls_on_its_timer_and_retrains_when_enough_changed(cluster,
             cluster.get(path)["status"].get("serving", {}).get("version")), "the new version served")
         served = yaml.safe_load(cluster.get(ray_path("rayservices", "fresh"))["spec"]["serveConfigV2"])
         assert served["applications"][0]["args"]["pinned_models"] == {"fresh-writer": version}
+        assert served["applications"][0]["args"]["warehouse_uri"] == str(warehouse)
+        assert len(runner.ran) >= 3 and all(n.startswith("fresh-refresh-") for n in runner.ran)
     finally:
         operator.stop()
+        runner.close()

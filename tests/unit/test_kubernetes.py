@@ -205,7 +205,7 @@ def test_helm_lint_strict(chart):
 def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
     import kubernetes_validate
 
-    documents = render(chart, "platform.enabled=true", "platform.gpus=1", "operator.watchNamespaces={a,b}")
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k", "platform.gpus=1", "operator.watchNamespaces={a,b}")
     kinds = sorted({d["kind"] for d in documents})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "RayService",
                      "Role", "RoleBinding", "Service", "ServiceAccount"]
@@ -259,12 +259,14 @@ def test_the_chart_renders_the_one_serve_config(chart, gpus, model, timeout):
     """The chart's platform RayService runs exactly what serve_config() builds for its values
     (the template is generated from it by `make crd`)."""
     values = {"milvusUri": "http://m:19530", "warehouseUri": "s3://w/h", "artifactUri": "s3://a/b"}
-    documents = render(chart, "platform.enabled=true", f"platform.gpus={gpus}", f"platform.model={model}",
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=twin-keys", f"platform.gpus={gpus}",
+                       f"platform.model={model}",
                        f"platform.requestTimeoutSeconds={timeout}", *(f"platform.{k}={v}" for k, v in values.items()))
     service = next(d for d in documents if d["kind"] == "RayService")
     expected = serve_config({"generation_model": model, "generation_device": "cuda" if gpus else "cpu",
                              "milvus_uri": values["milvusUri"], "warehouse_uri": values["warehouseUri"],
-                             "artifact_uri": values["artifactUri"], "http_host": "0.0.0.0"},
+                             "artifact_uri": values["artifactUri"], "http_host": "0.0.0.0", "require_keys": True,
+                             "key_max_concurrent": 16, "key_requests_per_minute": 600, "monitoring_mask_pii": True},
                             generation_gpus=gpus, request_timeout_s=timeout, max_queued_requests=100)
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == expected
 
@@ -349,17 +351,33 @@ def test_every_pod_is_locked_down(chart):
         "platform-keys", "twin-keys"}
 
 
-def test_the_network_policy_opens_only_the_gateway_ports_to_the_namespace(chart):
-    documents = render(chart, "platform.enabled=true", "networkPolicy.ingressNamespace=ingress-nginx")
+def test_the_platform_network_policy_selects_only_the_platforms_pods(chart):
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k", "networkPolicy.ingressNamespace=ingress-nginx")
     ray = next(d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
-    gateway, internal = ray["spec"]["ingress"]
-    assert sorted(p["port"] for p in gateway["ports"]) == [8000, 9000]
-    assert {"podSelector": {}} in gateway["from"]
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in gateway["from"]
-    assert internal == {"from": [{"podSelector": {"matchLabels": {"llmtwin.dev/ray": "true"}}}]}
     service = next(d for d in documents if d["kind"] == "RayService")
-    assert service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"] == {
-        "llmtwin.dev/ray": "true"}
+    labels = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert ray["spec"]["podSelector"]["matchLabels"] == {"llmtwin.dev/platform": "twin-llm-twin"}
+    assert labels == {"llmtwin.dev/ray": "true", "llmtwin.dev/platform": "twin-llm-twin"}
+    assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+
+
+def test_the_chart_never_runs_the_platform_keyless(chart):
+    refused = helm("template", "twin", str(chart), "--set", "platform.enabled=true")
+    assert refused.returncode != 0 and "auth.apiKeysSecret" in refused.stderr
+    insecure = render(chart, "platform.enabled=true", "auth.insecureNoAuth=true")
+    service = next(d for d in insecure if d["kind"] == "RayService")
+    env = {e["name"]: e.get("value") for e in
+           service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TWIN_INSECURE_NO_AUTH"] == "true"
+    assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == "1048576"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["require_keys"] is True
+
+
+def test_the_charts_ray_version_is_the_images():
+    from importlib.metadata import version
+
+    values = yaml.safe_load((ROOT / "helm" / "llm-twin" / "values.yaml").read_text())
+    assert values["platform"]["rayVersion"] == version("ray")
 
 
 def test_the_dashboard_has_a_panel_for_every_serve_metric():

@@ -43,7 +43,8 @@ FULL = {
                    "judge": {"endpoint": "https://judge.test/v1", "model": "big-judge",
                              "secretRef": {"name": "judge-auth", "key": "token"}}},
     "serving": {"engine": "tensorrt-llm", "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 16,
-                "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "apiKeysSecret": "ada-keys", "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
+                "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "apiKeysSecret": "ada-keys",
+                "keyMaxConcurrent": 3, "keyRequestsPerMinute": 77, "maskPii": False, "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
     "refresh": {"interval": "12h", "retrainAfterDocuments": 3},
 }
 # Acted on by the operator itself; tests/integration/test_operator.py shows each.
@@ -128,6 +129,9 @@ def destinations(spec: dict) -> dict:
         "serving.maxQueuedRequests": generation["max_queued_requests"] == gateway["max_queued_requests"]
         and gateway["max_queued_requests"],
         "serving.apiKeysSecret": keys_volume["secret"]["secretName"],
+        "serving.keyMaxConcurrent": args["key_max_concurrent"],
+        "serving.keyRequestsPerMinute": args["key_requests_per_minute"],
+        "serving.maskPii": args["monitoring_mask_pii"],
         "serving.canaryPercent": service["spec"]["upgradeStrategy"]["clusterUpgradeOptions"]["stepSizePercent"],
         "serving.requestTimeoutSeconds": serve["http_options"]["request_timeout_s"]
         == serve["grpc_options"]["request_timeout_s"] and serve["http_options"]["request_timeout_s"],

@@ -34,11 +34,18 @@ only loopback clients are answered) and where traces go. */}}
 {{- define "llm-twin.platformEnv" -}}
 - {name: TWIN_API_KEYS_FILE, value: /etc/llm-twin/keys/api-keys.json}
 - {name: TWIN_INSECURE_NO_AUTH, value: {{ .Values.auth.insecureNoAuth | quote }}}
+{{- /* Read by Serve's proxies (services/gateway/proxy_guard.py): gRPC refuses a message over the HTTP body limit. */}}
+- {name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, value: "1048576"}
+- {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "services.gateway.proxy_guard:middlewares"}
 {{- if .Values.tracing.enabled }}
 - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://{{ include "llm-twin.fullname" . }}-otel-collector:4318"}
 - {name: RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH, value: "llm_twin.telemetry:span_processors"}
 - {name: RAY_SERVE_TRACING_SAMPLING_RATIO, value: {{ .Values.tracing.samplingRatio | quote }}}
 {{- end }}
+{{- end -}}
+
+{{- define "llm-twin.kuberayNamespace" -}}
+{{ .Values.networkPolicy.kuberayNamespace | default .Release.Namespace }}
 {{- end -}}
 
 {{- define "llm-twin.operatorRules" -}}
@@ -54,7 +61,20 @@ only loopback clients are answered) and where traces go. */}}
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, patch, delete]
-# Refresh re-indexes with the Milvus token named by spec.vectorStore.tokenSecretRef (read only).
+# Each twin's NetworkPolicies (its Ray pods and its refresh pods, in its namespace).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
+# spec.refresh runs as a Job in the twin's namespace; its report is its pod's termination message.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+# Only a Secret's metadata is requested (PartialObjectMetadata), to check that a Secret a TwinModel names is
+# labelled llmtwin.dev/twin-secret=true; its data reaches pods by secretKeyRef, never the operator. RBAC
+# cannot grant metadata alone: set watchNamespaces to keep this right to those namespaces.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

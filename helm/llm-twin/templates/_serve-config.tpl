@@ -26,6 +26,10 @@ applications:
     warehouse_uri: {{ .Values.platform.warehouseUri | quote }}
     artifact_uri: {{ .Values.platform.artifactUri | quote }}
     http_host: 0.0.0.0
+    require_keys: true
+    key_max_concurrent: {{ .Values.platform.perKey.maxConcurrent }}
+    key_requests_per_minute: {{ .Values.platform.perKey.requestsPerMinute }}
+    monitoring_mask_pii: {{ .Values.monitoring.maskPii }}
   deployments:
   - name: Gateway
     max_queued_requests: {{ .Values.platform.maxQueuedRequests }}
