@@ -20,7 +20,17 @@ from kubernetes.client.rest import ApiException
 from llm_twin.twinmodel import TwinModelSpec
 
 from . import builders, isolation
-from .spec import GROUP, PLURAL, SECRET_OPT_IN, VERSION, InvalidSpec, normalise, place_storage, secret_refs, stage_hashes
+from .spec import (
+    GROUP,
+    PLURAL,
+    SECRET_OPT_IN,
+    VERSION,
+    InvalidSpec,
+    normalise,
+    place_storage,
+    secret_refs,
+    stage_hashes,
+)
 
 POLL_S = float(os.environ.get("TWIN_OPERATOR_POLL_S", "15"))
 # How often the refresh timer looks at each twin; a twin refreshes when its spec.refresh.interval is due.

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 from services.gateway.serve_config import GRPC_PORT, HTTP_PORT
 
-from .builders import CONFIG_KEY, CONTAINER_SECURITY, LABEL, POD_SECURITY, labels, secret_env
+from .builders import (
+    CONFIG_KEY,
+    CONTAINER_SECURITY,
+    LABEL,
+    POD_SECURITY,
+    labels,
+    secret_env,
+)
 from .spec import GROUP
 
 RAY_POD = f"{GROUP}/ray"

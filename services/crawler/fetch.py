@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import socket
 import threading
-from contextvars import ContextVar
 import time
 import urllib.robotparser
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 

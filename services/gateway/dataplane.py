@@ -7,7 +7,6 @@ and HTTP adapters turn results into their wire formats and errors into status co
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -17,9 +16,9 @@ from urllib.parse import urlsplit
 from opentelemetry.trace import SpanKind
 
 from llm_twin.config import Settings
+from llm_twin.documents import author_slug
 from llm_twin.keys import Caller
 from llm_twin.monitoring import MAX_COMMENT_CHARS
-from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
 from services.crawler.core import SOURCE_TYPES

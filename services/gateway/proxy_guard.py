@@ -22,6 +22,7 @@ proxies read their settings from the environment they inherit (TWIN_*), like eve
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 ROUTES_PATH = "/-/routes"
@@ -33,6 +34,7 @@ LOST = ("the gateway replica stopped while working on this request (Serve is sta
 RETRY_AFTER_S = 5
 TRACE_HEADERS = (b"traceparent", b"tracestate")
 IMPORT_PATH = "services.gateway.proxy_guard:middlewares"
+log = logging.getLogger(__name__)
 
 
 def proxy_env(max_request_bytes: int) -> dict[str, str]:
@@ -98,8 +100,8 @@ class ProxyGuard:
 
         try:
             await self.app(scope, receive, guarded_send)
-        except Exception:  # noqa: BLE001 - answered below: uvicorn would answer a bare 500
-            pass
+        except Exception as exc:  # noqa: BLE001 - answered below: uvicorn would answer a bare 500
+            log.warning("request failed in Serve's proxy: %s", exc)
         finally:
             # Serve's proxy sends nothing at all when the replica it called died before answering
             # (RayActorError: it only answers 408, 429 and 503 itself); uvicorn then answers a bare 500.
@@ -108,8 +110,8 @@ class ProxyGuard:
                 try:
                     await _send_json(send, 503, {"error": {"message": LOST.format(seconds=RETRY_AFTER_S),
                                                            "type": "unavailable", "code": 503}})
-                except Exception:  # noqa: BLE001 - the client is gone
-                    pass
+                except Exception as exc:  # noqa: BLE001 - the client is gone
+                    log.debug("client gone before the 503: %s", exc)
             # A stream whose replica died after it started: Serve's proxy just stops. An SSE client
             # gets an error event saying so and the end of the stream instead of a cut connection.
             if state["started"] is not None and not state["finished"] and not state["replaced"]:
@@ -121,8 +123,8 @@ class ProxyGuard:
                     tail = b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n"
                 try:
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
-                except Exception:  # noqa: BLE001 - the client is gone too
-                    pass
+                except Exception as exc:  # noqa: BLE001 - the client is gone too
+                    log.debug("client gone before the stream's end: %s", exc)
 
 
 async def _send_json(send, status: int, payload: dict) -> None:

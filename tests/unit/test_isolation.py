@@ -15,9 +15,17 @@ import pytest
 import yaml
 
 from operators.twinmodel import builders, isolation
-from operators.twinmodel.spec import InvalidSpec, normalise, place_storage, secret_refs, stage_hashes
-from tests.unit.test_kubernetes import render
-from tests.unit.test_kubernetes import chart  # noqa: F401 - the fixture
+from operators.twinmodel.spec import (
+    InvalidSpec,
+    normalise,
+    place_storage,
+    secret_refs,
+    stage_hashes,
+)
+from tests.unit.test_kubernetes import (
+    chart,  # noqa: F401 - the fixture
+    render,
+)
 
 SPEC = {"author": {"name": "Ada Writer", "sources": {"feeds": ["https://ada.test/feed.xml"]}},
         "training": {"baseModel": "m"}, "serving": {"apiKeysSecret": "ada-keys"},

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from operators.twinmodel import builders
-from operators.twinmodel.spec import InvalidSpec, normalise, stage_hashes
+from operators.twinmodel.spec import InvalidSpec, normalise, place_storage, stage_hashes
 from services.gateway.serve_config import GRPC_SERVICER_FUNCTIONS, IMPORT_PATH, serve_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +71,13 @@ def test_invalid_specs_are_rejected_with_the_fix(change, fragment):
 
 
 # -- builders -----------------------------------------------------------------------------------------
+def placed_example() -> dict:
+    """The example's spec as the operator acts on it: normalised, its storage placed under the root."""
+    return place_storage(normalise(example()["spec"]), "default", "mara-quill", "s3://llm-twin")
+
+
 def test_ray_job_runs_the_cli_with_the_rendered_config():
-    spec = normalise(example()["spec"])
+    spec = placed_example()
     hashes = stage_hashes(spec)
     job = builders.ray_job("mara-quill", "twins", spec, hashes)
     assert job["kind"] == "RayJob" and job["metadata"]["namespace"] == "twins"
@@ -83,13 +88,13 @@ def test_ray_job_runs_the_cli_with_the_rendered_config():
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
     assert "runtimeEnvYAML" not in job["spec"], "the job reads its whole configuration from the ConfigMap"
-    assert builders.model_uri(spec, "mara-quill", hashes) == f"s3://llm-twin/artifacts/models/mara-quill/{hashes['evaluation']}"
+    assert builders.model_uri(spec, "mara-quill", hashes) == f"s3://llm-twin/default/mara-quill/artifacts/models/mara-quill/{hashes['evaluation']}"
     config = builders.config_map("mara-quill", "twins", spec, hashes)
     assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
 
 
 def test_ray_service_runs_the_platform_app_with_the_trained_model():
-    spec = normalise(example()["spec"])
+    spec = placed_example()
     hashes = stage_hashes(spec)
     service = builders.ray_service("mara-quill", "twins", spec, hashes)
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
@@ -97,7 +102,7 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     app = config["applications"][0]
     assert app["import_path"] == IMPORT_PATH
     assert app["args"]["generation_model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/artifacts", "tensorrt-llm")
+    assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/default/mara-quill/artifacts", "tensorrt-llm")
     assert app["args"]["pinned_models"] == {"mara-quill": hashes["evaluation"]}
     assert config == builders.platform_serve_config("mara-quill", spec, hashes)
     generation = next(d for d in app["deployments"] if d["name"] == "Generation")
