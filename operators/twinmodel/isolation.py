@@ -100,7 +100,8 @@ def refresh_job(name: str, namespace: str, spec: dict, epoch: float, deadline_s:
     ingress, and only the twin's own Secrets (by reference). It reports through its termination
     message (`twin refresh --report`), which the operator reads from the pod's status."""
     pod_labels = {**labels(name), JOB_LABEL: "refresh"}
-    env = secret_env(spec, teacher=False)
+    # The root is read-only: caches that follow HOME go to the scratch /tmp.
+    env = [{"name": "HOME", "value": "/tmp"}, *secret_env(spec, teacher=False)]
     container = {
         "name": "refresh", "image": spec["training"]["image"],
         "args": ["refresh", "--config", f"/etc/llm-twin/{CONFIG_KEY}", "--report", REFRESH_REPORT],
@@ -109,7 +110,7 @@ def refresh_job(name: str, namespace: str, spec: dict, epoch: float, deadline_s:
         "terminationMessagePolicy": "File",
         "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin", "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": "/data"}],
-        **({"env": env} if env else {}),
+        "env": env,
     }
     return {
         "apiVersion": "batch/v1", "kind": "Job",

@@ -291,7 +291,8 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
 
     def send(_):
         reply = httpx.post(f"{platform.http}/v1/generate", json=flood, headers=bearer(keys["chat"]), timeout=300)
-        results.append((reply.status_code, reply.headers.get("retry-after"), reply.json()))
+        body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else reply.text
+        results.append((reply.status_code, reply.headers.get("retry-after"), body))
 
     pool = ThreadPoolExecutor(14)
     futures = [pool.submit(send, i) for i in range(14)]
@@ -306,18 +307,21 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
                                                  sampling=generation_pb2.SamplingParams(max_tokens=2))
         assert generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
             request, timeout=120, metadata=metadata(many_keys[1])).text is not None
-        if sum(1 for code, *_ in results if code == 200) < 6:  # the flood still holds its share
-            with pytest.raises(grpc.RpcError) as refused:
-                generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
-                    request, timeout=120, metadata=metadata(keys["chat"]))
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "TWIN_KEY_MAX_CONCURRENT" in refused.value.details()
+        try:  # the flooding key over gRPC while its share is held: refused the same way
+            generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
+                request, timeout=120, metadata=metadata(keys["chat"]))
+            assert len(results) == 14, "the flooding key was served over gRPC while it held its whole share"
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "TWIN_KEY_MAX_CONCURRENT" in refused.details()
     finally:
         for future in futures:
             future.result()
         pool.shutdown()
     codes = sorted(code for code, *_ in results)
-    assert codes.count(200) == 6 and codes.count(429) == 8, codes
+    # At most its share is served; the rest is refused by the key's limit (or, on a machine that falls
+    # behind, by the platform's own queue limit: 503).
+    assert set(codes) <= {200, 429, 503} and codes.count(200) <= 6 and codes.count(429) >= 6, codes
     refusal = next(r for r in results if r[0] == 429)
     assert refusal[1] and int(refusal[1]) >= 1 and "TWIN_KEY_MAX_CONCURRENT" in refusal[2]["error"]["message"]
     again = httpx.post(f"{platform.http}/v1/generate", headers=bearer(keys["chat"]), timeout=120,

@@ -249,7 +249,7 @@ def test_the_refresh_job_runs_the_crawl_without_api_access_or_privileges():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] > 0
-    assert [e["name"] for e in container["env"]] == ["TWIN_MILVUS_TOKEN"]  # the twin's own Secret, by reference
+    assert [e["name"] for e in container["env"]] == ["HOME", "TWIN_MILVUS_TOKEN"]  # its own Secret, by reference
     assert "TWIN_TEACHER_KEY" not in json.dumps(job)
 
 
