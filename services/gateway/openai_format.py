@@ -5,7 +5,7 @@ streaming, with ``stream_options.include_usage``), text completions, embeddings 
 which the client asks for by default), models. Sampling: temperature, top_p, top_k (vLLM-style),
 seed, stop, presence/frequency penalties, logprobs/top_logprobs. What OpenAI has no field for
 rides in extra fields: ``sources`` on the completion (and on the first stream chunk),
-``sources_top_k`` on the request. The completion's id is the request's trace id (``chatcmpl-<id>``):
+``sources_top_k`` on the request. The completion's id is made and signed by the server (``chatcmpl-<id>``, response_ids.py):
 POST /v1/feedback takes it.
 """
 
