@@ -80,18 +80,32 @@ def _apply_custom(plural: str, body: dict, owner: dict) -> dict:
     return result if isinstance(result, dict) and result.get("metadata") else body
 
 
-def _apply_network_policy(body: dict, owner: dict) -> None:
+def _apply_core(body: dict, owner: dict, read, create, patch, field: str, current_value) -> None:
+    """Create a built-in child, or patch its ``field`` when it differs (converges after restarts)."""
     kopf.adopt(body, owner=owner)
-    api, meta = client.NetworkingV1Api(), body["metadata"]
+    meta = body["metadata"]
     try:
-        current = api.read_namespaced_network_policy(meta["name"], meta["namespace"])
+        current = read(meta["name"], meta["namespace"])
     except ApiException as exc:
         if exc.status != 404:
             raise
-        api.create_namespaced_network_policy(meta["namespace"], body)
+        create(meta["namespace"], body)
         return
-    if client.ApiClient().sanitize_for_serialization(current.spec) != body["spec"]:
-        api.patch_namespaced_network_policy(meta["name"], meta["namespace"], {"spec": body["spec"]})
+    if current_value(current) != body[field]:
+        patch(meta["name"], meta["namespace"], {field: body[field]})
+
+
+def _apply_network_policy(body: dict, owner: dict) -> None:
+    api = client.NetworkingV1Api()
+    _apply_core(body, owner, api.read_namespaced_network_policy, api.create_namespaced_network_policy,
+                api.patch_namespaced_network_policy, "spec",
+                lambda current: client.ApiClient().sanitize_for_serialization(current.spec))
+
+
+def _apply_config_map(body: dict, owner: dict) -> None:
+    core = client.CoreV1Api()
+    _apply_core(body, owner, core.read_namespaced_config_map, core.create_namespaced_config_map,
+                core.patch_namespaced_config_map, "data", lambda current: current.data or {})
 
 
 class SecretNotAllowed(Exception):
@@ -116,20 +130,6 @@ def _check_secrets(spec: dict, namespace: str) -> None:
         if ((meta or {}).get("metadata", {}).get("labels") or {}).get(SECRET_OPT_IN) != "true":
             raise SecretNotAllowed(f"{where}: Secret {secret!r} is not labelled {SECRET_OPT_IN}=true; label it "
                                    f"(kubectl label secret {secret} {SECRET_OPT_IN}=true) to let TwinModels use it")
-
-
-def _apply_config_map(body: dict, owner: dict) -> None:
-    kopf.adopt(body, owner=owner)
-    core, meta = client.CoreV1Api(), body["metadata"]
-    try:
-        current = core.read_namespaced_config_map(meta["name"], meta["namespace"])
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
-        core.create_namespaced_config_map(meta["namespace"], body)
-        return
-    if (current.data or {}) != body["data"]:
-        core.patch_namespaced_config_map(meta["name"], meta["namespace"], {"data": body["data"]})
 
 
 class _Status:
