@@ -155,7 +155,7 @@ def main() -> None:
         try:
             step("crawl the feed and the repository")
             twin(data_dir, "crawl", f"{base}/feed.xml", f"{base}/mara-tools.git", "--author", AUTHOR,
-                 "--allow-private")  # the sample site is on this machine
+                 "--allow-private", "--allow-insecure-git")  # the sample site is on this machine, over plain http
             step("index: clean, chunk, embed (all-MiniLM-L6-v2), load into Milvus Lite")
             twin(data_dir, "index")
         finally:
