@@ -307,11 +307,11 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
                                                  sampling=generation_pb2.SamplingParams(max_tokens=2))
         assert generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
             request, timeout=120, metadata=metadata(many_keys[1])).text is not None
-        grpc_served = False
+        grpc_served, done_then = False, 0
         try:  # the flooding key over gRPC while its share is held: refused the same way
             generation_pb2_grpc.GenerationServiceStub(grpc_channel).Generate(
                 request, timeout=120, metadata=metadata(keys["chat"]))
-            grpc_served = True
+            grpc_served, done_then = True, len(results)
         except grpc.RpcError as refused:
             assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "TWIN_KEY_MAX_CONCURRENT" in refused.details()
@@ -325,7 +325,7 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
     assert set(codes) <= {200, 429, 503} and codes.count(200) <= 6 and codes.count(429) >= 6, codes
     # Served over gRPC only if the key did not hold its whole share then: the platform itself had shed
     # some of the flood (503) or the flood had ended.
-    assert not grpc_served or codes.count(200) < 6, codes
+    assert not grpc_served or done_then == 14 or codes.count(200) < 6, codes
     refusal = next(r for r in results if r[0] == 429)
     assert refusal[1] and int(refusal[1]) >= 1 and "TWIN_KEY_MAX_CONCURRENT" in refusal[2]["error"]["message"]
     again = httpx.post(f"{platform.http}/v1/generate", headers=bearer(keys["chat"]), timeout=120,
