@@ -13,9 +13,10 @@ Ray Serve runs the HTTP and gRPC proxies itself; two of its hooks let the platfo
 
 In the proxy: a caller's ``traceparent``/``tracestate`` is dropped unless `TWIN_TRUST_CLIENT_TRACE`
 is set (a client would otherwise choose the trace id and force sampling past the server's ratio),
-Serve's route listing ``/-/routes`` answers 404 (it names the applications to anyone), and a 500
+Serve's route listing ``/-/routes`` answers 404 (it names the applications to anyone), a 500
 that Serve's proxy makes itself (the replica it called died: RayActorError) becomes 503 with
-Retry-After, as a gRPC INTERNAL from the proxy becomes UNAVAILABLE (`grpc_ingress`). The
+Retry-After, as a gRPC INTERNAL from the proxy becomes UNAVAILABLE (`grpc_ingress`), and Serve's
+other answers of its own (a full queue's 503, a timeout's 408) get the platform's JSON error body. The
 proxies read their settings from the environment they inherit (TWIN_*), like every Serve process.
 """
 
@@ -82,17 +83,29 @@ class ProxyGuard:
             headers = scope.get("headers") or []
             if any(name.lower() in TRACE_HEADERS for name, _ in headers):
                 scope = {**scope, "headers": [(n, v) for n, v in headers if n.lower() not in TRACE_HEADERS]}
-        state = {"replaced": False, "started": None, "finished": False}
+        state = {"replaced": False, "started": None, "finished": False, "own_error": None}
 
         async def guarded_send(message):
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or []
-                if message.get("status") == 500 and not any(n.lower() == ORIGIN_HEADER for n, _ in headers):
+                ours = any(n.lower() == ORIGIN_HEADER for n, _ in headers)
+                if message.get("status") == 500 and not ours:
                     state["replaced"] = True
                     await _send_json(send, 503, {"error": {"message": LOST.format(seconds=RETRY_AFTER_S),
                                                            "type": "unavailable", "code": 503}})
                     return
+                if message.get("status", 200) >= 400 and not ours:
+                    # Serve's own answer (408 timeout, 503 backpressure) is plain text: held to be sent
+                    # as the platform's JSON error body, its Retry-After kept.
+                    state["own_error"] = {"start": message, "body": b""}
+                    return
                 state["started"] = message
+            elif message["type"] == "http.response.body" and state["own_error"] is not None:
+                state["own_error"]["body"] += message.get("body", b"")
+                if not message.get("more_body", False):
+                    state["replaced"] = True
+                    await _send_own_error(send, state["own_error"])
+                return
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 state["finished"] = True
             if not state["replaced"]:
@@ -105,7 +118,7 @@ class ProxyGuard:
         finally:
             # Serve's proxy sends nothing at all when the replica it called died before answering
             # (RayActorError: it only answers 408, 429 and 503 itself); uvicorn then answers a bare 500.
-            if state["started"] is None and not state["replaced"]:
+            if state["started"] is None and not state["replaced"] and state["own_error"] is None:
                 state["replaced"] = True
                 try:
                     await _send_json(send, 503, {"error": {"message": LOST.format(seconds=RETRY_AFTER_S),
@@ -125,6 +138,19 @@ class ProxyGuard:
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
                 except Exception as exc:  # noqa: BLE001 - the client is gone too
                     log.debug("client gone before the stream's end: %s", exc)
+
+
+async def _send_own_error(send, held: dict) -> None:
+    status = held["start"]["status"]
+    message = held["body"].decode("utf-8", "replace").strip()[:1000] or f"HTTP {status}"
+    retry = [v for n, v in held["start"].get("headers") or [] if n.lower() == b"retry-after"]
+    body = json.dumps({"error": {"message": message, "type": "unavailable" if status >= 500 else "request_error",
+                                 "code": status}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry or status == 503:
+        headers.append((b"retry-after", retry[0] if retry else b"%d" % RETRY_AFTER_S))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_json(send, status: int, payload: dict) -> None:
