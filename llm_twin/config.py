@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     key_requests_per_minute: int = Field(600, ge=0, le=10_000_000, description="Requests one API key may start a "
                                          "minute on a gateway replica (0: no limit); more get 429 with Retry-After.")
     trust_client_trace: bool = Field(False, description="Continue a caller's trace (traceparent): its trace id and "
-                                     "sampling decision. Off: every request starts a trace under the server's ratio.")
+                                     "sampling decision. Off: every request starts a trace under the server's ratio. Read by Serve's "
+                                     "proxies from their environment (TWIN_TRUST_CLIENT_TRACE), not from serve args.")
     response_id_key: str | None = Field(None, description="Secret that signs response ids (feedback refers to "
                                         "them); default: one generated into the artifact store on first use.")
     crawl_allowed_networks: list[str] = Field(

@@ -22,9 +22,9 @@ proxies read their settings from the environment they inherit (TWIN_*), like eve
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import os
 
 ROUTES_PATH = "/-/routes"
 # Every response of the platform's own HTTP app carries this header (http_guards.Origin): a 500
@@ -44,8 +44,13 @@ def proxy_env(max_request_bytes: int) -> dict[str, str]:
             "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": IMPORT_PATH}
 
 
+@functools.cache
 def trust_client_trace() -> bool:
-    return os.environ.get("TWIN_TRUST_CLIENT_TRACE", "").strip().lower() in ("1", "true", "yes", "on")
+    """The setting `trust_client_trace`, as the proxy process sees it (its environment: TWIN_*),
+    read once per process: the gRPC guard asks on every call."""
+    from llm_twin.config import Settings
+
+    return Settings().trust_client_trace
 
 
 def proxy_status(code, details: str | None):

@@ -156,12 +156,17 @@ def test_the_callers_metadata_and_the_proxys_status_follow_the_platforms_policy(
         def set_details(self, details):
             self.details = details
 
+    from services.gateway.proxy_guard import trust_client_trace
+
     monkeypatch.delenv("TWIN_TRUST_CLIENT_TRACE", raising=False)
+    trust_client_trace.cache_clear()
     raw = Context()
     context = PolicyContext(raw)
     assert context.invocation_metadata() == (("authorization", "Bearer k"),)
     monkeypatch.setenv("TWIN_TRUST_CLIENT_TRACE", "true")
+    trust_client_trace.cache_clear()
     assert len(context.invocation_metadata()) == 3
+    trust_client_trace.cache_clear()  # the next test's process state is its own
 
     context.set_code(grpc.StatusCode.INTERNAL)
     context.set_details("ActorDiedError: The actor died unexpectedly before finishing this task.")

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from services.gateway.proxy_guard import ProxyGuard
+from services.gateway.proxy_guard import ProxyGuard, trust_client_trace
 
 
 def run(app, path: str = "/v1/generate", headers=()) -> tuple[list[dict], dict]:
@@ -101,6 +101,7 @@ def test_a_callers_trace_headers_are_dropped_unless_trusted(monkeypatch, trusted
         monkeypatch.setenv("TWIN_TRUST_CLIENT_TRACE", "true")
     else:
         monkeypatch.delenv("TWIN_TRUST_CLIENT_TRACE", raising=False)
+    trust_client_trace.cache_clear()
 
     async def fine(send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-twin-origin", b"gateway")]})
@@ -109,6 +110,7 @@ def test_a_callers_trace_headers_are_dropped_unless_trusted(monkeypatch, trusted
     headers = [(b"traceparent", b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"), (b"tracestate", b"x=y"),
                (b"authorization", b"Bearer k")]
     _, seen = run(fine, headers=headers)
+    trust_client_trace.cache_clear()
     names = [n for n, _ in seen["headers"]]
     assert (b"traceparent" in names) is kept and (b"tracestate" in names) is kept and b"authorization" in names
 

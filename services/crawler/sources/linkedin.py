@@ -37,18 +37,19 @@ class LinkedInExportSource:
 
     def __init__(self, max_bytes: int = 200 * 1024 * 1024):
         self.max_bytes = max_bytes
-        self._read_total = 0
 
-    def _read(self, archive: zipfile.ZipFile, name: str, target: str) -> bytes:
+    def _read(self, archive: zipfile.ZipFile, name: str, target: str, read: list[int]) -> bytes:
+        """A member's bytes; ``read`` holds this crawl's decompressed total (one per crawl, so
+        concurrent crawls do not share it)."""
         info = archive.getinfo(name)
-        left = self.max_bytes - self._read_total
+        left = self.max_bytes - read[0]
         if info.file_size > left:
             raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
                                                  "(TWIN_MAX_ARCHIVE_BYTES)")
         with archive.open(info) as member:
             data = member.read(left + 1)
-        self._read_total += len(data)
-        if self._read_total > self.max_bytes:
+        read[0] += len(data)
+        if read[0] > self.max_bytes:
             raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
                                                  "(TWIN_MAX_ARCHIVE_BYTES)")
         return data
@@ -61,7 +62,7 @@ class LinkedInExportSource:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
             raise ParseError(target, "not a zip file (expected LinkedIn's data export)") from exc
-        self._read_total = 0
+        read = [0]
         with archive:
             if len(archive.infolist()) > MAX_MEMBERS:
                 raise ParseError(target, f"the zip lists more than {MAX_MEMBERS} files: not a LinkedIn export")
@@ -71,11 +72,11 @@ class LinkedInExportSource:
             if not shares and not articles:
                 raise ParseError(target, "zip has neither Shares.csv nor Articles/*.html: not a LinkedIn export")
             for name in shares:
-                yield from self._posts(self._read(archive, name, target), target, author)
+                yield from self._posts(self._read(archive, name, target, read), target, author)
             for name in articles:
                 source = f"{path.name}#{name}"
                 try:
-                    page = extract_article(self._read(archive, name, target), source)
+                    page = extract_article(self._read(archive, name, target, read), source)
                     yield RawDocument.create(author=author, category="article", source=source,
                                              link=source, title=page.title or PurePosixPath(name).stem,
                                              text=page.text, published=page.date, platform="linkedin")
