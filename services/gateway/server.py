@@ -50,7 +50,7 @@ def build_app(args: dict | None = None, deployments: list[dict] | None = None):
     not given comes from TWIN_* environment variables, then the defaults. ``deployments`` are a
     serve config's per-deployment options (a RayService's Serve applies them itself; `twin serve`
     passes them here)."""
-    if "trust_client_trace" in (args or {}):
+    if "trust_client_trace" in (args or {}) and bool(args["trust_client_trace"]) != Settings().trust_client_trace:
         raise ValueError("trust_client_trace is read by Serve's proxies, which see no application args: set "
                          "TWIN_TRUST_CLIENT_TRACE in the environment of the Ray processes instead")
     settings = Settings(**(args or {}))
