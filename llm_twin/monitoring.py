@@ -79,10 +79,10 @@ class PromptLog:
 
     @classmethod
     def from_settings(cls, settings) -> PromptLog | None:
-        if not settings.monitoring_enabled:
+        if not settings.monitoring.enabled:
             return None
-        return cls(settings.resolved_artifact_uri, sample_ratio=settings.monitoring_sample_ratio,
-                   retention_days=settings.monitoring_retention_days, mask_pii=settings.monitoring_mask_pii)
+        return cls(settings.resolved_artifact_uri, sample_ratio=settings.monitoring.sample_ratio,
+                   retention_days=settings.monitoring.retention_days, mask_pii=settings.monitoring.mask_pii)
 
     def sampled(self) -> bool:
         return self.sample_ratio >= 1.0 or random.random() < self.sample_ratio

@@ -32,6 +32,30 @@ def control_tokens(tokenizer) -> frozenset[str]:
     return frozenset(t for t in found if len(t) > 1)
 
 
+class ChatTemplate:
+    """A model's chat template over its tokenizer: what every engine renders prompts and counts
+    tokens with (one implementation for all of them). Works with any tokenizer that has
+    ``apply_chat_template`` and ``encode`` (transformers', TensorRT-LLM's)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.control_tokens = control_tokens(tokenizer)
+
+    @property
+    def present(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """Messages -> the prompt string, ending where the assistant's answer starts."""
+        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+
 def as_text(text: str, tokens: frozenset[str] | Sequence[str]) -> str:
     """Control-token strings written in user content or in a crawled page stay text: a word joiner
     after their first character keeps the tokenizer from matching them, so nobody can forge a role

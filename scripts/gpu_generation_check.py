@@ -35,10 +35,10 @@ BATCHES = (1, 8, 32)
 
 
 def platform_backend_rates(path: str, new_tokens: int, device: str = "cuda") -> dict:
-    from services.generation.backend import SamplingParams
-    from services.generation.transformers_backend import TransformersBackend
+    from services.generation.api import SamplingParams
+    from services.generation.engines.transformers import Engine as TransformersEngine
 
-    backend = TransformersBackend(path, device=device, dtype="bfloat16", max_batch_size=max(BATCHES), batch_wait_s=0.05)
+    backend = TransformersEngine(path, device=device, dtype="bfloat16", max_batch_size=max(BATCHES), batch_wait_s=0.05)
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0)
 
     async def streams(n: int) -> float:

@@ -51,10 +51,10 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     store = MilvusStore.from_settings(settings, embedder.dimension)
     say(f"index: {Indexer.from_settings(settings, embedder, store).run().summary()}")
 
-    base_model = resolve_model(config.base_model or settings.generation_model, settings.data_dir)
+    base_model = resolve_model(config.base_model or settings.generation.model, settings.data_dir)
     # The dataset is built once and its quality is the twin's: the local teacher decodes in full
     # precision whatever the serving quantization is.
-    generator = Generator.from_settings(settings.model_copy(update={"generation_quantization": "none"}), model=base_model)
+    generator = Generator.from_settings(settings.with_overrides(generation_quantization="none"), model=base_model)
     try:
         local = datasets.LocalTeacher(generator)
         teacher = (datasets.OpenAITeacher(config.dataset.teacher_url, config.dataset.teacher_model,
@@ -65,7 +65,7 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
                                   test_fraction=config.dataset.test_fraction, max_examples=config.dataset.max_examples,
                                   rejected_max_tokens=config.dataset.rejected_max_tokens, progress=progress)
     finally:
-        generator.backend.close()
+        generator.engine.close()
     counts = manifest["counts"]
     say(f"dataset: {'reused' if manifest['reused'] else 'built'} {counts['train']} train / {counts['test']} test "
         f"examples, {counts['preference']} preference pairs ({manifest['path']})")
@@ -82,9 +82,9 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     path = registry.register(settings.resolved_artifact_uri, config.author, version, output, {
         "base_model": base_model, "dataset": manifest["path"], "dataset_digest": manifest["digest"],
         "hyperparameters": cfg.model_dump(exclude={"output_dir", "dataset_dir"}), "metrics": metrics})
-    judge_url = config.judge.judge_url or settings.judge_url
-    judge = LLMJudge(judge_url, config.judge.judge_model or settings.judge_model or "judge",
-                     settings.judge_key) if judge_url else None
+    judge_url = config.judge.judge_url or settings.judge.url
+    judge = LLMJudge(judge_url, config.judge.judge_model or settings.judge.model or "judge",
+                     settings.judge.key) if judge_url else None
     result = evaluate(base_model, f"{output}/adapter", config.author, datasets.load(manifest["path"], "test.jsonl"),
                       embedder=embedder, style_examples=4, judge=judge)
     ok, why = gate(result, config.gate)

@@ -62,7 +62,7 @@ def pii_masking() -> None:
     from llm_twin import pii
     from llm_twin.config import Settings
 
-    size = Settings().max_request_chars
+    size = Settings().gateway.max_request_chars
     worst = 0.0
     print(f"pii masking, pathological inputs ({size} characters / {size // 10}):")
     for unit in PII_PATHOLOGICAL:

@@ -39,7 +39,7 @@ STREAMS = 8
 
 
 def _params(max_tokens: int):
-    from services.generation.backend import SamplingParams
+    from services.generation.api import SamplingParams
 
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, repetition_penalty=1.15)
 
@@ -62,7 +62,7 @@ def _decode_rate(backend, prompt: str) -> float:
 
 
 def _answers(backend, n_tokens: int = 32) -> list[str]:
-    from services.generation.backend import collect
+    from services.generation.streams import collect
 
     async def one(prompt: str) -> str:
         text, _ = await collect(backend.stream(backend.render([{"role": "user", "content": prompt}]),
@@ -147,7 +147,7 @@ def _ttft(backend, messages: list[dict]) -> float:
 
 def _prefix_ttft(backend) -> tuple[float, float]:
     """-> (TTFT with the opening cached, TTFT with the cache off), ms: medians of 3."""
-    from services.generation.prefix_cache import PrefixCache
+    from services.generation.engines.transformers.prefix_cache import PrefixCache
 
     def median_ttft(question_offset: int) -> float:
         times = []
@@ -172,7 +172,7 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
     from services.generation.core import Generator
     from training.datasets import QUESTION_PROMPT, LocalTeacher
 
-    teacher = LocalTeacher(Generator(backend=backend), concurrency=concurrency)
+    teacher = LocalTeacher(Generator(backend), concurrency=concurrency)
     started = time.perf_counter()
     teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author="Mara Quill", passage=p)}]
                       for p in passages], max_tokens=48)
@@ -181,10 +181,10 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
 
 def run() -> dict:
     from llm_twin.config import Settings, configure_torch_threads, in_own_thread
-    from services.generation.int8_kernel import missing_cpu_flags
+    from services.generation.engines.transformers.int8_kernel import missing_cpu_flags
     from services.generation.model_store import resolve_model
-    from services.generation.prefix_cache import PrefixCache
-    from services.generation.transformers_backend import TransformersBackend
+    from services.generation.engines.transformers.prefix_cache import PrefixCache
+    from services.generation.engines.transformers import Engine as TransformersEngine
 
     from .sample_corpus import POSTS
 
@@ -192,7 +192,7 @@ def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), torch_threads=2)
         configure_torch_threads(settings)
-        path = resolve_model(settings.generation_model, settings.data_dir)
+        path = resolve_model(settings.generation.model, settings.data_dir)
         results, reference = {}, None
         variants = [("float32, transformers forward (baseline)", "none", False, "auto"),
                     ("float32, lean", "none", True, "auto"), ("bf16, lean", "bf16", True, "auto")]
@@ -201,7 +201,7 @@ def run() -> dict:
         variants.append(("int8, lean (default)", "int8", True, "auto"))
         for name, quantization, lean, kernel in variants:
             started = time.perf_counter()
-            backend = TransformersBackend(path, quantization=quantization, lean=lean, max_batch_size=STREAMS,
+            backend = TransformersEngine(path, quantization=quantization, lean=lean, max_batch_size=STREAMS,
                                           batch_wait_s=0, int8_kernel=kernel)
             load_s = time.perf_counter() - started
             try:
@@ -224,14 +224,14 @@ def run() -> dict:
                     chunked = _itl_under_arrivals(backend)
                     backend.lean.chunk = backend.lean.engine.max_len
                     whole = _itl_under_arrivals(backend)
-                    backend.lean.chunk, backend.lean.prefix = settings.prefill_chunk, kept
+                    backend.lean.chunk, backend.lean.prefix = settings.generation.transformers.prefill_chunk, kept
                     results["itl"] = (chunked, whole)
                     results["prefix"] = _prefix_ttft(backend)
                     sample = [" ".join(p) for _, p in POSTS.values()][:8]
                     results["teacher"] = (_teacher_rate(backend, 1, sample), _teacher_rate(backend, 8, sample))
             finally:
                 backend.close()
-    _report(results, settings.prefill_chunk)
+    _report(results, settings.generation.transformers.prefill_chunk)
     return results
 
 

@@ -63,7 +63,7 @@ class InProcess:
         return asyncio.run(one())
 
     def close(self) -> None:
-        self.generator.backend.close()
+        self.generator.engine.close()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -257,9 +257,9 @@ def run() -> None:
 
     settings = Settings()
     configure_torch_threads(settings)
-    model = resolve_model(settings.generation_model, settings.data_dir)
+    model = resolve_model(settings.generation.model, settings.data_dir)
     print(f"serving: {Path(model).name} streamed in this process, through gRPC and HTTP ...", flush=True)
-    engine = InProcess(settings.model_copy(update={"generation_model": model}))
+    engine = InProcess(settings.with_overrides(generation_model=model))
     with tempfile.TemporaryDirectory(prefix="twin-bench-") as tmp:
         data_dir = Path(tmp)
         index_sample(data_dir)

@@ -41,7 +41,7 @@ def run() -> None:
     from .sample_corpus import AUTHOR
 
     settings = Settings()
-    model = resolve_model(settings.generation_model, settings.data_dir)
+    model = resolve_model(settings.generation.model, settings.data_dir)
     threads = settings.torch_threads or 2
     with tempfile.TemporaryDirectory(prefix="twin-bench-train-") as tmp:
         synthetic_dataset(Path(tmp) / "data", rows=STEPS * 2)

@@ -178,7 +178,8 @@ def eval_retrieval(ctx: click.Context, questions, strategy, rewrite, self_query,
 
     settings = settings_of(ctx)
     if reranker:
-        settings = settings.model_copy(update={"reranker_model": None if reranker == "none" else reranker})
+        settings = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(
+            update={"reranker_model": None if reranker == "none" else reranker})})
     try:
         items = load_questions(questions)
         retriever = _retriever(settings)
@@ -234,7 +235,7 @@ def status(ctx: click.Context) -> None:
     click.echo(f"warehouse {settings.resolved_warehouse_uri}")
     for slug, name in warehouse.authors().items():
         click.echo(f"  {name} ({slug}): {len(warehouse.paths(slug))} documents")
-    store = MilvusStore.from_settings(settings, embedding_dimension(settings.embedding_model))
+    store = MilvusStore.from_settings(settings, embedding_dimension(settings.embedding.model))
     click.echo(f"index {settings.resolved_milvus_uri} collection {settings.collection}: {store.count()} chunks")
 
 

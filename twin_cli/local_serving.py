@@ -57,26 +57,25 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
     """Start Ray and Serve and deploy the platform; returns the endpoints once it answers."""
     from services.generation.model_store import resolve_model
 
-    if not settings.generation_model:
+    if not settings.generation.model:
         _say("preparing the default model (SmolLM2-135M-Instruct; converted once, ~30 s the first time)")
-    model = resolve_model(settings.generation_model, settings.data_dir)
-    settings = settings.model_copy(update={"generation_model": model,
-                                           "data_dir": Path(settings.data_dir).resolve()})
+    model = resolve_model(settings.generation.model, settings.data_dir)
+    settings = settings.with_overrides(generation_model=model, data_dir=Path(settings.data_dir).resolve())
     os.environ.update(serve_tracing_env(trace_sampling_ratio))
     os.environ.update(ray_env(os.environ))
     # The proxies' guards (proxy_guard.py): gRPC's receive limit = the HTTP body limit, the HTTP proxy's middleware.
-    os.environ.update(proxy_env(settings.max_request_bytes))
+    os.environ.update(proxy_env(settings.gateway.max_request_bytes))
     # Workers and replicas inherit this process's environment (torch threads, TWIN_*, OTEL_*).
     import ray
     from ray import serve
 
     from services.gateway.server import build_app
 
-    config = serve_config(settings.model_dump(mode="json"), http_host=settings.http_host,
-                          http_port=settings.http_port, grpc_port=settings.grpc_port,
-                          request_timeout_s=settings.request_timeout_s,
-                          max_queued_requests=settings.max_queued_requests,
-                          generation_max_ongoing_requests=settings.generation_max_ongoing_requests)
+    config = serve_config(settings.model_dump(mode="json"), http_host=settings.gateway.http_host,
+                          http_port=settings.gateway.http_port, grpc_port=settings.gateway.grpc_port,
+                          request_timeout_s=settings.gateway.request_timeout_s,
+                          max_queued_requests=settings.gateway.max_queued_requests,
+                          generation_max_ongoing_requests=settings.generation.max_ongoing_requests)
     app = config["applications"][0]
     _say("starting Ray")
     ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
@@ -95,7 +94,7 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
         if time.monotonic() > deadline:
             raise RuntimeError("the platform did not become ready in time; see the Ray logs under /tmp/ray")
         time.sleep(0.5)
-    return {"grpc": f"127.0.0.1:{settings.grpc_port}", "http": f"http://{settings.http_host}:{settings.http_port}",
+    return {"grpc": f"127.0.0.1:{settings.gateway.grpc_port}", "http": f"http://{settings.gateway.http_host}:{settings.gateway.http_port}",
             "model": model}
 
 
@@ -103,7 +102,7 @@ def access_line(settings: Settings) -> str:
     """Who may call: said when the server starts, so nobody exposes it by accident."""
     from llm_twin.keys import KeyStore
 
-    if settings.insecure_no_auth:
+    if settings.gateway.insecure_no_auth:
         return "access: NO AUTHENTICATION (--insecure-no-auth): anyone who reaches these ports may use them"
     store = KeyStore(settings.resolved_api_keys_file)
     if store.configured():

@@ -46,9 +46,9 @@ def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_mod
         fail(str(exc))
     if not twin and any(q.author is None for q in items):
         fail(f"{questions}: some questions have no \"author\"; name the twin with --twin")
-    judge_url = judge_url or settings.judge_url
+    judge_url = judge_url or settings.judge.url
     if judge_url:
-        judge = LLMJudge(judge_url, judge_model or settings.judge_model or "judge", settings.judge_key)
+        judge = LLMJudge(judge_url, judge_model or settings.judge.model or "judge", settings.judge.key)
     else:
         from services.embedding.core import Embedder
 
@@ -91,7 +91,7 @@ def monitor(ctx: click.Context, twin, since, follow, interval, as_json, records)
     from llm_twin.monitoring import load, parse_since, summarize
 
     settings = settings_of(ctx)
-    if not settings.monitoring_enabled:
+    if not settings.monitoring.enabled:
         fail("prompt monitoring is off (TWIN_MONITORING_ENABLED=false): nothing is recorded")
     try:
         start = parse_since(since)

@@ -33,7 +33,7 @@ def _local_generator(settings: Settings):
     """The local teacher: full precision, whatever the serving quantization (see training/pipeline.py)."""
     from services.generation.core import Generator
 
-    return Generator.from_settings(settings.model_copy(update={"generation_quantization": "none"}))
+    return Generator.from_settings(settings.with_overrides(generation_quantization="none"))
 
 
 QLORA_HELP = ("QLoRA: the base model held in 4-bit while the adapter trains (= --lora-quantization 4bit; GPU "
@@ -80,7 +80,7 @@ def dataset_build(ctx: click.Context, author, **flags) -> None:
         except ValueError as exc:
             fail(str(exc))
         finally:
-            generator.backend.close()
+            generator.engine.close()
     counts = manifest["counts"]
     click.echo(f"{'reused' if manifest['reused'] else 'built'} {manifest['path']}: {counts['train']} train, "
                f"{counts['test']} test ({len(manifest['documents']['test'])} held-out documents), "
@@ -103,7 +103,7 @@ def train(ctx: click.Context, author, dataset_dir, base_model, qlora, no_ray, **
     from training.sft_dpo import train as train_here
 
     settings = settings_of(ctx)
-    base_model = base_model or resolve_model(settings.generation_model, settings.data_dir)
+    base_model = base_model or resolve_model(settings.generation.model, settings.data_dir)
     output = tempfile.mkdtemp(prefix="twin-train-", dir=settings.data_dir)
     try:
         cfg = TrainConfig(author=author, base_model=base_model, dataset_dir=dataset_dir, output_dir=output,
@@ -198,7 +198,7 @@ def resolved_config(settings: Settings, config: PipelineConfig) -> dict:
             "storage": {"warehouse_uri": effective.resolved_warehouse_uri, "artifact_uri": effective.resolved_artifact_uri,
                         "milvus_uri": effective.resolved_milvus_uri, "collection": effective.collection},
             "secrets": {"teacher_key": bool(effective.teacher_key), "milvus_token": bool(effective.milvus_token),
-                        "judge_key": bool(effective.judge_key)}}
+                        "judge_key": bool(effective.judge.key)}}
 
 
 @click.command()

@@ -95,9 +95,9 @@ class LLMJudge:
 
     @classmethod
     def from_settings(cls, settings) -> LLMJudge | None:
-        if not settings.judge_url:
+        if not settings.judge.url:
             return None
-        return cls(settings.judge_url, settings.judge_model or "judge", settings.judge_key)
+        return cls(settings.judge.url, settings.judge.model or "judge", settings.judge.key)
 
     def judge(self, question: str, answer: str, passages: Sequence[str], author: str) -> Verdict:
         mapping: dict[str, str] = {}

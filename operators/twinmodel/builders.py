@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import yaml
 
-from llm_twin.config import Settings
+from llm_twin.config import GatewaySettings
 from llm_twin.documents import author_slug
 from services.gateway.proxy_guard import proxy_env
 from services.gateway.serve_config import GRPC_PORT, HTTP_PORT, PIPELINE_COMMAND, serve_config
@@ -83,7 +83,7 @@ def ray_version() -> str:
 def proxy_environment() -> list[dict]:
     """What the Serve proxies of a twin's cluster read at start (services/gateway/proxy_guard.py):
     gRPC's receive limit (the HTTP body limit) and the HTTP proxy's guard."""
-    return [{"name": k, "value": v} for k, v in proxy_env(Settings.model_fields["max_request_bytes"].default).items()]
+    return [{"name": k, "value": v} for k, v in proxy_env(GatewaySettings.model_fields["max_request_bytes"].default).items()]
 
 
 def ray_pod(containers: list[dict], volumes: list[dict], name: str) -> dict:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from llm_twin import prompts
 from llm_twin.documents import author_slug
-from services.generation.backend import Delta, SamplingParams
+from services.generation.api import Delta, SamplingParams
 from services.retrieval.query import contextual_query
 
 from .errors import InvalidChatRequest

@@ -105,9 +105,9 @@ class Crawler:
         """``allow_private``: reach non-public addresses too (`twin crawl --allow-private`, the CLI only);
         ``allow_insecure_git``: clone http, ssh and git remotes too (`--allow-insecure-git`, the CLI only)."""
         return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings, allow_private=allow_private),
-                   max_file_bytes=settings.max_file_bytes, max_pages=settings.max_pages_per_source,
-                   deadline_s=settings.crawl_deadline_s, max_children=settings.sitemap_max_children,
-                   max_archive_bytes=settings.max_archive_bytes, allow_insecure_git=allow_insecure_git)
+                   max_file_bytes=settings.crawler.max_file_bytes, max_pages=settings.crawler.max_pages_per_source,
+                   deadline_s=settings.crawler.deadline_s, max_children=settings.crawler.sitemap_max_children,
+                   max_archive_bytes=settings.crawler.max_archive_bytes, allow_insecure_git=allow_insecure_git)
 
     def check_twin_name(self, author: str) -> None:
         """Over the API a crawl may add to an existing twin only under the exact name it was created

@@ -153,11 +153,11 @@ class Fetcher:
 
     @classmethod
     def from_settings(cls, settings, *, allow_private: bool = False) -> Fetcher:
-        return cls(timeout_s=settings.http_timeout_s, max_bytes=settings.http_max_bytes,
-                   retries=settings.http_retries, backoff_s=settings.http_backoff_s,
-                   user_agent=settings.user_agent, respect_robots=settings.respect_robots,
+        return cls(timeout_s=settings.crawler.http_timeout_s, max_bytes=settings.crawler.http_max_bytes,
+                   retries=settings.crawler.http_retries, backoff_s=settings.crawler.http_backoff_s,
+                   user_agent=settings.crawler.user_agent, respect_robots=settings.crawler.respect_robots,
                    guard=AddressGuard.from_settings(settings, allow_private=allow_private),
-                   page_deadline_s=settings.crawl_page_deadline_s)
+                   page_deadline_s=settings.crawler.page_deadline_s)
 
     @property
     def budget(self) -> Budget:

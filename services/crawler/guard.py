@@ -51,7 +51,7 @@ class AddressGuard:
 
     @classmethod
     def from_settings(cls, settings, *, allow_private: bool = False) -> AddressGuard:
-        return cls(settings.crawl_allowed_networks, allow_private=allow_private)
+        return cls(settings.crawler.allowed_networks, allow_private=allow_private)
 
     def refusal(self, address: str) -> str | None:
         """Why ``address`` must not be reached, or None when it may."""

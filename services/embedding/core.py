@@ -48,7 +48,7 @@ class Embedder:
     @classmethod
     def from_settings(cls, settings: Settings) -> Embedder:
         configure_torch_threads(settings)
-        return cls(settings.embedding_model, device=settings.embedding_device, batch_size=settings.embedding_batch_size)
+        return cls(settings.embedding.model, device=settings.embedding.device, batch_size=settings.embedding.batch_size)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, without the [CLS]/[SEP] the model adds (2 more)."""

@@ -66,8 +66,8 @@ class Authorizer:
 
     @classmethod
     def from_settings(cls, settings) -> Authorizer:
-        return cls(KeyStore(settings.resolved_api_keys_file), disabled=settings.insecure_no_auth,
-                   require_keys=settings.require_keys)
+        return cls(KeyStore(settings.resolved_api_keys_file), disabled=settings.gateway.insecure_no_auth,
+                   require_keys=settings.gateway.require_keys)
 
     def authorize(self, authorization: str | None, client: str | None, operation: str,
                   host: str | None = None) -> Caller:

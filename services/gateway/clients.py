@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from ray.exceptions import RayActorError
 
-from services.generation.backend import Delta, SamplingParams
+from services.generation.api import Delta, SamplingParams
 
 from .status import ReplicaLost
 
@@ -51,12 +51,15 @@ class GenerationClient(HandleClient):
     """Streams go to a replica holding the twin's adapter (Serve's multiplexed model id); a
     consumer that stops early cancels the generation downstream."""
 
-    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None,
+               voice: bool = False) -> AsyncIterator[Delta]:
+        """``twin``: the replica applies its adapter; ``voice``: only the adapter may answer."""
         options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
-        return self._relay(lambda: self.handle.options(**options).stream.remote(messages, params))
+        return self._relay(lambda: self.handle.options(**options).stream.remote(messages, params, voice))
 
-    def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
-        return self._relay(lambda: self.handle.options(stream=True).stream_text.remote(prompt, params))
+    def stream_text(self, prompt: str, params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+        options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
+        return self._relay(lambda: self.handle.options(**options).stream_text.remote(prompt, params, bool(twin)))
 
     @staticmethod
     async def _relay(start: Callable) -> AsyncIterator[Delta]:

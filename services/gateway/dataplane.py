@@ -22,8 +22,8 @@ from llm_twin.monitoring import MAX_COMMENT_CHARS
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
 from services.crawler.core import SOURCE_TYPES
-from services.generation.backend import Delta, SamplingParams, collect
-from services.generation.core import sampling_params
+from services.generation.api import Delta, GenerationLimits, SamplingParams
+from services.generation.streams import collect
 
 from .auth import LOCAL, Authorizer
 from .fairness import KeyLimiter
@@ -114,11 +114,12 @@ class DataPlane:
                  limiter: KeyLimiter | None = None):
         self.settings = settings
         self.crawler, self.retrieval, self.embedding, self.generation = crawler, retrieval, embedding, generation
-        self.chat_core = Chat(retrieval, generation, top_k=settings.chat_top_k,
-                              min_similarity=settings.min_source_similarity)
+        self.chat_core = Chat(retrieval, generation, top_k=settings.retrieval.top_k,
+                              min_similarity=settings.retrieval.min_source_similarity)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
         self.limiter = limiter or KeyLimiter.from_settings(settings)
+        self.limits = GenerationLimits.from_settings(settings)  # what every transport's codec checks against
         self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
 
     async def serving(self) -> tuple[str, dict]:
@@ -145,22 +146,13 @@ class DataPlane:
         return caller
 
     def check_messages(self, messages: list[dict]) -> None:
-        if len(messages) > self.settings.max_messages:
-            raise TooLarge(f"messages: {len(messages)} messages; the limit is {self.settings.max_messages} "
+        if len(messages) > self.settings.gateway.max_messages:
+            raise TooLarge(f"messages: {len(messages)} messages; the limit is {self.settings.gateway.max_messages} "
                            "(TWIN_MAX_MESSAGES)")
         chars = sum(len(str(m.get("content") or "")) for m in messages)
-        if chars > self.settings.max_request_chars:
-            raise TooLarge(f"messages: {chars} characters in all; the limit is {self.settings.max_request_chars} "
+        if chars > self.settings.gateway.max_request_chars:
+            raise TooLarge(f"messages: {chars} characters in all; the limit is {self.settings.gateway.max_request_chars} "
                            "(TWIN_MAX_REQUEST_CHARS)")
-
-    def sampling(self, max_tokens=None, temperature=None, top_p=None, seed=None,
-                 repetition_penalty=None, **more) -> SamplingParams:
-        """Request values (None: the server's default) -> SamplingParams; InvalidGenerationRequest.
-        ``more``: top_k, presence_penalty, frequency_penalty, logprobs, stop."""
-        return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty, **more,
-                               default_max_tokens=self.settings.default_max_tokens,
-                               max_new_tokens=self.settings.max_new_tokens,
-                               default_repetition_penalty=self.settings.repetition_penalty)
 
     @staticmethod
     def twin_id(twin: str) -> str:
@@ -214,36 +206,55 @@ class DataPlane:
         return rid
 
     # -- generation without retrieval ----------------------------------------------------------------
-    async def generate(self, messages: list[dict], params: SamplingParams, transport: str) -> dict:
+    async def _voice(self, twin: str | None) -> tuple[str | None, str, dict]:
+        """(twin id or None, the model name answers report, the monitoring record's extra fields)
+        for a generation that names a twin: its fine-tuned adapter answers (refused as NOT_FOUND by
+        the generation deployment when it has none); no twin: the base model."""
+        engine, adapters = await self.serving()
+        if not twin:
+            return None, engine, {}
+        slug = self.twin_id(twin)
+        return slug, slug, {"adapter_version": adapters.get(slug)}
+
+    async def generate(self, messages: list[dict], params: SamplingParams, transport: str,
+                       twin: str | None = None) -> dict:
         """One call to the generation deployment (its queue is what overload is measured by); its
         errors surface while collecting, before any response exists."""
         self.check_messages(messages)
-        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            base = self.observer.start("generate", "", last_content(messages), transport)
-        model, _ = await self.serving()
-        text, last = await collect(self.observer.watch(base, self.generation.stream(messages, params), model))
+        slug, model, extra = await self._voice(twin)
+        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
+            base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
+        deltas = self.generation.stream(messages, params, slug, voice=bool(slug))
+        text, last = await collect(self.observer.watch(base, deltas, (await self.serving())[0]))
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
                 "completion_tokens": last.completion_tokens, "model": model}
 
-    async def generate_stream(self, messages: list[dict], params: SamplingParams,
-                              transport: str = "http") -> AsyncIterator[Delta]:
+    async def generate_stream(self, messages: list[dict], params: SamplingParams, transport: str = "http",
+                              twin: str | None = None) -> AsyncIterator[Delta]:
         """Returned once the first delta is in, so a bad request fails before a response starts."""
         self.check_messages(messages)
-        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport}):
-            base = self.observer.start("generate", "", last_content(messages), transport)
-        model, _ = await self.serving()
-        return self.observer.watch(base, await started(self.generation.stream(messages, params)), model)
+        slug, _, extra = await self._voice(twin)
+        with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
+            base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
+        deltas = await started(self.generation.stream(messages, params, slug, voice=bool(slug)))
+        return self.observer.watch(base, deltas, (await self.serving())[0])
 
-    async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http") -> tuple[str, AsyncIterator[Delta]]:
-        """/v1/completions: a plain prompt continued, no chat template. -> (id, deltas), returned
-        once the first delta is in."""
-        if len(prompt) > self.settings.max_request_chars:
-            raise TooLarge(f"prompt: {len(prompt)} characters; the limit is {self.settings.max_request_chars} "
+    async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http",
+                            twin: str | None = None) -> tuple[str, str, AsyncIterator[Delta]]:
+        """/v1/completions: a plain prompt continued, no chat template, by the base model or (``twin``)
+        the twin's fine-tuned adapter. -> (id, model name, deltas), returned once the first delta is in."""
+        if len(prompt) > self.settings.gateway.max_request_chars:
+            raise TooLarge(f"prompt: {len(prompt)} characters; the limit is {self.settings.gateway.max_request_chars} "
                            "(TWIN_MAX_REQUEST_CHARS)")
-        with span("twin.completion", SpanKind.SERVER, **{"rpc.system": transport}):
-            base = self.observer.start("completion", "", prompt, transport)
-        deltas = await started(self.generation.stream_text(prompt, params))
-        return base["id"], self.observer.watch(base, deltas, (await self.serving())[0])
+        slug, model, extra = await self._voice(twin)
+        with span("twin.completion", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
+            base = {**self.observer.start("completion", slug or "", prompt, transport), **extra}
+        deltas = await started(self.generation.stream_text(prompt, params, slug))
+        return base["id"], model, self.observer.watch(base, deltas, (await self.serving())[0])
+
+    async def completion_twin(self, model: str) -> str | None:
+        """/v1/completions' ``model``: empty, ``base`` or the base model's id -> the base model; else a twin."""
+        return None if model in ("", "base") or model == (await self.serving())[0] else model
 
     # -- retrieval, embeddings, crawling -------------------------------------------------------------
     async def search(self, query: str, twin: str | None, category: str | None, top_k: int | None,

@@ -47,7 +47,7 @@ class KeyLimiter:
 
     @classmethod
     def from_settings(cls, settings) -> KeyLimiter:
-        return cls(settings.key_max_concurrent, settings.key_requests_per_minute)
+        return cls(settings.gateway.key_max_concurrent, settings.gateway.key_requests_per_minute)
 
     def _bucket(self, key: str, now: float) -> _Bucket:
         bucket = self._buckets.get(key)

@@ -10,12 +10,10 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-
-
 from . import openai_format as oa
 from . import page
 from .dataplane import DataPlane
+from .json_mirror import CrawlBody, GenerateBody, SearchBody
 from .http_guards import BodyLimit, Origin, allowed
 from .status import STATUS, InvalidRequest, retry_after, status_for
 
@@ -71,45 +69,6 @@ for _error in (*STATUS, Exception):
     http.add_exception_handler(_error, _domain_error)
 
 
-# -- request bodies of the JSON mirror ---------------------------------------------------------------
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SearchBody(Body):
-    query: str
-    twin: str | None = None
-    category: str | None = None
-    top_k: int | None = Field(None, description="Documents to return (default 5).")
-    strategy: str | None = Field(None, description="rrf (default: TWIN_RETRIEVAL_STRATEGY), hybrid, dense or keyword.")
-
-
-class CrawlBody(Body):
-    twin: str
-    targets: list[str]
-    source_type: str | None = None
-    index: bool = False
-
-
-class MessageBody(Body):
-    role: str
-    content: str
-
-
-class GenerateBody(Body):
-    messages: list[MessageBody]
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    repetition_penalty: float | None = None
-    top_k: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    stop: list[str] | None = None
-    stream: bool = False
-
-
 # -- OpenAI-compatible -------------------------------------------------------------------------------
 @http.get("/healthz")
 async def healthz() -> dict:
@@ -133,8 +92,7 @@ async def model(model_id: str, dp: DataPlane = allowed("models")):
 async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allowed("chat")):
     if body.n != 1:
         raise InvalidRequest("n must be 1")
-    params = dp.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
-                         body.repetition_penalty, **body.sampling_fields())
+    params = body.sampling(dp.limits)
     dp.twin_id(body.model)
     started = await dp.start_chat(body.model, [m.text() for m in body.messages], params, body.sources_top_k, "http")
     cid = oa.completion_id(started.id)
@@ -173,13 +131,13 @@ async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterato
 
 @http.post("/v1/completions")
 async def completions(body: oa.CompletionRequest, dp: DataPlane = allowed("generate")):
-    """A plain prompt continued by the base model: no retrieval, no chat template."""
+    """A plain prompt continued, no retrieval, no chat template: by the base model, or by the twin
+    that ``model`` names (its fine-tuned adapter: the twin's voice on its own)."""
     if body.n != 1:
         raise InvalidRequest("n must be 1")
-    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty,
-                         **body.sampling_fields())
-    rid, deltas = await dp.complete_text(body.text(), params)
-    cid, model = f"cmpl-{rid}", body.model or "base"
+    params = body.sampling(dp.limits)
+    rid, model, deltas = await dp.complete_text(body.text(), params, twin=await dp.completion_twin(body.model))
+    cid = f"cmpl-{rid}"
     want_logprobs = params.logprobs is not None
     if not body.stream:
         text, last, logprobs = await _joined(deltas)
@@ -233,16 +191,15 @@ async def crawl(body: CrawlBody, dp: DataPlane = allowed("crawl")) -> dict:
 
 @http.post("/v1/generate")
 async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
-    """GenerationService as JSON; streamed as SSE events {"delta"}, the last with "finish_reason" and "usage"."""
+    """GenerationService as JSON; streamed as SSE events {"delta"}, the last with "finish_reason" and "usage".
+    ``twin``: the twin's fine-tuned model answers (no retrieval)."""
     messages = [m.model_dump() for m in body.messages]
-    params = dp.sampling(body.max_tokens, body.temperature, body.top_p, body.seed, body.repetition_penalty,
-                         top_k=body.top_k, presence_penalty=body.presence_penalty,
-                         frequency_penalty=body.frequency_penalty, stop=body.stop)
+    params = body.sampling(dp.limits)
     if not body.stream:
-        r = await dp.generate(messages, params, "http")
+        r = await dp.generate(messages, params, "http", twin=body.twin)
         return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
                 "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
-    deltas = await dp.generate_stream(messages, params, "http")
+    deltas = await dp.generate_stream(messages, params, "http", twin=body.twin)
     return StreamingResponse(_sse(_generate_events(deltas), deltas), media_type="text/event-stream",
                              headers=SSE_HEADERS)
 

@@ -67,7 +67,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = _plane_of(scope["app"]).settings.max_request_bytes
+        limit = _plane_of(scope["app"]).settings.gateway.max_request_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             return await self._refuse(send, limit)

@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from llm_twin.keys import Caller
 from llm_twin.monitoring import PromptLog, PromptRecord
-from services.generation.backend import Delta
+from services.generation.api import Delta
 
 from .response_ids import ResponseIds
 

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.generation.api import GenerationLimits, SamplingParams
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -67,11 +69,14 @@ class ChatCompletionRequest(BaseModel):
     sources_top_k: int | None = Field(None, description="Sources to retrieve, 1..20 (an LLM Twin extension).")
     repetition_penalty: float | None = Field(None, description="HF-style repetition penalty (an extension).")
 
-    def sampling_fields(self) -> dict:
-        """The sampling settings beyond the basic ones, as DataPlane.sampling takes them."""
-        return {"top_k": self.top_k, "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty, "stop": self.stop,
-                "logprobs": (self.top_logprobs or 0) if self.logprobs else None}
+    def sampling(self, limits: GenerationLimits) -> SamplingParams:
+        """This request's sampling, checked against the server's limits (InvalidGenerationRequest)."""
+        return limits.params(self.max_completion_tokens or self.max_tokens, self.temperature, self.top_p, self.seed,
+                             self.repetition_penalty, top_k=self.top_k, presence_penalty=self.presence_penalty,
+                             frequency_penalty=self.frequency_penalty, stop=self.stop, logprobs=self._logprobs())
+
+    def _logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _nothing_ignored(self):
@@ -87,7 +92,9 @@ class ChatCompletionRequest(BaseModel):
 
 
 class CompletionRequest(ChatCompletionRequest):
-    """/v1/completions: a plain prompt continued by the base model (no retrieval, no chat template)."""
+    """/v1/completions: a plain prompt continued (no retrieval, no chat template) by the base model
+    (``model`` empty, ``base`` or the base model's id) or by a twin's fine-tuned adapter (``model``:
+    the twin's id): the twin's voice on its own."""
 
     messages: list[Message] = []
     prompt: str | list[str]
@@ -111,9 +118,8 @@ class CompletionRequest(ChatCompletionRequest):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
-    def sampling_fields(self) -> dict:
-        return {"top_k": self.top_k, "presence_penalty": self.presence_penalty,
-                "frequency_penalty": self.frequency_penalty, "stop": self.stop, "logprobs": self.logprobs}
+    def _logprobs(self) -> int | None:
+        return self.logprobs  # the completions API's: how many top tokens, not a switch
 
 
 class FeedbackRequest(BaseModel):

@@ -50,7 +50,7 @@ def trust_client_trace() -> bool:
     read once per process: the gRPC guard asks on every call."""
     from llm_twin.config import Settings
 
-    return Settings().trust_client_trace
+    return Settings().gateway.trust_client_trace
 
 
 def proxy_status(code, details: str | None):

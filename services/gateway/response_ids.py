@@ -37,8 +37,8 @@ class ResponseIds:
 
     @classmethod
     def from_settings(cls, settings) -> ResponseIds:
-        if settings.response_id_key:
-            return cls(settings.response_id_key.encode())
+        if settings.gateway.response_id_key:
+            return cls(settings.gateway.response_id_key.encode())
         return cls(shared_key(f"{settings.resolved_artifact_uri.rstrip('/')}/{KEY_FILE}"))
 
     def _mac(self, body: str) -> str:

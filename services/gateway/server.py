@@ -35,7 +35,7 @@ class Gateway(GrpcApi):
     def __init__(self, settings: dict, crawler, retrieval, embedding, generation):
         settings = Settings(**settings)
         observer = Observer(PromptLog.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
-                            settings.judge_sample_ratio, ResponseIds.from_settings(settings))
+                            settings.judge.sample_ratio, ResponseIds.from_settings(settings))
         self.plane = DataPlane(settings, crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
                                embedding=HandleClient(embedding), generation=GenerationClient(generation),
                                observer=observer)
@@ -50,10 +50,10 @@ def build_app(args: dict | None = None, deployments: list[dict] | None = None):
     not given comes from TWIN_* environment variables, then the defaults. ``deployments`` are a
     serve config's per-deployment options (a RayService's Serve applies them itself; `twin serve`
     passes them here)."""
-    if "trust_client_trace" in (args or {}) and bool(args["trust_client_trace"]) != Settings().trust_client_trace:
+    settings = Settings(**(args or {}))
+    if settings.gateway.trust_client_trace != Settings().gateway.trust_client_trace:
         raise ValueError("trust_client_trace is read by Serve's proxies, which see no application args: set "
                          "TWIN_TRUST_CLIENT_TRACE in the environment of the Ray processes instead")
-    settings = Settings(**(args or {}))
     config = settings.model_copy(update={"data_dir": Path(settings.data_dir).resolve()}).model_dump(mode="json")
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in deployments or []}
     unknown = set(options) - set(DEPLOYMENTS)

@@ -9,7 +9,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from services.chat.errors import InvalidChatRequest
 from services.crawler.errors import CrawlError, InvalidTarget
 from services.embedding.errors import InvalidEmbeddingRequest
-from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
+from services.generation.errors import InvalidGenerationRequest, ModelUnavailable, NoTwinModel
 from services.retrieval.errors import InvalidQuery, StoreUnavailable, UnknownAuthor
 
 from .auth import MisdirectedRequest, PermissionDenied, Unauthenticated
@@ -47,6 +47,7 @@ STATUS: dict[type[BaseException], tuple[grpc.StatusCode, int]] = {
     RateLimited: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     UnknownAuthor: (grpc.StatusCode.NOT_FOUND, 404),
     NotFound: (grpc.StatusCode.NOT_FOUND, 404),
+    NoTwinModel: (grpc.StatusCode.NOT_FOUND, 404),
     CrawlError: (grpc.StatusCode.UNAVAILABLE, 502),
     ModelUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, 503),

@@ -11,3 +11,7 @@ class InvalidGenerationRequest(GenerationError):
 
 class ModelUnavailable(GenerationError):
     """The model could not be loaded or the engine stopped; the message names the fix."""
+
+
+class NoTwinModel(GenerationError):
+    """A request names a twin that has no servable fine-tuned model (adapter) to answer with."""

@@ -1,4 +1,4 @@
-"""The generation deployment: one model, its backend's batching, token streaming."""
+"""The generation deployment: one model, its engine's batching, token streaming."""
 
 from __future__ import annotations
 
@@ -14,20 +14,21 @@ from llm_twin import registry
 from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
 
-from .backend import Delta, SamplingParams, coalesced, collect
+from .api import Delta, SamplingParams
+from .streams import coalesced, collect
 from .core import Generator
-from .errors import ModelUnavailable
+from .errors import ModelUnavailable, NoTwinModel
 
 
 class _LoadedAdapter:
     """What Serve's multiplexing caches per twin; evicting it unloads the adapter."""
 
-    def __init__(self, backend, name: str | None, version: str | None = None):
-        self.backend, self.name, self.version = backend, name, version
+    def __init__(self, engine, name: str | None, version: str | None = None):
+        self.engine, self.name, self.version = engine, name, version
 
     def __del__(self):
         if self.name:
-            self.backend.unload_adapter(self.name)
+            self.engine.unload_adapter(self.name)
 
 
 @serve.deployment(name="Generation", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
@@ -45,42 +46,53 @@ class GenerationDeployment:
     async def _adapter_for(self, twin: str) -> _LoadedAdapter:
         import asyncio
 
-        pinned = self.settings.pinned_models.get(twin)
+        pinned = self.settings.generation.pinned_models.get(twin)
         model = await asyncio.to_thread(registry.latest, self.settings.resolved_artifact_uri, twin, True, pinned)
         if model is None and pinned:
             raise ModelUnavailable(f"twin {twin!r} is pinned to version {pinned}, which the registry at "
                                    f"{self.settings.resolved_artifact_uri} does not hold as servable")
         if model is None:  # no trained twin (yet): the base model answers
             self.loaded[twin] = None
-            return _LoadedAdapter(self.generator.backend, None)
+            return _LoadedAdapter(self.generator.engine, None)
         path = await asyncio.to_thread(registry.local_adapter, model,
                                        str(Path(self.settings.data_dir) / "cache" / "adapters"))
-        await asyncio.to_thread(self.generator.backend.load_adapter, twin, path)
+        await asyncio.to_thread(self.generator.engine.load_adapter, twin, path)
         self.loaded[twin] = model["version"]
-        return _LoadedAdapter(self.generator.backend, twin, model["version"])
+        return _LoadedAdapter(self.generator.engine, twin, model["version"])
 
-    async def _adapter(self) -> str | None:
+    async def _adapter(self, required: bool) -> str | None:
+        """The adapter of the twin the request is for (Serve's multiplexed model id); None: the base
+        model. ``required``: the twin's own voice was asked for (Generate with ``twin``, completions
+        with ``model: <twin>``), so a twin without a servable model is refused, not answered by the
+        base model (a chat answers from the twin's writing either way)."""
         twin = serve.get_multiplexed_model_id()
-        return (await self._adapter_for(twin)).name if twin else None
+        name = (await self._adapter_for(twin)).name if twin else None
+        if required and twin and name is None:
+            raise NoTwinModel(f"twin {twin!r} has no servable fine-tuned model in the registry at "
+                              f"{self.settings.resolved_artifact_uri}: train one (`twin train`, or a TwinModel), or "
+                              "leave twin/model empty for the base model")
+        return name
 
     def model_id(self) -> str:
         return self.generator.model_id
 
     def stats(self) -> dict:
-        return {**self.generator.backend.stats(), "adapters": dict(self.loaded)}
+        return {**self.generator.engine.stats(), "adapters": dict(self.loaded)}
 
     # Serve streams only from methods that are generators themselves (not ones returning one).
-    async def stream(self, messages: list[dict], params: SamplingParams) -> AsyncIterator[Delta]:
-        """Deltas for one chat request (rendered with the model's chat template)."""
-        async for delta in self._run(lambda: self.generator.prompt(messages), params, "chat"):
+    async def stream(self, messages: list[dict], params: SamplingParams,
+                     voice: bool = False) -> AsyncIterator[Delta]:
+        """Deltas for one chat request (rendered with the model's chat template). ``voice``: the
+        twin's adapter must answer (see _adapter)."""
+        async for delta in self._run(lambda: self.generator.prompt(messages), params, "chat", voice):
             yield delta
 
-    async def stream_text(self, prompt: str, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream_text(self, prompt: str, params: SamplingParams, voice: bool = False) -> AsyncIterator[Delta]:
         """Deltas continuing a plain prompt (/v1/completions): no chat template."""
-        async for delta in self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion"):
+        async for delta in self._run(lambda: self.generator.check_prompt(prompt), params, "text_completion", voice):
             yield delta
 
-    async def _run(self, render, params: SamplingParams, operation: str) -> AsyncIterator[Delta]:
+    async def _run(self, render, params: SamplingParams, operation: str, voice: bool) -> AsyncIterator[Delta]:
         """The span is ended by hand: a span kept current across the yields of an async generator
         would be detached in another context when a client leaves."""
         span = tracer().start_span(f"{operation} {self.generator.model_id}", kind=SpanKind.CLIENT, attributes={
@@ -91,10 +103,10 @@ class GenerationDeployment:
         try:
             with trace.use_span(span, end_on_exit=False):
                 prompt = render()
-                adapter = await self._adapter()
+                adapter = await self._adapter(voice)
             if adapter:
                 span.set_attribute("gen_ai.request.model", f"{self.generator.model_id}+{adapter}")
-            interval = self.settings.stream_interval_ms / 1000
+            interval = self.settings.generation.stream_interval_ms / 1000
             async with aclosing(coalesced(self.generator.raw(prompt, params, adapter), interval)) as deltas:
                 async for delta in deltas:
                     last = delta

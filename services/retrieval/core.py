@@ -110,14 +110,14 @@ class Retriever:
 
         from .store import MilvusStore  # pymilvus stays out of this module's import
 
-        dimension = embedder.dimension if embedder else embedding_dimension(settings.embedding_model)
+        dimension = embedder.dimension if embedder else embedding_dimension(settings.embedding.model)
         reranker = None
-        if settings.reranker_model == "sentence":
+        if settings.retrieval.reranker_model == "sentence":
             reranker = SentenceReranker(embedder)
-        elif settings.reranker_model:
-            reranker = CrossEncoderReranker(settings.reranker_model, settings.embedding_device)
+        elif settings.retrieval.reranker_model:
+            reranker = CrossEncoderReranker(settings.retrieval.reranker_model, settings.embedding.device)
         return cls(MilvusStore.from_settings(settings, dimension), embedder, reranker=reranker,
-                   strategy=settings.retrieval_strategy)
+                   strategy=settings.retrieval.strategy)
 
     def validate(self, query: str, author: str | None, category: str | None, top_k: int,
                  strategy: str) -> tuple[str, str | None]:

@@ -61,7 +61,7 @@ class Indexer:
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder, store: MilvusStore) -> Indexer:
-        chunker = Chunker(embedder.count_tokens, settings.chunk_max_tokens, settings.chunk_overlap_tokens)
+        chunker = Chunker(embedder.count_tokens, settings.embedding.chunk_max_tokens, settings.embedding.chunk_overlap_tokens)
         return cls(Warehouse(settings.resolved_warehouse_uri), store, embedder, chunker)
 
     def _settings_key(self) -> str:

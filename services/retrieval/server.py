@@ -48,7 +48,7 @@ class RetrievalDeployment:
     def __init__(self, settings: dict, embedding):
         self.settings = Settings(**settings)
         self.embedding = embedding
-        dimension = embedding_dimension(self.settings.embedding_model)
+        dimension = embedding_dimension(self.settings.embedding.model)
         # Query vectors come from the embedding deployment (and, with the sentence reranker, the
         # vectors of candidate sentences): the retriever calls it from its worker thread.
         self.retriever = Retriever.from_settings(self.settings, _HandleEmbedder(embedding, "", dimension))

@@ -43,10 +43,10 @@ def warehouse(tmp_path_factory) -> Warehouse:
 @pytest.fixture(scope="module")
 def local(smol_model):
     from services.generation.core import Generator
-    from services.generation.transformers_backend import TransformersBackend
+    from services.generation.engines.transformers import Engine as TransformersEngine
 
-    backend = TransformersBackend(str(smol_model), max_batch_size=8)
-    yield datasets.LocalTeacher(Generator(backend=backend))
+    backend = TransformersEngine(str(smol_model), max_batch_size=8)
+    yield datasets.LocalTeacher(Generator(backend))
     backend.close()
 
 

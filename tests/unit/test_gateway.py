@@ -26,7 +26,7 @@ from services.gateway.auth import Authorizer
 from services.gateway import http_api
 from services.gateway.dataplane import DataPlane
 from services.gateway.grpc_api import GrpcApi
-from services.generation.backend import Delta
+from services.generation.api import Delta
 from services.generation.core import Generator
 from services.retrieval.core import Result
 from services.retrieval.errors import InvalidQuery, UnknownAuthor
@@ -42,6 +42,8 @@ class EchoEngine:
 
     def __init__(self):
         self.closed_early = 0
+        self.template = self  # renders, counts and has no control tokens itself
+        self.control_tokens = frozenset()
 
     def render(self, messages) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
@@ -72,10 +74,10 @@ class FakeGeneration:
 
     def __init__(self):
         self.engine = EchoEngine()
-        self.generator = Generator(backend=self.engine, max_prompt_tokens=200)
+        self.generator = Generator(self.engine, max_prompt_tokens=200)
         self.twins = []
 
-    def stream(self, messages, params, twin=None):
+    def stream(self, messages, params, twin=None, voice=False):
         self.twins.append(twin)
         return self.generator.stream(messages, params)
 
@@ -256,7 +258,7 @@ def test_search_generate_embed_models_and_stats(client, plane):
 def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
     async def leave_early():
         started = await plane.start_chat("mara-quill", [{"role": "user", "content": "one two three four"}],
-                                         plane.sampling(max_tokens=50), None, "test")
+                                         plane.limits.params(max_tokens=50), None, "test")
         await anext(started.deltas)
         await started.deltas.aclose()
 
@@ -267,26 +269,26 @@ def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
 def test_a_generate_stream_fails_before_its_response_and_a_good_one_streams_whole(plane, client):
     too_long = [{"role": "user", "content": "word " * 400}]  # over the fake model's 200-token limit
     with pytest.raises(Exception, match="prompt"):
-        asyncio.run(plane.generate_stream(too_long, plane.sampling(max_tokens=5)))
+        asyncio.run(plane.generate_stream(too_long, plane.limits.params(max_tokens=5)))
     for streamed in (True, False):  # what the deployment refuses, not an IndexError in the gateway
         with pytest.raises(Exception, match="messages is empty"):
             if streamed:
-                asyncio.run(plane.generate_stream([], plane.sampling(max_tokens=5)))
+                asyncio.run(plane.generate_stream([], plane.limits.params(max_tokens=5)))
             else:
-                asyncio.run(plane.generate([], plane.sampling(max_tokens=5), "grpc"))
+                asyncio.run(plane.generate([], plane.limits.params(max_tokens=5), "grpc"))
     reply = client.post("/v1/generate", json={"messages": too_long, "stream": True})
     assert reply.status_code == 400 and "the prompt is 401 tokens" in reply.json()["error"]["message"]
 
     async def whole() -> list[str]:
         deltas = await plane.generate_stream([{"role": "user", "content": "one two three"}],
-                                             plane.sampling(max_tokens=50))
+                                             plane.limits.params(max_tokens=50))
         return [d.text async for d in deltas]
 
     assert "".join(asyncio.run(whole())).startswith("you asked:")
 
     async def leave_after_the_first():
         deltas = await plane.generate_stream([{"role": "user", "content": "one two three four"}],
-                                             plane.sampling(max_tokens=50))
+                                             plane.limits.params(max_tokens=50))
         await anext(deltas)
         await deltas.aclose()
 

@@ -1,6 +1,7 @@
 """The layers point one way: foundation (llm_twin, the generated twin protos) <- services <-
 training / operators <- the application shell (twin_cli). Every import counts, also the ones inside
-functions. And no package imports itself back through others (no cycles)."""
+functions. And nothing imports itself back through others: no cycle between packages, and none
+between modules (a module-level cycle works only while every import in it stays inside a function)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,66 @@ def cycles(files: dict[str, set[str]]) -> list[list[str]]:
         if start not in state:
             visit(start, [start])
     return found
+
+
+def module_cycles(files: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of modules (each import resolved to the module it loads; a
+    module's own parent packages do not count: Python has them loaded before the module runs)."""
+    modules = set(files)
+
+    def resolve(target: str) -> str:
+        while target and target not in modules:
+            target = target.rsplit(".", 1)[0] if "." in target else ""
+        return target
+
+    graph = {m: {r for t in targets if (r := resolve(t)) and r != m and not m.startswith(r + ".")}
+             for m, targets in files.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def strong(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return found
+
+
+def test_no_module_cycles():
+    assert module_cycles(project_files()) == []
+
+
+def test_the_module_check_finds_the_cycle_it_is_for():
+    """The cycle this check was added for: core -> transformers_backend -> sampling -> core."""
+    old = {"services.generation.core": {"services.generation.transformers_backend"},
+           "services.generation.transformers_backend": {"services.generation.sampling"},
+           "services.generation.sampling": {"services.generation.core.MAX_SEED", "services.generation"},
+           "services.generation": set()}
+    assert module_cycles(old) == [["services.generation.core", "services.generation.sampling",
+                                   "services.generation.transformers_backend"]]
+    package_import = {"services.generation.engines": {"services.generation.engines.transformers"},
+                      "services.generation.engines.transformers": {"services.generation.engines.transformers.engine"},
+                      "services.generation.engines.transformers.engine": {"services.generation.engines.transformers"}}
+    assert module_cycles(package_import) == []  # a module importing its own package is no cycle
 
 
 def test_no_layer_imports_one_above_it():

@@ -8,8 +8,8 @@ import pytest
 
 from llm_twin.evaluation.judge import JudgeReplyError, context_scores, parse_reply
 from llm_twin.monitoring import PromptLog, PromptRecord, load, parse_since, summarize
-from services.generation.backend import Delta, TokenLogprob
-from services.generation.core import stop_at
+from services.generation.api import Delta, TokenLogprob
+from services.generation.streams import stop_at
 
 
 def record(rid: str, **kw) -> PromptRecord:

@@ -1,6 +1,6 @@
 """The prefix cache: whole blocks of an identical prefix, per adapter, least recently used out first."""
 
-from services.generation.prefix_cache import PrefixCache
+from services.generation.engines.transformers.prefix_cache import PrefixCache
 
 
 def reader(log: list):

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from services.generation import sampling
-from services.generation.backend import SamplingParams
+from services.generation.engines.transformers import sampling
+from services.generation.api import SamplingParams
 
 VOCAB = 4096
 
@@ -63,7 +63,7 @@ def test_top_p_sampling_keeps_the_same_nucleus_whether_or_not_the_top_256_hold_i
 
 # -- streamed text in fewer, larger messages -----------------------------------------------------------
 def _deltas(gaps: list[float], closed: list):
-    from services.generation.backend import Delta, TokenLogprob
+    from services.generation.api import Delta, TokenLogprob
 
     async def stream():
         import asyncio
@@ -81,7 +81,7 @@ def _deltas(gaps: list[float], closed: list):
 def test_coalesced_sends_the_first_at_once_merges_the_rest_and_never_holds_the_last():
     import asyncio
 
-    from services.generation.backend import coalesced
+    from services.generation.streams import coalesced
 
     async def run(interval):
         closed = []
@@ -101,7 +101,7 @@ def test_coalesced_sends_the_first_at_once_merges_the_rest_and_never_holds_the_l
 def test_closing_a_coalesced_stream_closes_the_one_it_reads():
     import asyncio
 
-    from services.generation.backend import coalesced
+    from services.generation.streams import coalesced
 
     async def run():
         closed = []

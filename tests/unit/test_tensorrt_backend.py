@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.generation.backend import SamplingParams
+from services.generation.api import SamplingParams
 from services.generation.core import Generator
 from services.generation.errors import ModelUnavailable
 
@@ -21,9 +21,11 @@ def backend(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDINS))
     for name in [m for m in sys.modules if m.startswith("tensorrt_llm")]:
         monkeypatch.delitem(sys.modules, name)
-    from services.generation.tensorrt_backend import TensorRTLLMBackend
+    from services.generation.engines.tensorrt_llm import Engine as TensorRTLLMEngine
 
-    return TensorRTLLMBackend("/models/llama-3.1-8b-instruct", max_lora_rank=32, max_loras=4)
+    from llm_twin.engines import TensorRTLLMOptions
+
+    return TensorRTLLMEngine("/models/llama-3.1-8b-instruct", TensorRTLLMOptions(max_lora_rank=32, max_loras=4))
 
 
 def run(agen):
@@ -38,7 +40,7 @@ def test_builds_the_engine_with_lora_support(backend):
 
 
 def test_streams_deltas_with_usage_and_finish_reason(backend):
-    generator = Generator(backend=backend)
+    generator = Generator(backend)
     deltas = run(generator.stream([{"role": "user", "content": "hello there"}],
                                   SamplingParams(max_tokens=4, temperature=0.7, top_p=0.9, seed=3)))
     assert "".join(d.text for d in deltas) == "the twin answers in"
@@ -73,7 +75,7 @@ def test_leaving_early_aborts_the_engine_request(backend):
 
 def test_without_the_package_the_error_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)
-    from services.generation.tensorrt_backend import TensorRTLLMBackend
+    from services.generation.engines.tensorrt_llm import Engine as TensorRTLLMEngine
 
     with pytest.raises(ModelUnavailable, match="TWIN_GENERATION_ENGINE=transformers"):
-        TensorRTLLMBackend("/models/x")
+        TensorRTLLMEngine("/models/x")

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .backend import SamplingParams, TokenLogprob
-from .core import MAX_SEED
-from .errors import InvalidGenerationRequest
+from ...api import MAX_SEED, SamplingParams, TokenLogprob
+from ...errors import InvalidGenerationRequest
 
 
 def penalise(logits, r):

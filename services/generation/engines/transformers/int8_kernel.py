@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelUnavailable
+from ...errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def build_folder(root: Path, source: Path = SOURCE) -> Path:
 
 def build() -> None:
     """Compiles (or finds compiled) and loads the kernel, whatever this CPU runs: the image build
-    (`python -m services.generation.int8_kernel`) does this once for every pod."""
+    (`python -m services.generation.engines.transformers.int8_kernel`) does this once for every pod."""
     if not hasattr(torch.ops.twin_int8, "int8_bf16_mm"):
         from torch.utils import cpp_extension
 

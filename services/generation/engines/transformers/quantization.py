@@ -23,7 +23,7 @@ import torch
 from llm_twin.twinmodel import LoraSettings
 
 from . import int8_kernel
-from .errors import ModelUnavailable
+from ...errors import ModelUnavailable
 
 QUANTIZATIONS = ("auto", "none", "int8", "bf16")
 INT8_KEEP = tuple(LoraSettings.model_fields["target_modules"].default)

@@ -1,4 +1,4 @@
-"""TensorRT-LLM generation backend (GPU): `tensorrt_llm.LLM` behind the same interface.
+"""The TensorRT-LLM engine (GPU): `tensorrt_llm.LLM` behind the Engine protocol (api.py).
 
 Kept thin on purpose: the engine does the batching (in-flight), the KV cache and the LoRA
 adapters itself. Its PyTorch backend loads Hugging Face checkpoints directly, so the model folder
@@ -12,22 +12,24 @@ result that is async-iterable while streaming, whose `outputs[0]` has `text_diff
 
 tensorrt-llm cannot be installed on the CPU machines this project is tested on (PyPI holds only
 a stub that downloads from NVIDIA's own index); tests/unit/test_tensorrt_backend.py checks this
-backend against a stand-in that follows the API above. The GPU image and command are in the README.
+engine against a stand-in that follows the API above. The GPU image and command are in the README.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
-from llm_twin import prompts
+from llm_twin.engines import TensorRTLLMOptions
+from llm_twin.prompts import ChatTemplate
 
-from .backend import Delta, SamplingParams
-from .errors import InvalidGenerationRequest, ModelUnavailable
+from ...api import Delta, SamplingParams
+from ...errors import InvalidGenerationRequest, ModelUnavailable
 
 
-class TensorRTLLMBackend:
-    def __init__(self, model: str, *, llm=None, max_lora_rank: int = 64, max_loras: int = 8,
+class TensorRTLLMEngine:
+    def __init__(self, model: str, options: TensorRTLLMOptions | None = None, *, llm=None,
                  model_id: str | None = None):
+        self.options = o = options or TensorRTLLMOptions()
         if llm is None:
             try:
                 from tensorrt_llm import LLM
@@ -35,19 +37,12 @@ class TensorRTLLMBackend:
             except ImportError as exc:
                 raise ModelUnavailable("tensorrt_llm is not installed: use the TensorRT-LLM GPU image (see README), "
                                        "or TWIN_GENERATION_ENGINE=transformers") from exc
-            llm = LLM(model=model, lora_config=LoraConfig(max_lora_rank=max_lora_rank, max_loras=max_loras))
+            llm = LLM(model=model, lora_config=LoraConfig(max_lora_rank=o.max_lora_rank, max_loras=o.max_loras))
         self.llm = llm
-        self.tokenizer = llm.tokenizer
-        self.control_tokens = prompts.control_tokens(self.tokenizer)
+        self.template = ChatTemplate(llm.tokenizer)
         self.model_id = model_id or str(model).rstrip("/").rsplit("/", 1)[-1]
         self._adapters: dict[str, tuple[int, str]] = {}  # name -> (engine's LoRA id, path)
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "active": 0}
-
-    def render(self, messages: Sequence[dict]) -> str:
-        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def adapters(self) -> set[str]:
         return set(self._adapters)

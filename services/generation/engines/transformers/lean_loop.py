@@ -5,7 +5,8 @@ matrix multiplications, ``prefill_chunk`` tokens of the prompts being admitted (
 next chunk, or several short prompts whole), so a long RAG prompt arriving adds one chunk's
 compute to the running streams' next token rather than its whole prefill. A finished prompt
 joins the decode batch at once; a finished request leaves it at once. A prompt's leading blocks
-found in the prefix cache are copied instead of computed.
+found in the prefix cache are copied instead of computed. Requests are the scheduler's business
+(scheduler.py): this loop owns the cache rows, the prompt chunks and the prefix cache.
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ import logging
 
 import torch
 
-from .errors import InvalidGenerationRequest
+from ...errors import InvalidGenerationRequest
 from .lean_llama import LeanLlama
 from .prefix_cache import PrefixCache
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 
 class LeanLoop:
-    def __init__(self, backend, engine: LeanLlama, prefill_chunk: int, prefix_cache_tokens: int):
-        self.backend = backend  # its _step (sample + hand out), _take_pending, stats
+    def __init__(self, scheduler: Scheduler, engine: LeanLlama, prefill_chunk: int, prefix_cache_tokens: int):
+        self.scheduler = scheduler
         self.engine = engine
         self.chunk = prefill_chunk if prefill_chunk > 0 else engine.max_len
         self.prefix = PrefixCache(prefix_cache_tokens)
 
     def serve(self, new: list) -> None:
-        b, engine = self.backend, self.engine
+        s, engine = self.scheduler, self.engine
         rows: list = []  # the decode batch: row i of the cache is rows[i]
         next_ids: list[int] = []
         lengths: list[int] = []  # tokens cached per row
@@ -38,14 +40,13 @@ class LeanLoop:
         # so a prompt completes no later than those behind it and joins the batch in the next row.
         filling: list[list] = []
         waiting = list(new)
-        b._in_flight = admitted = list(new)
         with torch.inference_mode():
             while True:
-                b._outbox.flush()  # the last step's deltas, before the next step's work
-                waiting = [r for r in waiting if not self._left(r)]
-                filling = self._compact(len(rows), [f for f in filling if not self._left(f[0])])
+                s.flush()  # the last step's deltas, before the next step's work
+                waiting = [r for r in waiting if not s.retire(r)]
+                filling = self._compact(len(rows), [f for f in filling if not s.retire(f[0])])
                 chunks = self._plan(len(rows), filling, waiting)
-                self._report(len(rows), len(filling), waiting)
+                s.report(len(rows) + len(filling) + len(waiting), len(rows))
                 if not rows and not chunks:
                     if waiting:
                         continue
@@ -54,7 +55,7 @@ class LeanLoop:
                                                    torch.tensor(lengths) if rows else None,
                                                    [r.adapter for r in rows], chunks)
                 if rows:
-                    next_ids = b._step_rows(rows, logits)
+                    next_ids = s.step(rows, logits)
                     lengths = [n + 1 for n in lengths]
                 for f, (row, piece, _, _), last in zip(filling[:len(chunks)], chunks, chunk_logits, strict=True):
                     r = f[0]
@@ -66,14 +67,12 @@ class LeanLoop:
                     self.prefix.store(r.adapter, r.prompt_ids, lambda s, e, row=row: engine.read(row, s, e))
                     filling.pop(0)
                     rows.append(r)
-                    next_ids.append(b._step(r, last[0]))
+                    next_ids.append(s.step_one(r, last[0]))
                     lengths.append(len(r.prompt_ids))
                 self._drop_finished(rows, next_ids, lengths)
                 filling = self._compact(len(rows), filling)
-                room = b.max_batch_size - len(rows) - len(filling) - len(waiting)
-                taken = b._take_pending(max(0, room))
-                waiting.extend(taken)
-                admitted.extend(taken)
+                room = s.max_batch_size - len(rows) - len(filling) - len(waiting)
+                waiting.extend(s.admit(max(0, room)))
 
     def _plan(self, decoding: int, filling: list, waiting: list) -> list[tuple]:
         """This step's prompt chunks, ``prefill_chunk`` tokens in all: the oldest prompts' next
@@ -82,7 +81,7 @@ class LeanLoop:
         chunks, budget = [], self.chunk
         while budget > 0:
             if len(chunks) == len(filling):
-                if not waiting or decoding + len(filling) >= self.backend.max_batch_size:
+                if not waiting or decoding + len(filling) >= self.scheduler.max_batch_size:
                     break
                 r, row = waiting.pop(0), decoding + len(filling)
                 done = self._begin(r, row)
@@ -104,12 +103,6 @@ class LeanLoop:
                 f[2] = decoding + i
         return filling
 
-    def _left(self, r) -> bool:
-        if r.cancelled.is_set() and not r.done:
-            r.done = True
-            self.backend._bump(cancelled=1)
-        return r.done
-
     def _begin(self, r, row: int) -> int | None:
         """Room for the request and its prompt's cached prefix copied in -> tokens already filled."""
         ids = r.prompt_ids
@@ -126,7 +119,7 @@ class LeanLoop:
             self.engine.write(row, filled, block)
             filled += block.shape[-2]
         if filled:
-            self.backend._bump(prefix_cached_tokens=filled)
+            self.scheduler.count(prefix_cached_tokens=filled)
         return filled
 
     def _drop_finished(self, rows: list, next_ids: list, lengths: list) -> None:
@@ -141,9 +134,3 @@ class LeanLoop:
             rows.pop()
             next_ids.pop()
             lengths.pop()
-
-    def _report(self, decoding: int, filling: int, waiting: list) -> None:
-        b = self.backend
-        with b._stats_lock:
-            b._stats["active"] = decoding + filling + len(waiting)
-            b._stats["largest_batch"] = max(b._stats["largest_batch"], decoding)
