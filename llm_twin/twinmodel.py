@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from .engines import DEFAULT_ENGINE, ENGINES, EngineName
+
 GROUP, VERSION, PLURAL, KIND = "llmtwin.dev", "v1alpha1", "twinmodels", "TwinModel"
 DURATION = re.compile(r"^(\d+(s|m|h|d))+$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -206,10 +208,18 @@ class Teacher(Section):
     secret_ref: SecretKeyRef | None = Field(None, description="The endpoint's API key, from a Secret.")
 
 
-class Dataset(Section):
+class DatasetLimits(Section):
+    """How a dataset is built from the author's text: the one definition for the TwinModel's
+    spec.dataset and `twin dataset build` / `twin pipeline` (training.config.DatasetSettings)."""
+
+    max_examples: int = Field(2000, ge=2, le=1_000_000, description="Most instruction examples built.")
+    test_fraction: float = Field(0.2, ge=0.01, le=0.5, description="Share of documents held out for evaluation.")
+    rejected_max_tokens: int = Field(160, ge=8, le=2048,
+                                     description="Length of the base model's (rejected) answers in preference pairs.")
+
+
+class Dataset(DatasetLimits):
     teacher: Teacher | None = Field(None, description="Default: the local base model writes the instructions.")
-    max_examples: int = Field(2000, ge=10, le=1_000_000, description="Most instruction examples built.")
-    test_fraction: float = Field(0.1, ge=0.01, le=0.5, description="Share of documents held out for evaluation.")
 
 
 class Training(TrainSettings):
@@ -258,7 +268,7 @@ class Resources(Section):
 class Serving(Section):
     model_config = ConfigDict(json_schema_extra=_cel(("self.minReplicas <= self.maxReplicas",
                                                       "serving.minReplicas must not exceed serving.maxReplicas")))
-    engine: Literal["tensorrt-llm", "transformers"] = Field("transformers", description="Generation engine.")
+    engine: EngineName = Field(DEFAULT_ENGINE, description="Generation engine: " + ", ".join(ENGINES) + ".")
     min_replicas: int = Field(0, ge=0, le=100, description="0 scales to zero when idle.")
     max_replicas: int = Field(2, ge=1, le=100, description="Most generation replicas.")
     target_ongoing_requests: int = Field(8, ge=1, le=1000, description="Autoscaling target per replica.")

@@ -1,6 +1,6 @@
 """Training and pipeline configuration, validated before any work starts; every error names the fix.
 
-The hyperparameter sections (SFT, DPO, LoRA, ZeRO, workers) are the TwinModel's own classes
+The hyperparameter sections (SFT, DPO, LoRA, ZeRO, workers) and the dataset limits are the TwinModel's own classes
 (`llm_twin.twinmodel`): the resource, these configs and the CLI's flags cannot drift apart.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm_twin.twinmodel import Gate, Sources, TrainSettings, TwinModelSpec
+from llm_twin.twinmodel import DatasetLimits, Gate, Sources, TrainSettings, TwinModelSpec
 
 
 class TrainConfig(TrainSettings):
@@ -30,15 +30,13 @@ class TrainConfig(TrainSettings):
         return self
 
 
-class DatasetSettings(BaseModel):
+class DatasetSettings(DatasetLimits):
+    """The TwinModel's dataset limits (one definition) with the teacher as flat CLI-friendly fields."""
+
     model_config = ConfigDict(extra="forbid")
-    max_examples: int = Field(2000, ge=2, le=1_000_000, description="Most instruction examples built.")
-    test_fraction: float = Field(0.2, ge=0.01, le=0.5, description="Share of documents held out for evaluation.")
     teacher_url: str | None = Field(None, description="OpenAI-compatible endpoint writing the instructions "
                                                       "(its key: TWIN_TEACHER_KEY); default: the local model.")
     teacher_model: str = Field("gpt-4o-mini", min_length=1, description="The teacher's model name.")
-    rejected_max_tokens: int = Field(160, ge=8, le=2048,
-                                     description="Length of the base model's (rejected) answers in preference pairs.")
 
 
 class JudgeSettings(BaseModel):
@@ -83,7 +81,7 @@ class PipelineConfig(BaseModel):
         return cls(
             author=spec.author.name, sources=spec.author.sources, base_model=spec.training.base_model,
             version=(document.get("stageHashes") or {}).get("evaluation"),
-            dataset=DatasetSettings(max_examples=spec.dataset.max_examples, test_fraction=spec.dataset.test_fraction,
+            dataset=DatasetSettings(**spec.dataset.model_dump(include=set(DatasetLimits.model_fields)),
                                     teacher_url=teacher.endpoint if teacher else None,
                                     **({"teacher_model": teacher.model} if teacher else {})),
             train=TrainSettings.model_validate(spec.training.model_dump(include=set(TrainSettings.model_fields))),

@@ -145,13 +145,15 @@ def platform_serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict
     serving = spec["serving"]
     gpus = int(serving["resources"].get("gpus", 0))
     args = {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
-            "generation_device": "cuda" if gpus else "cpu", "artifact_uri": spec["storage"]["artifactUri"],
+            "artifact_uri": spec["storage"]["artifactUri"],
             "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
             "pinned_models": {author_slug(spec["author"]["name"]): hashes["evaluation"]}, "http_host": "0.0.0.0",
             # On a cluster a twin never answers keyless (a sidecar proxy would make every caller loopback).
             "require_keys": True, "key_max_concurrent": int(serving["keyMaxConcurrent"]),
             "key_requests_per_minute": int(serving["keyRequestsPerMinute"]),
             "monitoring_mask_pii": bool(serving["maskPii"])}
+    if serving["engine"] == "transformers":  # an engine's options go to that engine only (Settings refuses others)
+        args["generation_device"] = "cuda" if gpus else "cpu"
     if spec["storage"].get("warehouseUri"):
         args["warehouse_uri"] = spec["storage"]["warehouseUri"]
     return serve_config(args, request_timeout_s=float(serving["requestTimeoutSeconds"]), generation_gpus=gpus,

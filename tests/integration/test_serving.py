@@ -415,3 +415,49 @@ def test_json_mirror_of_search_and_generate(platform):
     assert deltas[-1]["usage"]["completion_tokens"] == plain["usage"]["completion_tokens"]
     bad = httpx.post(f"{platform.http}/v1/generate", json={"messages": "hi"}, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("messages: ")
+
+
+# -- a twin's own voice, without retrieval -------------------------------------------------------------
+def test_a_twins_generate_answers_with_its_adapter_over_grpc_http_and_completions(platform, channel, client):
+    """GenerateRequest.twin / /v1/generate's twin / /v1/completions' model: the twin's registered
+    adapter answers (its greedy output differs from the base model's on the same prompt); a twin
+    with no fine-tuned model is refused, not answered by the base model."""
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    prompt = ask("Write one sentence about the sea at night.")
+    base = stub.Generate(generation_pb2.GenerateRequest(messages=prompt, sampling=sampling(12)))
+    voice = stub.Generate(generation_pb2.GenerateRequest(twin="Mara Quill", messages=prompt, sampling=sampling(12)))
+    assert voice.text and voice.text != base.text
+    assert voice.model == "mara-quill" and base.model != "mara-quill"
+    streamed = list(stub.GenerateStream(generation_pb2.GenerateRequest(twin="mara-quill", messages=prompt,
+                                                                       sampling=sampling(12))))
+    assert "".join(c.delta for c in streamed) == voice.text
+
+    body = {"messages": [{"role": "user", "content": "Write one sentence about the sea at night."}], "max_tokens": 12}
+    http_base = httpx.post(f"{platform.http}/v1/generate", json=body, timeout=120).json()
+    http_voice = httpx.post(f"{platform.http}/v1/generate", json={**body, "twin": "mara-quill"}, timeout=120).json()
+    assert (http_base["text"], http_voice["text"]) == (base.text, voice.text)
+    assert http_voice["model"] == "mara-quill"
+
+    text = "The sea at night is"
+    plain = client.completions.create(model="base", prompt=text, max_tokens=10, temperature=0)
+    own = client.completions.create(model="mara-quill", prompt=text, max_tokens=10, temperature=0)
+    assert own.choices[0].text != plain.choices[0].text and own.model == "mara-quill"
+
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Generate(generation_pb2.GenerateRequest(twin="nobody-trained", messages=prompt, sampling=sampling(4)))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "no servable fine-tuned model" in refused.value.details()
+    missing = httpx.post(f"{platform.http}/v1/completions", json={"model": "nobody-trained", "prompt": text,
+                                                                  "max_tokens": 4}, timeout=60)
+    assert missing.status_code == 404 and "twin train" in missing.json()["error"]["message"]
+
+
+def test_seed_zero_is_a_seed_over_grpc_as_over_http(platform, channel):
+    """proto3 `optional`: a seed of 0 samples reproducibly over gRPC, as it does over HTTP."""
+    stub = generation_pb2_grpc.GenerationServiceStub(channel)
+    request = generation_pb2.GenerateRequest(messages=ask("Name three colours."),
+                                             sampling=sampling(10, temperature=1.0, seed=0))
+    first, second = stub.Generate(request), stub.Generate(request)
+    body = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 10, "temperature": 1.0,
+            "seed": 0}
+    over_http = httpx.post(f"{platform.http}/v1/generate", json=body, timeout=120).json()
+    assert first.text == second.text == over_http["text"]
