@@ -36,11 +36,13 @@ $(STAMP): pyproject.toml
 protos: setup
 	$(PY) scripts/gen_protos.py
 
-# Regenerate the TwinModel CRD (from llm_twin/twinmodel.py) and the chart's Serve config (from
-# services/gateway/serve_config.py); tests fail when the committed files are stale.
+# Regenerate the TwinModel CRD (from llm_twin/twinmodel.py), the chart's Serve config (from
+# services/gateway/serve_config.py) and docs/configuration.md (from llm_twin/config.py); tests fail
+# when the committed files are stale.
 crd: setup
 	$(PY) -m llm_twin.crd
 	$(PY) scripts/gen_chart_serve_config.py
+	$(PY) -m llm_twin.config_reference
 
 test: setup
 	$(PY) -m pytest tests -q -rs --durations=15

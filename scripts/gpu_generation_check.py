@@ -44,7 +44,7 @@ def platform_backend_rates(path: str, new_tokens: int, device: str = "cuda") -> 
     async def streams(n: int) -> float:
         async def one(i: int) -> int:
             count = 0
-            async for delta in backend.stream(backend.render([{"role": "user", "content": f"Story {i}: once"}]), params):
+            async for delta in backend.stream(backend.template.render([{"role": "user", "content": f"Story {i}: once"}]), params):
                 count = delta.completion_tokens or count
             return count
 

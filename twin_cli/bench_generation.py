@@ -47,7 +47,7 @@ def _params(max_tokens: int):
 async def _timed(backend, messages: list[dict], max_tokens: int) -> list[tuple[float, int]]:
     """(time, tokens so far) at each delta."""
     marks = []
-    async for delta in backend.stream(backend.render(messages), _params(max_tokens)):
+    async for delta in backend.stream(backend.template.render(messages), _params(max_tokens)):
         marks.append((time.perf_counter(), delta.completion_tokens))
     return marks
 
@@ -65,7 +65,7 @@ def _answers(backend, n_tokens: int = 32) -> list[str]:
     from services.generation.streams import collect
 
     async def one(prompt: str) -> str:
-        text, _ = await collect(backend.stream(backend.render([{"role": "user", "content": prompt}]),
+        text, _ = await collect(backend.stream(backend.template.render([{"role": "user", "content": prompt}]),
                                                _params(n_tokens)))
         return text
 
@@ -138,7 +138,7 @@ def _itl_under_arrivals(backend) -> tuple:
         cuts = statistics.quantiles(gaps, n=100)
         return cuts[49] * 1000, cuts[94] * 1000, cuts[98] * 1000, gaps[-1] * 1000
 
-    return (*asyncio.run(run()), backend.count_tokens(backend.render(_rag_prompt(0))))
+    return (*asyncio.run(run()), backend.template.count_tokens(backend.template.render(_rag_prompt(0))))
 
 
 def _ttft(backend, messages: list[dict]) -> float:

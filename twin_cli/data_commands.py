@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from llm_twin.config import Settings
+from services.crawler.sources import SOURCE_TYPES, SOURCES
 
 from .common import bar, fail, settings_of
 
@@ -18,8 +19,9 @@ from .common import bar, fail, settings_of
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--author", required=True, help="Whose writing this is, e.g. 'Paul Iusztin'.")
 @click.option("--source", default="auto", show_default=True,
-              type=click.Choice(["auto", "article", "feed", "sitemap", "git", "folder", "linkedin-export"]),
-              help="Source type; auto detects it from the path or the fetched content.")
+              type=click.Choice(SOURCE_TYPES),
+              help="Source type; auto detects it from the path or the fetched content. "
+              + "; ".join(f"{name}: {cls.summary}" for name, cls in SOURCES.items()) + ".")
 @click.option("--allow-private", is_flag=True, help="Also reach loopback and private-network addresses for this run "
               "(your own intranet or a local test site); otherwise only public addresses and "
               "TWIN_CRAWL_ALLOWED_NETWORKS are crawled.")

@@ -1,4 +1,4 @@
-"""Pure builders: a TwinModel's spec -> the manifests of its children, and status conditions.
+"""Pure builders: a TwinModel's typed spec (`TwinModelSpec`) -> the manifests of its children, and status conditions.
 No API calls here; tested as dicts."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import yaml
 
 from llm_twin.config import GatewaySettings
 from llm_twin.documents import author_slug
+from llm_twin.twinmodel import SecretKeyRef, TwinModelSpec
 from services.gateway.proxy_guard import proxy_env
 from services.gateway.serve_config import GRPC_PORT, HTTP_PORT, PIPELINE_COMMAND, serve_config
 
@@ -27,35 +28,36 @@ def labels(name: str, stage_hash: str | None = None) -> dict[str, str]:
     return out
 
 
-def config_map(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+def config_map(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
     """The rendered configuration the training job reads (`twin pipeline --config`)."""
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": f"{name}-config", "namespace": namespace, "labels": labels(name)},
-            "data": {CONFIG_KEY: json.dumps({"name": name, "spec": spec, "stageHashes": hashes}, indent=2,
-                                            sort_keys=True)}}
+            "data": {CONFIG_KEY: json.dumps({"name": name, "spec": spec.as_resource(), "stageHashes": hashes},
+                                            indent=2, sort_keys=True)}}
 
 
-def model_uri(spec: dict, name: str, hashes: dict[str, str]) -> str:
+def model_uri(spec: TwinModelSpec, name: str, hashes: dict[str, str]) -> str:
     """Where `twin pipeline` registers the twin (the registry's models/<author>/<version> layout,
     the version being the evaluation stage's hash)."""
-    return f"{spec['storage']['artifactUri'].rstrip('/')}/models/{author_slug(spec['author']['name'])}/{hashes['evaluation']}"
+    return f"{spec.storage.artifact_uri.rstrip('/')}/models/{author_slug(spec.author.name)}/{hashes['evaluation']}"
 
 
 def job_name(name: str, hashes: dict[str, str]) -> str:
     return f"{name}-train-{hashes['evaluation'][:10]}"
 
 
-def _secret_env(name: str, ref: dict | None) -> list[dict]:
-    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}}}] if ref else []
+def _secret_env(name: str, ref: SecretKeyRef | None) -> list[dict]:
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}] if ref else []
 
 
-def secret_env(spec: dict, *, teacher: bool) -> list[dict]:
+def secret_env(spec: TwinModelSpec, *, teacher: bool) -> list[dict]:
     """Secrets by reference: the Milvus token (and, for the training job, the teacher's and the judge's keys) reach
     the containers as environment from their Secrets, never through the ConfigMap."""
-    env = _secret_env("TWIN_MILVUS_TOKEN", spec["vectorStore"].get("tokenSecretRef"))
+    env = _secret_env("TWIN_MILVUS_TOKEN", spec.vector_store.token_secret_ref)
     if teacher:
-        env += _secret_env("TWIN_TEACHER_KEY", (spec["dataset"].get("teacher") or {}).get("secretRef"))
-        env += _secret_env("TWIN_JUDGE_KEY", ((spec.get("evaluation") or {}).get("judge") or {}).get("secretRef"))
+        teacher_, judge = spec.dataset.teacher, spec.evaluation.judge
+        env += _secret_env("TWIN_TEACHER_KEY", teacher_.secret_ref if teacher_ else None)
+        env += _secret_env("TWIN_JUDGE_KEY", judge.secret_ref if judge else None)
     return env
 
 
@@ -96,21 +98,21 @@ def ray_pod(containers: list[dict], volumes: list[dict], name: str) -> dict:
     return {"metadata": {"labels": {f"{GROUP}/ray": "true", LABEL: name}}, "spec": spec}
 
 
-def _container(spec: dict, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
+def _container(spec: TwinModelSpec, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    container = {"image": spec["training"]["image"], "resources": {"limits": limits, "requests": dict(limits)}}
+    container = {"image": spec.training.image, "resources": {"limits": limits, "requests": dict(limits)}}
     env = secret_env(spec, teacher=True)
     return {**container, "env": env} if env else container
 
 
-def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+def ray_job(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
     """Ingest + dataset + training + evaluation in one KubeRay RayJob whose entrypoint is the CLI."""
-    training = spec["training"]
+    training = spec.training
     head = {**_container(spec, gpus=0), "name": "ray-head",
             "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
-    worker = {**_container(spec, gpus=int(training["gpusPerWorker"])), "name": "ray-worker",
+    worker = {**_container(spec, gpus=training.gpus_per_worker), "name": "ray-worker",
               "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
     volumes = [{"name": "config", "configMap": {"name": f"{name}-config"}}]
     return {
@@ -129,8 +131,8 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
                 "rayVersion": ray_version(), "authOptions": dict(AUTH_OPTIONS),
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([head], volumes, name)},
                 "workerGroupSpecs": [{
-                    "groupName": "train", "replicas": int(training["workers"]),
-                    "minReplicas": int(training["workers"]), "maxReplicas": int(training["workers"]),
+                    "groupName": "train", "replicas": training.workers,
+                    "minReplicas": training.workers, "maxReplicas": training.workers,
                     "rayStartParams": {},
                     "template": ray_pod([worker], volumes, name)}],
             },
@@ -138,56 +140,55 @@ def ray_job(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> di
     }
 
 
-def platform_serve_config(name: str, spec: dict, hashes: dict[str, str]) -> dict:
+def platform_serve_config(name: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
     """The twin's Serve config: the platform's one serve config (`serve_config`) over the base
     model, with the twin pinned to the version this spec trained (the registry version is the
     evaluation hash), so a new version rolls out as a config change."""
-    serving = spec["serving"]
-    gpus = int(serving["resources"].get("gpus", 0))
-    args = {"generation_model": spec["training"]["baseModel"], "generation_engine": serving["engine"],
-            "artifact_uri": spec["storage"]["artifactUri"],
-            "milvus_uri": spec["vectorStore"]["milvusUri"], "collection": spec["vectorStore"]["collection"],
-            "pinned_models": {author_slug(spec["author"]["name"]): hashes["evaluation"]}, "http_host": "0.0.0.0",
+    serving = spec.serving
+    gpus = serving.resources.gpus
+    args = {"generation_model": spec.training.base_model, "generation_engine": serving.engine,
+            "artifact_uri": spec.storage.artifact_uri,
+            "milvus_uri": spec.vector_store.milvus_uri, "collection": spec.vector_store.collection,
+            "pinned_models": {author_slug(spec.author.name): hashes["evaluation"]}, "http_host": "0.0.0.0",
             # On a cluster a twin never answers keyless (a sidecar proxy would make every caller loopback).
-            "require_keys": True, "key_max_concurrent": int(serving["keyMaxConcurrent"]),
-            "key_requests_per_minute": int(serving["keyRequestsPerMinute"]),
-            "monitoring_mask_pii": bool(serving["maskPii"])}
-    if serving["engine"] == "transformers":  # an engine's options go to that engine only (Settings refuses others)
+            "require_keys": True, "key_max_concurrent": serving.key_max_concurrent,
+            "key_requests_per_minute": serving.key_requests_per_minute, "monitoring_mask_pii": serving.mask_pii}
+    if serving.engine == "transformers":  # an engine's options go to that engine only (Settings refuses others)
         args["generation_device"] = "cuda" if gpus else "cpu"
-    if spec["storage"].get("warehouseUri"):
-        args["warehouse_uri"] = spec["storage"]["warehouseUri"]
-    return serve_config(args, request_timeout_s=float(serving["requestTimeoutSeconds"]), generation_gpus=gpus,
-                        max_queued_requests=int(serving["maxQueuedRequests"]),
-                        generation_autoscaling={"min_replicas": int(serving["minReplicas"]),
-                                                "max_replicas": int(serving["maxReplicas"]),
-                                                "target_ongoing_requests": int(serving["targetOngoingRequests"])})
+    if spec.storage.warehouse_uri:
+        args["warehouse_uri"] = spec.storage.warehouse_uri
+    return serve_config(args, request_timeout_s=float(serving.request_timeout_seconds), generation_gpus=gpus,
+                        max_queued_requests=serving.max_queued_requests,
+                        generation_autoscaling={"min_replicas": serving.min_replicas,
+                                                "max_replicas": serving.max_replicas,
+                                                "target_ongoing_requests": serving.target_ongoing_requests})
 
 
-def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -> dict:
+def ray_service(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
     """The twin's RayService. A new model changes serveConfigV2 in place; with canaryPercent the
     upgrade moves traffic in steps of that size to the new cluster (KubeRay incremental upgrade)."""
-    serving = spec["serving"]
-    resources = serving["resources"]
-    gpus = int(resources.get("gpus", 0))
-    limits = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
+    serving = spec.serving
+    resources = serving.resources
+    gpus = resources.gpus
+    limits = {"cpu": str(resources.cpu), "memory": str(resources.memory)}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
-    image = spec["training"]["image"]
+    image = spec.training.image
     # Who may call: the keys file from serving.apiKeysSecret; without one every call is refused (require_keys).
     env = {"env": [{"name": "TWIN_API_KEYS_FILE", "value": f"{KEYS_DIR}/api-keys.json"},
                    *proxy_environment(), *secret_env(spec, teacher=False)]}
     volumes, mounts = [], {}
-    if serving.get("apiKeysSecret"):
-        volumes = [{"name": "api-keys", "secret": {"secretName": serving["apiKeysSecret"]}}]
+    if serving.api_keys_secret:
+        volumes = [{"name": "api-keys", "secret": {"secretName": serving.api_keys_secret}}]
         mounts = {"volumeMounts": [{"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True}]}
-    canary = int(serving["canaryPercent"])
+    canary = serving.canary_percent
     upgrade = ({"type": "NewClusterWithIncrementalUpgrade",
                 "clusterUpgradeOptions": {"stepSizePercent": canary, "intervalSeconds": 60, "maxSurgePercent": 100}}
                if canary else {"type": "NewCluster"})
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService",
         "metadata": {"name": name, "namespace": namespace, "labels": labels(name, hashes["serving"]),
-                     "annotations": {f"{GROUP}/engine": serving["engine"]}},
+                     "annotations": {f"{GROUP}/engine": serving.engine}},
         "spec": {
             "upgradeStrategy": upgrade,
             "serveConfigV2": yaml.safe_dump(platform_serve_config(name, spec, hashes), sort_keys=False),
@@ -199,8 +200,8 @@ def ray_service(name: str, namespace: str, spec: dict, hashes: dict[str, str]) -
                     "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
                     "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env, **mounts}], volumes, name)},
                 "workerGroupSpecs": [{
-                    "groupName": "serve", "replicas": max(1, int(serving["minReplicas"])),
-                    "minReplicas": int(serving["minReplicas"]), "maxReplicas": int(serving["maxReplicas"]),
+                    "groupName": "serve", "replicas": max(1, serving.min_replicas),
+                    "minReplicas": serving.min_replicas, "maxReplicas": serving.max_replicas,
                     "rayStartParams": {},
                     "template": ray_pod([{"name": "ray-worker", "image": image, **env, **mounts,
                                           "resources": {"limits": limits, "requests": dict(limits)}}], volumes, name)}],

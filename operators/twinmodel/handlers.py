@@ -179,15 +179,16 @@ def reconcile(spec, status, meta, name, namespace, body, patch, logger, **_) -> 
 
     hashes = stage_hashes(spec, data_revision(meta))
     patch.status["stageHashes"] = hashes
-    _apply_config_map(builders.config_map(name, namespace, spec, hashes), body)
+    typed = TwinModelSpec.parse(spec)  # the builders read the typed spec, never the camelCase dict
+    _apply_config_map(builders.config_map(name, namespace, typed, hashes), body)
 
     model = (status or {}).get("artifacts", {}).get("model", {})
     if model.get("evaluationHash") != hashes["evaluation"]:
-        _train(name, namespace, spec, hashes, body, state, logger)
-    _serve(name, namespace, spec, hashes, body, state)
+        _train(name, namespace, typed, hashes, body, state, logger)
+    _serve(name, namespace, typed, hashes, body, state)
 
 
-def _train(name, namespace, spec, hashes, body, state: _Status, logger) -> None:
+def _train(name, namespace, spec: TwinModelSpec, hashes, body, state: _Status, logger) -> None:
     job_name = builders.job_name(name, hashes)
     job = _get(*RAY, "rayjobs", namespace, job_name)
     if job is None:
@@ -216,7 +217,7 @@ def _train(name, namespace, spec, hashes, body, state: _Status, logger) -> None:
                                                  "time": builders.now()}}
 
 
-def _serve(name, namespace, spec, hashes, body, state: _Status) -> None:
+def _serve(name, namespace, spec: TwinModelSpec, hashes, body, state: _Status) -> None:
     service = _apply_custom("rayservices", builders.ray_service(name, namespace, spec, hashes), body)
     ready, why = builders.service_ready(service)
     state.patch.status["serving"] = {"rayService": name, **builders.endpoints(name, namespace),
@@ -303,7 +304,7 @@ def refresh(spec, status, meta, name, namespace, body, patch, logger, **_) -> No
     if time.time() - float(previous.get("lastRefreshEpoch", 0)) < every:
         return
     epoch = time.time()
-    job = isolation.refresh_job(name, namespace, normalised, epoch)
+    job = isolation.refresh_job(name, namespace, TwinModelSpec.parse(normalised), epoch)
     kopf.adopt(job, owner=body)
     batch.create_namespaced_job(namespace, job)
     patch.status["refresh"] = {**previous, "lastRefreshEpoch": epoch, "job": job["metadata"]["name"],

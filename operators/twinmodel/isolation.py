@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from llm_twin.twinmodel import TwinModelSpec
 from services.gateway.serve_config import GRPC_PORT, HTTP_PORT
 
 from .builders import (
@@ -94,7 +95,7 @@ def refresh_job_name(name: str, epoch: float) -> str:
     return f"{name[:40]}-refresh-{int(epoch)}"
 
 
-def refresh_job(name: str, namespace: str, spec: dict, epoch: float, deadline_s: int = 3600) -> dict:
+def refresh_job(name: str, namespace: str, spec: TwinModelSpec, epoch: float, deadline_s: int = 3600) -> dict:
     """The refresh crawl as a Job: hostile web content is parsed here, in the twin's namespace, by a
     pod with no Kubernetes API access (no service account token), no root, no privileges, no
     ingress, and only the twin's own Secrets (by reference). It reports through its termination
@@ -103,7 +104,7 @@ def refresh_job(name: str, namespace: str, spec: dict, epoch: float, deadline_s:
     # The root is read-only: caches that follow HOME go to the scratch /tmp.
     env = [{"name": "HOME", "value": "/tmp"}, *secret_env(spec, teacher=False)]
     container = {
-        "name": "refresh", "image": spec["training"]["image"],
+        "name": "refresh", "image": spec.training.image,
         "args": ["refresh", "--config", f"/etc/llm-twin/{CONFIG_KEY}", "--report", REFRESH_REPORT],
         "resources": {"limits": {"cpu": "1", "memory": "2Gi"}, "requests": {"cpu": "250m", "memory": "1Gi"}},
         "securityContext": {**CONTAINER_SECURITY, "readOnlyRootFilesystem": True},

@@ -20,19 +20,9 @@ from llm_twin.twinmodel import Sources
 from llm_twin.warehouse import Warehouse
 
 from .errors import CrawlError, InvalidTarget
-from .fetch import Budget, Fetcher, Response, check_http_url, current_budget
-from .sources import (
-    ArticleSource,
-    FeedSource,
-    FolderSource,
-    GitSource,
-    LinkedInExportSource,
-    SitemapSource,
-)
+from .fetch import Budget, Fetcher, check_http_url, current_budget
+from .sources import SOURCE_TYPES, SOURCES, CrawlContext
 from .sources.git import is_remote
-from .sources.linkedin import is_linkedin_export
-
-SOURCE_TYPES = ("auto", "article", "feed", "sitemap", "git", "folder", "linkedin-export")
 Status = Literal["stored", "updated", "unchanged", "failed"]
 
 
@@ -75,30 +65,16 @@ def _local_copy(uri: str, folder: str) -> str:
     return target
 
 
-def _sniff_web(response: Response) -> str:
-    """'feed', 'sitemap' or 'article' from a fetched response."""
-    kind = response.content_type.lower()
-    head = response.body[:2048].lstrip().lower()
-    if b"<urlset" in head or b"<sitemapindex" in head:
-        return "sitemap"
-    if b"<rss" in head or b"<feed" in head or b"<rdf:rdf" in head or "rss" in kind or "atom" in kind:
-        return "feed"
-    return "article"
-
-
 class Crawler:
     def __init__(self, warehouse: Warehouse, fetcher: Fetcher, *, max_file_bytes: int = 512 * 1024,
                  max_pages: int = 500, deadline_s: float | None = None, max_children: int = 50,
                  max_archive_bytes: int = 200 * 1024 * 1024, allow_insecure_git: bool = False):
         self.warehouse = warehouse
         self.fetcher = fetcher
-        self.article = ArticleSource(fetcher)
-        self.feed = FeedSource(fetcher, max_pages)
-        self.sitemap = SitemapSource(fetcher, max_pages, max_children)
-        self.git = GitSource(max_file_bytes, fetcher.guard, allow_insecure=allow_insecure_git)
         self.deadline_s = deadline_s
-        self.folder = FolderSource(max_file_bytes)
-        self.linkedin = LinkedInExportSource(max_archive_bytes)
+        ctx = CrawlContext(fetcher, max_file_bytes=max_file_bytes, max_pages=max_pages, max_children=max_children,
+                           max_archive_bytes=max_archive_bytes, allow_insecure_git=allow_insecure_git)
+        self.sources = {name: cls.build(ctx) for name, cls in SOURCES.items()}
 
     @classmethod
     def from_settings(cls, settings: Settings, *, allow_private: bool = False, allow_insecure_git: bool = False) -> Crawler:
@@ -117,21 +93,19 @@ class Crawler:
             raise InvalidTarget("twin", f"{author!r} is the twin {existing!r}; use that exact name to add to it")
 
     def detect(self, target: str) -> str:
-        """The source type of a target, from its shape (and for web URLs, its content)."""
+        """The source type of a target, from its shape: a registered source's name, or ``web`` for
+        a URL decided from its content once fetched."""
         if is_remote(target):
-            if target.endswith(".git") or target.startswith(("git@", "ssh://", "git://")):
-                return "git"
-            return "web"  # decided from the content once fetched
+            return next((name for name, cls in SOURCES.items() if cls.claims(target, None)), "web")
         path = Path(target).expanduser()
         if not path.exists():
             raise InvalidTarget(target, "no such file or folder, and not an http(s) URL")
-        if path.is_dir():
-            return "git" if (path / ".git").exists() else "folder"
-        if zipfile.is_zipfile(path):
-            if is_linkedin_export(path):
-                return "linkedin-export"
-            raise InvalidTarget(target, "a zip that is not a LinkedIn data export (no Shares.csv or Articles/)")
-        return "folder"
+        found = next((name for name, cls in SOURCES.items() if not cls.web and cls.claims(target, path)), None)
+        if found is None:
+            if zipfile.is_zipfile(path):
+                raise InvalidTarget(target, "a zip that is not a LinkedIn data export (no Shares.csv or Articles/)")
+            raise InvalidTarget(target, "no source type reads it")
+        return found
 
     def crawl(self, targets: Iterable[str], author: str, source: str = "auto",
               on_outcome: Callable[[Outcome], None] = lambda o: None,
@@ -189,10 +163,10 @@ class Crawler:
 
     def _items(self, target: str, author: str, source: str):
         kind = self.detect(target) if source == "auto" else source
-        if kind in ("web", "article", "feed", "sitemap"):
+        if kind == "web" or SOURCES[kind].web:
             check_http_url(target)
             response = self.fetcher.get(target)
-            kind = _sniff_web(response) if kind == "web" else kind
-            web = {"article": self.article, "feed": self.feed, "sitemap": self.sitemap}[kind]
-            return web.crawl(target, author, prefetched=response)
-        return {"git": self.git, "folder": self.folder, "linkedin-export": self.linkedin}[kind].crawl(target, author)
+            if kind == "web":
+                kind = next(name for name, cls in SOURCES.items() if cls.web and cls.sniff(response))
+            return self.sources[kind].crawl(target, author, prefetched=response)
+        return self.sources[kind].crawl(target, author)

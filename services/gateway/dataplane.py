@@ -21,7 +21,7 @@ from llm_twin.keys import Caller
 from llm_twin.monitoring import MAX_COMMENT_CHARS
 from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
-from services.crawler.core import SOURCE_TYPES
+from services.crawler.sources import API_SOURCE_TYPES, SOURCE_TYPES
 from services.generation.api import Delta, GenerationLimits, SamplingParams
 from services.generation.streams import collect
 
@@ -69,7 +69,7 @@ async def _chained(head: Delta | None, rest: AsyncIterator[Delta]) -> AsyncItera
 def api_crawl_target(target: str, source_type: str) -> None:
     """Over the network only web pages, feeds, sitemaps and https git remotes may be crawled: a
     local path, file://, a zip or an ssh remote would read or reach the server's own files."""
-    if source_type in ("folder", "linkedin-export"):
+    if source_type in SOURCE_TYPES and source_type not in API_SOURCE_TYPES:
         raise InvalidRequest(f"source_type {source_type!r} reads server files and is not offered over the API "
                              "(use `twin crawl` on the machine that holds them)")
     parts = urlsplit(target)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def backend(smol_model, request):
     """Both decode loops in float32: the lean forward (the default for a Llama on a CPU) and
     transformers' own forward (every other architecture, or TWIN_GENERATION_LEAN=false)."""
-    b = TransformersEngine(str(smol_model), max_batch_size=8, batch_wait_s=0.05, lean=request.param == "lean")
+    b = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05, lean=request.param == "lean")
     assert (b.lean is not None) == (request.param == "lean")
     yield b
     b.close()
@@ -178,7 +178,7 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
 async def greedy(backend, text: str, max_tokens: int = 24) -> list:
     """The greedy tokens of an answer, each with the two likeliest choices it was picked from."""
     tokens = []
-    async for delta in backend.stream(backend.render(user(text)), SamplingParams(max_tokens=max_tokens, logprobs=2)):
+    async for delta in backend.stream(backend.template.render(user(text)), SamplingParams(max_tokens=max_tokens, logprobs=2)):
         tokens.extend(delta.logprobs)
     return tokens
 
@@ -284,13 +284,13 @@ def test_chunked_prefill_and_prefix_cache_decode_what_a_whole_prefill_would(smol
     system = ("You are Mara Quill's writing twin. Answer in her voice, briefly, from the passages given; "
               "say so when they do not cover the question. ") * 3
     questions = ["What is a KV cache?", "Why chunk a long prompt?", "Name two Kubernetes objects."]
-    plain = TransformersEngine(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
+    plain = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
                                 prefix_cache_tokens=0)
     try:
         alone = [asyncio.run(_answer(plain, system, q)) for q in questions]
     finally:
         plain.close()
-    chunked = TransformersEngine(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=8)
+    chunked = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0, prefill_chunk=8)
     try:
         async def staggered():
             first = asyncio.create_task(_answer(chunked, system, questions[0]))
@@ -313,13 +313,13 @@ def test_short_prompts_share_a_prefill_step_and_rows_freed_meanwhile_are_reused(
                "What is a KV cache?", "Say yes.", "Name two Kubernetes objects and say what each is for.",
                "Why is the sky blue?", "Count to five."]
     budgets = [1, 12, 12, 3, 1, 12, 2, 12]
-    plain = TransformersEngine(str(smol_model), max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
+    plain = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0, prefill_chunk=0,
                                 prefix_cache_tokens=0)
     try:
         alone = [asyncio.run(_tokens(plain, p, n)) for p, n in zip(prompts, budgets, strict=True)]
     finally:
         plain.close()
-    shared = TransformersEngine(str(smol_model), max_batch_size=8, batch_wait_s=0.05, prefill_chunk=40,
+    shared = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05, prefill_chunk=40,
                                  prefix_cache_tokens=0)
     chunks_per_step, moved = [], []
     step, compact = shared.lean.engine.step, shared.lean._compact
@@ -351,7 +351,7 @@ async def _tokens(backend, text: str, max_tokens: int) -> tuple[str, int]:
     differs from the third token on, so a row holding another prompt's cache would change it."""
     text_, count = "", 0
     messages = [{"role": "system", "content": f"{text.split()[0]} Answer briefly."}, *user(text)]
-    async for delta in backend.stream(backend.render(messages),
+    async for delta in backend.stream(backend.template.render(messages),
                                       SamplingParams(max_tokens=max_tokens, repetition_penalty=1.2)):
         text_ += delta.text
         count = delta.completion_tokens or count
@@ -359,7 +359,7 @@ async def _tokens(backend, text: str, max_tokens: int) -> tuple[str, int]:
 
 
 async def _answer(backend, system: str, question: str) -> str:
-    rendered = backend.render([{"role": "system", "content": system}, *user(question)])
+    rendered = backend.template.render([{"role": "system", "content": system}, *user(question)])
     text = ""
     async for delta in backend.stream(rendered, SamplingParams(max_tokens=20)):
         text += delta.text
@@ -372,7 +372,7 @@ def test_the_lean_loop_refuses_adapters_it_would_not_apply(smol_model, smol_adap
 
     from services.generation.errors import ModelUnavailable
 
-    lean = TransformersEngine(str(smol_model), max_batch_size=2)
+    lean = TransformersEngine(str(smol_model), quantization="none", max_batch_size=2)
     try:
         for name, change in [("dora", {"use_dora": True}), ("embeddings", {"target_modules": ["embed_tokens"]}),
                              ("saved", {"modules_to_save": ["lm_head"]})]:

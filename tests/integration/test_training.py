@@ -45,7 +45,7 @@ def local(smol_model):
     from services.generation.core import Generator
     from services.generation.engines.transformers import Engine as TransformersEngine
 
-    backend = TransformersEngine(str(smol_model), max_batch_size=8)
+    backend = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8)
     yield datasets.LocalTeacher(Generator(backend))
     backend.close()
 

@@ -14,6 +14,7 @@ import json
 import pytest
 import yaml
 
+from llm_twin.twinmodel import TwinModelSpec
 from operators.twinmodel import builders, isolation
 from operators.twinmodel.spec import (
     InvalidSpec,
@@ -90,9 +91,9 @@ def twin_objects(name="ada", namespace="team-a"):
     spec = normalise(SPEC)
     hashes = stage_hashes(spec)
     return (isolation.network_policies(name, namespace, POLICY),
-            _pods_of(builders.ray_job(name, namespace, spec, hashes), namespace)
-            + _pods_of(builders.ray_service(name, namespace, spec, hashes), namespace),
-            _pods_of(isolation.refresh_job(name, namespace, spec, 1700000000), namespace)[0])
+            _pods_of(builders.ray_job(name, namespace, TwinModelSpec.parse(spec), hashes), namespace)
+            + _pods_of(builders.ray_service(name, namespace, TwinModelSpec.parse(spec), hashes), namespace),
+            _pods_of(isolation.refresh_job(name, namespace, TwinModelSpec.parse(spec), 1700000000), namespace)[0])
 
 
 KUBERAY = {"namespace": "kuberay-system", "labels": {"app.kubernetes.io/name": "kuberay-operator"}}
@@ -151,7 +152,7 @@ def test_two_twins_in_one_namespace_cannot_reach_each_others_control_ports():
 def test_ray_token_authentication_and_kuberay_submission(chart):  # noqa: F811
     spec = normalise(SPEC)
     hashes = stage_hashes(spec)
-    job, service = builders.ray_job("ada", "team-a", spec, hashes), builders.ray_service("ada", "team-a", spec, hashes)
+    job, service = builders.ray_job("ada", "team-a", TwinModelSpec.parse(spec), hashes), builders.ray_service("ada", "team-a", TwinModelSpec.parse(spec), hashes)
     assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
     assert job["spec"]["submissionMode"] == "HTTPMode"  # no submitter pod needs the dashboard
@@ -241,7 +242,7 @@ def test_every_secret_a_spec_names_is_listed_for_the_opt_in_check():
 
 def test_the_refresh_job_runs_the_crawl_without_api_access_or_privileges():
     spec = place_storage(normalise(SPEC), "team-a", "ada", "s3://llm-twin")
-    job = isolation.refresh_job("ada", "team-a", spec, 1700000000)
+    job = isolation.refresh_job("ada", "team-a", TwinModelSpec.parse(spec), 1700000000)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"][:3] == ["refresh", "--config", "/etc/llm-twin/twinmodel.json"]

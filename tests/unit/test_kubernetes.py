@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from llm_twin.twinmodel import TwinModelSpec
 from operators.twinmodel import builders
 from operators.twinmodel.spec import InvalidSpec, normalise, place_storage, stage_hashes
 from services.gateway.serve_config import GRPC_SERVICER_FUNCTIONS, IMPORT_PATH, serve_config
@@ -79,7 +80,7 @@ def placed_example() -> dict:
 def test_ray_job_runs_the_cli_with_the_rendered_config():
     spec = placed_example()
     hashes = stage_hashes(spec)
-    job = builders.ray_job("mara-quill", "twins", spec, hashes)
+    job = builders.ray_job("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     assert job["kind"] == "RayJob" and job["metadata"]["namespace"] == "twins"
     assert job["metadata"]["name"] == f"mara-quill-train-{hashes['evaluation'][:10]}"
     assert job["spec"]["entrypoint"] == "twin pipeline --config /etc/llm-twin/twinmodel.json"
@@ -88,15 +89,15 @@ def test_ray_job_runs_the_cli_with_the_rendered_config():
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
     assert "runtimeEnvYAML" not in job["spec"], "the job reads its whole configuration from the ConfigMap"
-    assert builders.model_uri(spec, "mara-quill", hashes) == f"s3://llm-twin/default/mara-quill/artifacts/models/mara-quill/{hashes['evaluation']}"
-    config = builders.config_map("mara-quill", "twins", spec, hashes)
+    assert builders.model_uri(TwinModelSpec.parse(spec), "mara-quill", hashes) == f"s3://llm-twin/default/mara-quill/artifacts/models/mara-quill/{hashes['evaluation']}"
+    config = builders.config_map("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
 
 
 def test_ray_service_runs_the_platform_app_with_the_trained_model():
     spec = placed_example()
     hashes = stage_hashes(spec)
-    service = builders.ray_service("mara-quill", "twins", spec, hashes)
+    service = builders.ray_service("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert config["grpc_options"]["grpc_servicer_functions"] == GRPC_SERVICER_FUNCTIONS
     app = config["applications"][0]
@@ -104,13 +105,13 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     assert app["args"]["generation_model"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/default/mara-quill/artifacts", "tensorrt-llm")
     assert app["args"]["pinned_models"] == {"mara-quill": hashes["evaluation"]}
-    assert config == builders.platform_serve_config("mara-quill", spec, hashes)
+    assert config == builders.platform_serve_config("mara-quill", TwinModelSpec.parse(spec), hashes)
     generation = next(d for d in app["deployments"] if d["name"] == "Generation")
     assert generation["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}
     assert generation["ray_actor_options"]["num_gpus"] == 1
     assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     spec["serving"]["canaryPercent"] = 10
-    canary = builders.ray_service("mara-quill", "twins", spec, stage_hashes(spec))["spec"]["upgradeStrategy"]
+    canary = builders.ray_service("mara-quill", "twins", TwinModelSpec.parse(spec), stage_hashes(spec))["spec"]["upgradeStrategy"]
     assert canary["type"] == "NewClusterWithIncrementalUpgrade" and canary["clusterUpgradeOptions"]["stepSizePercent"] == 10
 
 
@@ -296,16 +297,16 @@ def test_secrets_reach_the_pods_by_reference_never_the_config_map():
     document["spec"]["vectorStore"]["tokenSecretRef"] = {"name": "milvus", "key": "token"}
     spec = normalise(document["spec"])
     hashes = stage_hashes(spec)
-    job = builders.ray_job("mara-quill", "twins", spec, hashes)
+    job = builders.ray_job("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     for group in (job["spec"]["rayClusterSpec"]["headGroupSpec"], *job["spec"]["rayClusterSpec"]["workerGroupSpecs"]):
         env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert env == {"TWIN_TEACHER_KEY": {"name": "teacher", "key": "api-key"},
                        "TWIN_MILVUS_TOKEN": {"name": "milvus", "key": "token"}}
-    service = builders.ray_service("mara-quill", "twins", spec, hashes)
+    service = builders.ray_service("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     secrets = [e["name"] for e in worker["env"] if "valueFrom" in e]
     assert secrets == ["TWIN_MILVUS_TOKEN"], "serving needs the Milvus token only"
-    rendered = builders.config_map("mara-quill", "twins", spec, hashes)["data"]["twinmodel.json"]
+    rendered = builders.config_map("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)["data"]["twinmodel.json"]
     assert '"secretRef"' in rendered and "api-key" in rendered  # the reference travels, a value never could
 
 
@@ -335,8 +336,8 @@ def test_every_pod_is_locked_down(chart):
             cluster = d["spec"]["rayClusterConfig"]
             pods += [("platform-head", cluster["headGroupSpec"]["template"]["spec"]),
                      *(("platform-worker", g["template"]["spec"]) for g in cluster["workerGroupSpecs"])]
-    for built in (builders.ray_job("m", "t", spec, hashes)["spec"]["rayClusterSpec"],
-                  builders.ray_service("m", "t", spec, hashes)["spec"]["rayClusterConfig"]):
+    for built in (builders.ray_job("m", "t", TwinModelSpec.parse(spec), hashes)["spec"]["rayClusterSpec"],
+                  builders.ray_service("m", "t", TwinModelSpec.parse(spec), hashes)["spec"]["rayClusterConfig"]):
         pods += [("twin-head", built["headGroupSpec"]["template"]["spec"]),
                  *(("twin-worker", g["template"]["spec"]) for g in built["workerGroupSpecs"])]
     assert len(pods) == 8

@@ -63,7 +63,7 @@ def rendered(spec: dict) -> dict:
     """What the RayJob's `twin pipeline --config` reads: the operator's ConfigMap."""
     normal = normalise(spec)
     hashes = stage_hashes(normal)
-    return json.loads(builders.config_map("ada", "twins", normal, hashes)["data"][builders.CONFIG_KEY])
+    return json.loads(builders.config_map("ada", "twins", TwinModelSpec.parse(normal), hashes)["data"][builders.CONFIG_KEY])
 
 
 def destinations(spec: dict) -> dict:
@@ -72,8 +72,8 @@ def destinations(spec: dict) -> dict:
     normal, hashes = document["spec"], document["stageHashes"]
     p = PipelineConfig.from_twinmodel(document)
     t = p.train
-    job = builders.ray_job("ada", "twins", normal, hashes)
-    service = builders.ray_service("ada", "twins", normal, hashes)
+    job = builders.ray_job("ada", "twins", TwinModelSpec.parse(normal), hashes)
+    service = builders.ray_service("ada", "twins", TwinModelSpec.parse(normal), hashes)
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     args = serve["applications"][0]["args"]
     generation = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Generation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from llm_twin.documents import RawDocument
 
 from ..errors import CrawlError, InvalidTarget
 from ..extract import extract_article, read_saved_page
-from .base import Item
+from .base import CrawlContext, Item, LocalSource
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -37,8 +38,18 @@ def is_page(path: Path) -> bool:
     return path.suffix.lower() in TEXT_SUFFIXES | HTML_SUFFIXES or suffixes in {".html.gz", ".htm.gz"}
 
 
-class FolderSource:
+class FolderSource(LocalSource):
     name = "folder"
+    summary = "a local folder or file of Markdown, text and code (CLI only)"
+    over_api = False
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> FolderSource:
+        return cls(ctx.max_file_bytes)
+
+    @classmethod
+    def claims(cls, target: str, path: Path | None) -> bool:
+        return path is not None and (path.is_dir() or not zipfile.is_zipfile(path))
 
     def __init__(self, max_file_bytes: int = 512 * 1024):
         self.max_file_bytes = max_file_bytes

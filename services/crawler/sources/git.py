@@ -20,7 +20,7 @@ from llm_twin.documents import RawDocument
 
 from ..errors import FetchError, InvalidTarget
 from ..guard import AddressGuard
-from .base import Item
+from .base import CrawlContext, Item, LocalSource
 
 LOCK_FILES = {
     "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "uv.lock", "Pipfile.lock",
@@ -74,8 +74,20 @@ def _git(args: list[str], cwd: Path | None, target: str) -> str:
     return done.stdout
 
 
-class GitSource:
+class GitSource(LocalSource):
     name = "git"
+    summary = "a git repository: an https:// remote, or a local clone (CLI only)"
+    over_api = True  # https remotes only (the gateway refuses the rest)
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> GitSource:
+        return cls(ctx.max_file_bytes, ctx.fetcher.guard, allow_insecure=ctx.allow_insecure_git)
+
+    @classmethod
+    def claims(cls, target: str, path: Path | None) -> bool:
+        if path is None:
+            return target.endswith(".git") or target.startswith(("git@", "ssh://", "git://"))
+        return path.is_dir() and (path / ".git").exists()
 
     def __init__(self, max_file_bytes: int = 512 * 1024, guard: AddressGuard | None = None,
                  allow_insecure: bool = False):

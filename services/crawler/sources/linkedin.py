@@ -13,7 +13,7 @@ from llm_twin.documents import RawDocument
 
 from ..errors import CrawlError, InvalidTarget, ParseError
 from ..extract import extract_article
-from .base import Item
+from .base import CrawlContext, Item, LocalSource
 
 
 def is_linkedin_export(path: Path) -> bool:
@@ -28,12 +28,22 @@ def is_linkedin_export(path: Path) -> bool:
 MAX_MEMBERS = 100_000  # an export holds a few thousand files; a million entries is a zip bomb's table
 
 
-class LinkedInExportSource:
+class LinkedInExportSource(LocalSource):
     """Every member is read with its size bounded (``max_bytes`` for the members read, all
     together): a member's declared size is checked first, then the bytes actually decompressed,
     since a crafted zip can declare one size and inflate to another."""
 
     name = "linkedin-export"
+    summary = "a LinkedIn data export zip: posts and articles (CLI, or a TwinModel's linkedinExport)"
+    over_api = False
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> LinkedInExportSource:
+        return cls(ctx.max_archive_bytes)
+
+    @classmethod
+    def claims(cls, target: str, path: Path | None) -> bool:
+        return path is not None and path.is_file() and zipfile.is_zipfile(path) and is_linkedin_export(path)
 
     def __init__(self, max_bytes: int = 200 * 1024 * 1024):
         self.max_bytes = max_bytes

@@ -13,7 +13,7 @@ from llm_twin.documents import RawDocument
 from ..errors import CrawlError, ParseError, Stopped
 from ..extract import extract_article
 from ..fetch import Fetcher, Response
-from .base import Item
+from .base import CrawlContext, Item, WebSource
 
 SITEMAP_NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
 # Below this many characters, a feed entry's own content is a teaser, not the article.
@@ -34,11 +34,20 @@ def article_document(author: str, url: str, html: bytes | str, title_hint: str =
     )
 
 
-class ArticleSource:
+class ArticleSource(WebSource):
     name = "article"
+    summary = "one web page (its main text extracted)"
 
     def __init__(self, fetcher: Fetcher):
         self.fetcher = fetcher
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> ArticleSource:
+        return cls(ctx.fetcher)
+
+    @classmethod
+    def sniff(cls, response: Response) -> bool:
+        return True  # any page that is not a feed or a sitemap (registered last of the web sources)
 
     def crawl(self, target: str, author: str, prefetched: Response | None = None) -> Iterator[Item]:
         response = prefetched or self.fetcher.get(target)
@@ -66,14 +75,24 @@ def _page_items(fetcher: Fetcher, author: str, pages: list[tuple[str, str, str |
             yield exc
 
 
-class FeedSource:
+class FeedSource(WebSource):
     """RSS or Atom: every entry's page (how Medium and Substack are crawled, no browser)."""
 
     name = "feed"
+    summary = "an RSS or Atom feed: every entry's page"
 
     def __init__(self, fetcher: Fetcher, max_pages: int = 500):
         self.fetcher = fetcher
         self.max_pages = max_pages
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> FeedSource:
+        return cls(ctx.fetcher, ctx.max_pages)
+
+    @classmethod
+    def sniff(cls, response: Response) -> bool:
+        kind, head = response.content_type.lower(), response.body[:2048].lstrip().lower()
+        return b"<rss" in head or b"<feed" in head or b"<rdf:rdf" in head or "rss" in kind or "atom" in kind
 
     def crawl(self, target: str, author: str, prefetched: Response | None = None) -> Iterator[Item]:
         response = prefetched or self.fetcher.get(target)
@@ -120,13 +139,23 @@ def parse_sitemap(target: str, body: bytes, max_locs: int | None = None,
     return ([], locs) if kind == "sitemapindex" else (locs, [])
 
 
-class SitemapSource:
+class SitemapSource(WebSource):
     name = "sitemap"
+    summary = "a sitemap or sitemap index: every page it lists"
 
     def __init__(self, fetcher: Fetcher, max_pages: int = 500, max_children: int = 50):
         self.fetcher = fetcher
         self.max_pages = max_pages
         self.max_children = max_children
+
+    @classmethod
+    def build(cls, ctx: CrawlContext) -> SitemapSource:
+        return cls(ctx.fetcher, ctx.max_pages, ctx.max_children)
+
+    @classmethod
+    def sniff(cls, response: Response) -> bool:
+        head = response.body[:2048].lstrip().lower()
+        return b"<urlset" in head or b"<sitemapindex" in head
 
     def crawl(self, target: str, author: str, prefetched: Response | None = None) -> Iterator[Item]:
         response = prefetched or self.fetcher.get(target)

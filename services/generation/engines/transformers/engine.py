@@ -17,6 +17,8 @@ import os
 import threading
 from collections.abc import AsyncIterator
 
+from pydantic import ValidationError
+
 from llm_twin.config import in_own_thread
 from llm_twin.engines import TransformersOptions
 from llm_twin.prompts import ChatTemplate
@@ -47,9 +49,13 @@ class TransformersEngine:
     def __init__(self, model: str, options: TransformersOptions | None = None, *, model_id: str | None = None,
                  **overrides):
         """``overrides``: TransformersOptions fields (``max_batch_size=4``), for callers without settings."""
-        o = (options or TransformersOptions()).model_copy(update=overrides) if overrides else (
-            options or TransformersOptions())
-        o = TransformersOptions.model_validate(o.model_dump())  # overrides validated like settings
+        o = options or TransformersOptions()
+        if overrides:
+            quantization_.check(overrides.get("quantization", o.quantization))  # the error names the setting
+            try:  # validated like the settings
+                o = TransformersOptions.model_validate({**o.model_dump(), **overrides})
+            except ValidationError as exc:
+                raise ModelUnavailable(f"transformers engine options: {exc}") from None
         self.options = o
         device = self.device = o.device
         quantization = quantization_.resolve(o.quantization, device)
