@@ -170,7 +170,7 @@ class RetrievalSettings(Section):
     top_k: int = Field(4, ge=1, le=20, description="Sources retrieved for a chat answer by default.", json_schema_extra=flat('chat_top_k'))
     strategy: Literal["rrf", "hybrid", "dense", "keyword"] = Field(
         "rrf", description="First retrieval stage: rrf (dense + BM25 fused per chunk), hybrid (fused per document), "
-        "dense or keyword. README 'Retrieval quality' has each one's figures.", json_schema_extra=flat('retrieval_strategy'))
+        "dense or keyword. docs/evaluation.md has each one's figures.", json_schema_extra=flat('retrieval_strategy'))
     reranker_model: str | None = Field(
         None, description="Second retrieval stage: a local cross-encoder model folder, or `sentence` for sentence-level "
         "late interaction with the embedder; unset: none (on the handbook sets neither beat the first stage alone).")

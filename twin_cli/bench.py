@@ -16,7 +16,8 @@
 - pii: masking time of pathological inputs at the request size limit (TWIN_MAX_REQUEST_CHARS) and
   at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
-`python -m twin_cli.bench [data] [generation] [serving] [training]` runs some (`make bench BENCH="data"`); all by default.
+`python -m twin_cli.bench [data] [generation] [serving] [training] [pii]` runs some (`make bench BENCH="data"`);
+all by default. Each part's output replaces its section of docs/benchmarks.md (bench_report.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from . import bench_report as report
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -40,22 +43,21 @@ def main(parts: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     parts = parts or list(PARTS)
-    if "data" in parts:
-        data_plane()
-    if "generation" in parts:
-        from . import bench_generation
+    runs = {"data": data_plane, "generation": _part("bench_generation"), "serving": _part("bench_serving"),
+            "training": _part("bench_training"), "pii": pii_masking}
+    for part in parts:
+        with report.captured(part):
+            runs[part]()
+    print(f"figures written to {report.PAGE.relative_to(ROOT)}")
 
-        bench_generation.run()
-    if "serving" in parts:
-        from . import bench_serving
 
-        bench_serving.run()
-    if "training" in parts:
-        from . import bench_training
+def _part(module: str):
+    def run() -> None:
+        import importlib
 
-        bench_training.run()
-    if "pii" in parts:
-        pii_masking()
+        importlib.import_module(f"twin_cli.{module}").run()
+
+    return run
 
 
 def pii_masking() -> None:

@@ -13,7 +13,7 @@ from .common import fail, settings_of
 @click.option("--model", "generation_model", help="Generation model folder or cached hub id "
               "[env TWIN_GENERATION_MODEL; default: the embedded SmolLM2-135M-Instruct].")
 @click.option("--quantization", type=click.Choice(["auto", "none", "int8", "bf16"]),
-              help="Serving weights [env TWIN_GENERATION_QUANTIZATION, default auto: int8 on a CPU]; see README.")
+              help="Serving weights [env TWIN_GENERATION_QUANTIZATION, default auto: int8 on a CPU]; see docs/serving.md.")
 @click.option("--trace-sampling-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Share of requests traced (exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set).")
 @click.option("--stop", is_flag=True, help="Stop the platform started by `twin serve` for this data folder.")

@@ -20,7 +20,7 @@ from .status import STATUS, InvalidRequest, retry_after, status_for
 # No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
 
 # No /docs, /redoc or /openapi.json: they would answer without a key, and /docs loads scripts from a
-# CDN into the chat page's origin. The API is documented in the README and by twin.v1's protos.
+# CDN into the chat page's origin. The API is documented in docs/serving.md and by twin.v1's protos.
 http = FastAPI(title="LLM Twin", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
 SSE_HEADERS = {"Cache-Control": "no-cache"}

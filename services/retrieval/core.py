@@ -1,7 +1,7 @@
 """Retrieval: dense + BM25 over the same chunks, fused, with query understanding in front.
 
 The default pipeline (chosen on tests/data/handbook_questions_hard.jsonl, per kind; figures in
-the README's "Retrieval quality"):
+docs/evaluation.md):
 1. the caller resolves a follow-up against its conversation first (``query.contextual_query``:
    the chat path and `twin eval retrieval` do);
 2. self-query: with no author given, an author named in the question becomes the filter

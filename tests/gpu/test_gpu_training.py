@@ -1,5 +1,5 @@
 """GPU only (skipped without CUDA): the SFT + DPO path on a random model with Llama-3.1-8B's
-architecture in bf16 with LoRA, as scripts/gpu_train_check.py runs it (figures in the README)."""
+architecture in bf16 with LoRA, as scripts/gpu_train_check.py runs it (figures in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

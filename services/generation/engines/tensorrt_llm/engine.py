@@ -12,7 +12,7 @@ result that is async-iterable while streaming, whose `outputs[0]` has `text_diff
 
 tensorrt-llm cannot be installed on the CPU machines this project is tested on (PyPI holds only
 a stub that downloads from NVIDIA's own index); tests/unit/test_tensorrt_backend.py checks this
-engine against a stand-in that follows the API above. The GPU image and command are in the README.
+engine against a stand-in that follows the API above. The GPU image and command are in docs/training.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TensorRTLLMEngine:
                 from tensorrt_llm import LLM
                 from tensorrt_llm.lora_helper import LoraConfig
             except ImportError as exc:
-                raise ModelUnavailable("tensorrt_llm is not installed: use the TensorRT-LLM GPU image (see README), "
+                raise ModelUnavailable("tensorrt_llm is not installed: use the TensorRT-LLM GPU image (see docs/training.md), "
                                        "or TWIN_GENERATION_ENGINE=transformers") from exc
             llm = LLM(model=model, lora_config=LoraConfig(max_lora_rank=o.max_lora_rank, max_loras=o.max_loras))
         self.llm = llm
