@@ -8,7 +8,7 @@ export TWIN_TORCH_THREADS ?= 2
 export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-fast demo bench protos crd clean
+.PHONY: setup test test-fast lint demo bench protos crd clean
 
 setup: $(STAMP)
 
@@ -44,8 +44,12 @@ crd: setup
 	$(PY) scripts/gen_chart_serve_config.py
 	$(PY) -m llm_twin.config_reference
 
-test: setup
+test: setup lint
 	$(PY) -m pytest tests -q -rs --durations=15
+
+# ruff (configured in pyproject.toml: pycodestyle, pyflakes, import order, bugbear, pyupgrade); part of `make test`.
+lint: setup
+	$(PY) -m ruff check .
 
 test-fast: setup
 	$(PY) -m pytest tests/unit -q

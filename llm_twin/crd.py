@@ -27,7 +27,8 @@ STATUS = {
         "stageHashes": {"type": "object", "additionalProperties": {"type": "string"}},
         "conditions": {"type": "array", "items": {
             "type": "object", "required": ["type", "status"],
-            "properties": {"type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "properties": {"type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False",
+                                                                                             "Unknown"]},
                            "reason": {"type": "string"}, "message": {"type": "string"},
                            "lastTransitionTime": {"type": "string", "format": "date-time"},
                            "observedGeneration": {"type": "integer"}}}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fsspec
 
@@ -22,7 +22,7 @@ def register(artifact_uri: str, author: str, version: str, output_dir: str, meta
         if os.path.isdir(source):
             fs.put(source, f"{root}/{part}", recursive=True)
     record = {**metadata, "author": author, "version": version, "path": path,
-              "registered": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "registered": datetime.now(UTC).isoformat(timespec="seconds")}
     with fs.open(f"{root}/metadata.json", "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
     return path

@@ -139,7 +139,8 @@ class SecretKeyRef(Section):
 class LinkedInExport(Section):
     """A LinkedIn data export zip in object storage."""
 
-    uri: str = Field(pattern=r"^(s3|gs|file)://", description="fsspec URI of the export zip, e.g. s3://bucket/export.zip.")
+    uri: str = Field(pattern=r"^(s3|gs|file)://",
+                     description="fsspec URI of the export zip, e.g. s3://bucket/export.zip.")
 
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
@@ -155,7 +156,8 @@ class Sources(Section):
         "give at least one source (feeds, pages, repositories or linkedinExport)")))
     feeds: list[HttpUrl] = Field([], max_length=100, description="RSS/Atom feeds: every entry's page is crawled.")
     pages: list[HttpUrl] = Field([], max_length=1000, description="Article pages or sitemaps.")
-    repositories: list[HttpsGitUrl] = Field([], max_length=100, description="Git repositories (https:// clone URLs only).")
+    repositories: list[HttpsGitUrl] = Field([], max_length=100,
+                                            description="Git repositories (https:// clone URLs only).")
     linkedin_export: LinkedInExport | None = None
 
     def targets(self) -> list[tuple[str, list[str]]]:
@@ -224,7 +226,8 @@ class Dataset(DatasetLimits):
 
 class Training(TrainSettings):
     gpus_per_worker: int = Field(1, ge=0, le=8, description="GPUs per worker (a cluster trains on GPUs; 0: CPU).")
-    base_model: str = Field(min_length=1, description="Hugging Face id or folder, e.g. meta-llama/Llama-3.1-8B-Instruct.")
+    base_model: str = Field(min_length=1,
+                            description="Hugging Face id or folder, e.g. meta-llama/Llama-3.1-8B-Instruct.")
     image: str = Field("ghcr.io/llm-twin/llm-twin:0.1.0", min_length=1, description="Image of the training job and "
                                                                                     "the serving cluster.")
 

@@ -20,7 +20,7 @@ from twin_cli.sample_corpus import index_sample  # noqa: E402
 def main(out: str) -> None:
     data = Path(tempfile.mkdtemp(prefix="twin-shot-"))
     index_sample(data)
-    server = ServeProcess(data, 9412, 8412, env={"TWIN_TORCH_THREADS": "2"}, log=open(data / "serve.log", "w")).start()
+    server = ServeProcess(data, 9412, 8412, env={"TWIN_TORCH_THREADS": "2"}, log=open(data / "serve.log", "w")).start()  # noqa: SIM115
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1000,820"):

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.gpu_train_check import LLAMA_31_8B  # after the path is set
+from scripts.gpu_train_check import LLAMA_31_8B  # noqa: E402 - after the path is set
 
 H200_HBM_BYTES_PER_S = 4.8e12
 BATCHES = (1, 8, 32)
@@ -44,7 +44,8 @@ def platform_backend_rates(path: str, new_tokens: int, device: str = "cuda") -> 
     async def streams(n: int) -> float:
         async def one(i: int) -> int:
             count = 0
-            async for delta in backend.stream(backend.template.render([{"role": "user", "content": f"Story {i}: once"}]), params):
+            async for delta in backend.stream(backend.template.render([{"role": "user",
+                                                                        "content": f"Story {i}: once"}]), params):
                 count = delta.completion_tokens or count
             return count
 

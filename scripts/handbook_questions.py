@@ -113,7 +113,10 @@ HELDOUT = [
 ("follow-up","How many examples does its prompt ask for?",None,"Generate 100 more examples",[("user","How can I generate a Q&A dataset for fine-tuning in under 30 minutes?"),("assistant","Use a teacher LLM with a few hand-written examples.")]),
 ("follow-up","What does the RL step optimise there?",None,"generate prompts with higher rewards",[("user","What is RLHF?"),("assistant","Reinforcement learning from human feedback.")]),
 ]
-import json, re, sys, unicodedata  # noqa: E401,E402
+import json  # noqa: E401,E402
+import re
+import sys
+import unicodedata
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

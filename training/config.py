@@ -88,5 +88,6 @@ class PipelineConfig(BaseModel):
             gate=spec.evaluation.gate,
             judge=JudgeSettings(judge_url=str(judge.endpoint), judge_model=judge.model) if judge else JudgeSettings(),
             storage=StorageSettings(warehouse_uri=spec.storage.warehouse_uri or None,
-                                    artifact_uri=spec.storage.artifact_uri or None, milvus_uri=spec.vector_store.milvus_uri,
+                                    artifact_uri=spec.storage.artifact_uri or None,
+                                    milvus_uri=spec.vector_store.milvus_uri,
                                     collection=spec.vector_store.collection))

@@ -23,12 +23,10 @@ from dataclasses import asdict, dataclass
 
 import fsspec
 
-from llm_twin import prompts
+from llm_twin import pii, prompts
 from llm_twin.documents import author_slug
 from llm_twin.features.clean import clean_corpus, paragraphs
 from llm_twin.warehouse import Warehouse
-
-from llm_twin import pii
 
 DATASET_VERSION = "1"
 QUESTION_PROMPT = (

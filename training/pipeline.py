@@ -24,6 +24,7 @@ def pipeline_settings(settings: Settings, config: PipelineConfig) -> Settings:
 
 def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] = print,
         progress: Callable[[str, int, int], None] = lambda *a: None) -> dict:
+    from llm_twin.evaluation.judge import LLMJudge
     from services.crawler.core import Crawler
     from services.embedding.core import Embedder
     from services.generation.core import Generator
@@ -32,8 +33,6 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     from services.retrieval.store import MilvusStore
 
     from . import datasets, trainer
-    from llm_twin.evaluation.judge import LLMJudge
-
     from .evaluate import evaluate, gate
     from .sft_dpo import train
 
@@ -74,9 +73,10 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
     cfg = TrainConfig(author=config.author, base_model=base_model, dataset_dir=manifest["path"], output_dir=output,
                       **config.train.model_dump())
     metrics = trainer.run(cfg, str(settings.data_dir.resolve() / "ray")) if config.use_ray else train(cfg.model_dump())
+    dpo = (f"; DPO loss {metrics['dpo_loss_first']:.3f} -> {metrics['dpo_loss_last']:.3f}"
+           if "dpo_loss_last" in metrics else "")
     say(f"train: SFT loss {metrics.get('sft_loss_first', 0):.3f} -> {metrics.get('sft_loss_last', 0):.3f} in "
-        f"{metrics.get('sft_steps')} steps" + (f"; DPO loss {metrics['dpo_loss_first']:.3f} -> "
-                                                f"{metrics['dpo_loss_last']:.3f}" if "dpo_loss_last" in metrics else ""))
+        f"{metrics.get('sft_steps')} steps" + dpo)
 
     version = config.version or f"{manifest['key']}-{output.rsplit('-', 1)[-1]}"
     path = registry.register(settings.resolved_artifact_uri, config.author, version, output, {
@@ -94,6 +94,7 @@ def run(settings: Settings, config: PipelineConfig, say: Callable[[str], None] =
             f"    twin: {' '.join(sample['twin'].split())[:200]}")
     say(f"evaluate: perplexity base {result['perplexity_base']:.2f} -> twin {result['perplexity_twin']:.2f}; style "
         f"similarity base {result.get('style_base', 0):.3f} -> twin {result.get('style_twin', 0):.3f}; RAG "
-        f"faithfulness base {result.get('faithfulness_base', 0):.3f} -> twin {result.get('faithfulness_twin', 0):.3f}; gate "
+        f"faithfulness base {result.get('faithfulness_base', 0):.3f} -> twin "
+        f"{result.get('faithfulness_twin', 0):.3f}; gate "
         f"{'PASS' if ok else 'FAIL'} ({why})")
     return {"model": path, "servable": ok, "evaluation": result, "metrics": metrics, "dataset": manifest}

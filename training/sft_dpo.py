@@ -24,7 +24,6 @@ from llm_twin import prompts
 from .config import TrainConfig
 from .datasets import load
 
-
 log = logging.getLogger(__name__)
 
 def sft_records(author: str, rows: list[dict], specials: frozenset[str] = frozenset()) -> list[dict]:
@@ -146,7 +145,8 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                          learning_rate=cfg.sft.learning_rate, per_device_train_batch_size=cfg.sft.batch_size,
                          max_length=cfg.sft.max_length, completion_only_loss=True,
                          deepspeed=cfg.deepspeed.as_dict(cfg.sft.batch_size) if cfg.deepspeed else None, **common)
-    sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows, prompts.control_tokens(tokenizer))),
+    sft = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(sft_records(cfg.author, sft_rows,
+                                                                                             prompts.control_tokens(tokenizer))),
                      processing_class=tokenizer)
     _quiet(sft)
     sft_result = sft.train()
@@ -170,7 +170,9 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
                                  deepspeed=cfg.deepspeed.as_dict(cfg.dpo.batch_size) if cfg.deepspeed else None,
                                  **common)
             dpo = DPOTrainer(model=model, ref_model=None, args=dpo_args,
-                             train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs, prompts.control_tokens(tokenizer))), processing_class=tokenizer)
+                             train_dataset=Dataset.from_list(dpo_records(cfg.author, pairs,
+                                                                         prompts.control_tokens(tokenizer))),
+                                                                         processing_class=tokenizer)
             _quiet(dpo)
             dpo_result = dpo.train()
             dpo_losses = [log["loss"] for log in dpo.state.log_history if "loss" in log]

@@ -114,7 +114,8 @@ def data_plane() -> None:
         started = time.perf_counter()
         report = Indexer.from_settings(settings, embedder, store).run()
         seconds = time.perf_counter() - started
-        print(f"indexing: {report.chunks_written} chunks in {seconds:.1f} s = {report.chunks_written / seconds:.1f} chunks/s")
+        print(f"indexing: {report.chunks_written} chunks in {seconds:.1f} s = {report.chunks_written / seconds:.1f} "
+              f"chunks/s")
 
         stages = bench_retrieval.run(store, embedder, settings)
         dev, default = stages["handbook_questions_hard.jsonl"], bench_retrieval.DEFAULT

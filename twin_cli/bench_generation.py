@@ -181,10 +181,10 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
 
 def run() -> dict:
     from llm_twin.config import Settings, configure_torch_threads, in_own_thread
-    from services.generation.engines.transformers.int8_kernel import missing_cpu_flags
-    from services.generation.model_store import resolve_model
-    from services.generation.engines.transformers.prefix_cache import PrefixCache
     from services.generation.engines.transformers import Engine as TransformersEngine
+    from services.generation.engines.transformers.int8_kernel import missing_cpu_flags
+    from services.generation.engines.transformers.prefix_cache import PrefixCache
+    from services.generation.model_store import resolve_model
 
     from .sample_corpus import POSTS
 

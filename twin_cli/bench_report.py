@@ -39,7 +39,8 @@ def machine() -> str:
     with contextlib.suppress(OSError):
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), "")
-    return f"{cpus} CPU cores ({model or platform.processor() or platform.machine()}), Python {platform.python_version()}"
+    name = model or platform.processor() or platform.machine()
+    return f"{cpus} CPU cores ({name}), Python {platform.python_version()}"
 
 
 def commit() -> str:

@@ -66,7 +66,8 @@ def run(store, embedder, settings, sets: tuple[str, ...] = SETS) -> dict:
             if reranker == "expand" and complete is None:
                 complete = local_completer(settings)
 
-            def search(q, retriever=retriever, rewrite=rewrite, self_query=self_query, reranker=reranker):
+            def search(q, retriever=retriever, rewrite=rewrite, self_query=self_query, reranker=reranker,
+                       complete=complete):
                 text = contextual_query(q.messages) if rewrite else q.question
                 if reranker == "expand":
                     return [r.link for r in retriever.search_expanded([text, *expansions(text, complete)],

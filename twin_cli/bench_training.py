@@ -61,7 +61,8 @@ def run() -> None:
         ray_wall = time.perf_counter() - started
     samples = STEPS * 2
     print(f"training: Ray Train {ray_metrics['sft_samples_per_s']:.2f} samples/s / plain TRL "
-          f"{plain['sft_samples_per_s']:.2f} samples/s = {ray_metrics['sft_samples_per_s'] / plain['sft_samples_per_s']:.2f} "
+          f"{plain['sft_samples_per_s']:.2f} samples/s = "
+          f"{ray_metrics['sft_samples_per_s'] / plain['sft_samples_per_s']:.2f} "
           "in the training loop (goal >= 0.8)")
     print(f"training: end to end {samples / ray_wall:.2f} / {samples / plain_wall:.2f} samples/s = "
           f"{plain_wall / ray_wall:.2f} (Ray's start and worker setup included, {STEPS} steps)")

@@ -35,13 +35,15 @@ def crawl(ctx: click.Context, targets, author, source, allow_private, allow_inse
 
     if not author.strip():
         fail("--author is empty: name the person whose writing this is")
-    crawler = Crawler.from_settings(settings_of(ctx), allow_private=allow_private, allow_insecure_git=allow_insecure_git)
+    crawler = Crawler.from_settings(settings_of(ctx), allow_private=allow_private,
+                                    allow_insecure_git=allow_insecure_git)
     marks = {"stored": ("stored   ", "green"), "updated": ("updated  ", "cyan"),
              "unchanged": ("unchanged", None), "failed": ("failed   ", "red")}
 
     def show(outcome) -> None:
         mark, colour = marks[outcome.status]
-        click.echo(click.style(mark, fg=colour) + f" {outcome.target}" + (f"  ({outcome.detail})" if outcome.detail else ""))
+        click.echo(click.style(mark,
+                               fg=colour) + f" {outcome.target}" + (f"  ({outcome.detail})" if outcome.detail else ""))
 
     try:
         report = crawler.crawl(targets, author, source, on_outcome=show)
@@ -198,7 +200,8 @@ def eval_retrieval(ctx: click.Context, questions, strategy, rewrite, self_query,
                f"MRR@10 {scores['mrr@10']:.3f}  (n={scores['n']})")
     if len(scores["kinds"]) > 1:
         for kind, k in scores["kinds"].items():
-            click.echo(f"  {kind:12} hit@1 {k['hit@1']:.3f}  hit@5 {k['hit@5']:.3f}  MRR@10 {k['mrr@10']:.3f}  (n={k['n']})")
+            click.echo(f"  {kind:12} hit@1 {k['hit@1']:.3f}  hit@5 {k['hit@5']:.3f}  MRR@10 {k['mrr@10']:.3f}  "
+                       f"(n={k['n']})")
     for question in misses:
         click.echo(f"  not in top 10: {question}")
 

@@ -104,7 +104,8 @@ def ask_grpc(address: str) -> None:
             sampling=generation_pb2.SamplingParams(max_tokens=MAX_TOKENS)), timeout=300)
         print(f"   {reply.answer.strip()}")
         show_sources(reply.sources)
-        print(f"   ({time.perf_counter() - started:.1f} s, {reply.usage.completion_tokens} tokens, {reply.finish_reason})")
+        print(f"   ({time.perf_counter() - started:.1f} s, {reply.usage.completion_tokens} tokens, "
+              f"{reply.finish_reason})")
 
 
 def ask_http(base: str, model: str) -> None:
@@ -164,7 +165,8 @@ def main() -> None:
     # The gate holds on perplexity alone here: with one held-out example (which one depends on the
     # fixture site's port, part of every document id) style similarity is noise either side of 0.
     twin(data_dir, "pipeline", "--author", AUTHOR, "--max-examples", "12", "--sft-max-steps", "8", "--sft-batch-size",
-         "2", "--dpo-max-steps", "2", "--dpo-batch-size", "2", "--threads-per-worker", os.environ.get("TWIN_TORCH_THREADS", "2"),
+         "2", "--dpo-max-steps", "2", "--dpo-batch-size", "2", "--threads-per-worker",
+         os.environ.get("TWIN_TORCH_THREADS", "2"),
          "--rejected-max-tokens", "64", "--no-ray", "--min-style-similarity", "-1")
     step(f"twin serve: Ray Serve, gRPC on :{grpc_port}, HTTP on :{http_port}")
     platform = ServeProcess(data_dir, grpc_port, http_port, env=QUIET_ENV, log=subprocess.PIPE).start()

@@ -94,7 +94,8 @@ def start(settings: Settings, *, trace_sampling_ratio: float = 1.0, ready_timeou
         if time.monotonic() > deadline:
             raise RuntimeError("the platform did not become ready in time; see the Ray logs under /tmp/ray")
         time.sleep(0.5)
-    return {"grpc": f"127.0.0.1:{settings.gateway.grpc_port}", "http": f"http://{settings.gateway.http_host}:{settings.gateway.http_port}",
+    return {"grpc": f"127.0.0.1:{settings.gateway.grpc_port}",
+            "http": f"http://{settings.gateway.http_host}:{settings.gateway.http_port}",
             "model": model}
 
 
@@ -199,7 +200,8 @@ def stop_running(settings: Settings, timeout_s: float = 60) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if _alive(pid):
-        raise RuntimeError(f"`twin serve` (pid {pid}) did not stop within {timeout_s:.0f} s; kill it with kill -9 {pid}")
+        raise RuntimeError(f"`twin serve` (pid {pid}) did not stop within {timeout_s:.0f} s; "
+                           f"kill it with kill -9 {pid}")
     return True
 
 

@@ -26,7 +26,7 @@ def main(ctx: click.Context, data_dir, milvus_uri, warehouse_uri, verbose) -> No
     quiet_libraries()
     try:
         settings = Settings().with_overrides(data_dir=data_dir, milvus_uri=milvus_uri, warehouse_uri=warehouse_uri)
-    except Exception as exc:  # pydantic ValidationError: a bad TWIN_* variable
+    except Exception as exc:  # noqa: BLE001 - pydantic ValidationError or SettingsError: a bad TWIN_* variable
         fail(f"invalid configuration: {exc}")
     ctx.obj = {"settings": settings}
 

@@ -13,7 +13,8 @@ from .common import fail, settings_of
 @click.option("--model", "generation_model", help="Generation model folder or cached hub id "
               "[env TWIN_GENERATION_MODEL; default: the embedded SmolLM2-135M-Instruct].")
 @click.option("--quantization", type=click.Choice(["auto", "none", "int8", "bf16"]),
-              help="Serving weights [env TWIN_GENERATION_QUANTIZATION, default auto: int8 on a CPU]; see docs/serving.md.")
+              help="Serving weights [env TWIN_GENERATION_QUANTIZATION, default auto: int8 on a CPU]; see "
+                   "docs/serving.md.")
 @click.option("--trace-sampling-ratio", type=click.FloatRange(0, 1), default=1.0, show_default=True,
               help="Share of requests traced (exported only when OTEL_EXPORTER_OTLP_ENDPOINT is set).")
 @click.option("--stop", is_flag=True, help="Stop the platform started by `twin serve` for this data folder.")
@@ -42,7 +43,8 @@ def serve(ctx: click.Context, grpc_port, http_port, generation_model, quantizati
 
 
 @click.command()
-@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace(s) to watch (repeatable; globs allowed).")
+@click.option("-n", "--namespace", "namespaces", multiple=True,
+              help="Namespace(s) to watch (repeatable; globs allowed).")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Watch the whole cluster.")
 @click.option("--standalone", is_flag=True, help="No peering with other operator instances.")
 @click.option("--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")

@@ -72,7 +72,8 @@ def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_mod
     for name, value in summary["scores"].items():
         click.echo(f"  {name:24} {value:.3f}")
     for kind, scores in summary["kinds"].items():
-        click.echo(f"  [{kind}] " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "n") + f"  (n={scores['n']})")
+        click.echo(f"  [{kind}] " + "  ".join(f"{k} {v:.2f}" for k,
+                                              v in scores.items() if k != "n") + f"  (n={scores['n']})")
     click.echo(f"per question: {out}")
 
 

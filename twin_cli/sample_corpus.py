@@ -117,7 +117,8 @@ POSTS = {
     ]),
 }
 CODE = {
-    "retry.py": "def retry(fn, attempts=3, backoff_s=0.5):\n    \"\"\"Call fn, retrying with exponential backoff.\"\"\"\n"
+    "retry.py": "def retry(fn, attempts=3, backoff_s=0.5):\n    \"\"\"Call fn, retrying with exponential "
+                "backoff.\"\"\"\n"
                 "    import time\n    for attempt in range(attempts):\n        try:\n            return fn()\n"
                 "        except OSError:\n            if attempt == attempts - 1:\n                raise\n"
                 "            time.sleep(backoff_s * 2 ** attempt)\n",

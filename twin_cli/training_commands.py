@@ -74,7 +74,8 @@ def dataset_build(ctx: click.Context, author, **flags) -> None:
         if cfg.teacher_url else base
     with StageBars() as progress:
         try:
-            manifest = datasets.build(author, Warehouse(settings.resolved_warehouse_uri), settings.resolved_artifact_uri,
+            manifest = datasets.build(author, Warehouse(settings.resolved_warehouse_uri),
+                                      settings.resolved_artifact_uri,
                                       teacher, base, test_fraction=cfg.test_fraction, max_examples=cfg.max_examples,
                                       rejected_max_tokens=cfg.rejected_max_tokens, progress=progress)
         except ValueError as exc:
@@ -84,7 +85,8 @@ def dataset_build(ctx: click.Context, author, **flags) -> None:
     counts = manifest["counts"]
     click.echo(f"{'reused' if manifest['reused'] else 'built'} {manifest['path']}: {counts['train']} train, "
                f"{counts['test']} test ({len(manifest['documents']['test'])} held-out documents), "
-               f"{counts['preference']} preference pairs, {counts['dropped']} passages dropped; digest {manifest['digest'][:12]}")
+               f"{counts['preference']} preference pairs, {counts['dropped']} passages dropped; digest "
+               f"{manifest['digest'][:12]}")
 
 
 @click.command()
@@ -195,7 +197,8 @@ def resolved_config(settings: Settings, config: PipelineConfig) -> dict:
 
     effective = pipeline_settings(settings, config)
     return {"pipeline": config.model_dump(mode="json"),
-            "storage": {"warehouse_uri": effective.resolved_warehouse_uri, "artifact_uri": effective.resolved_artifact_uri,
+            "storage": {"warehouse_uri": effective.resolved_warehouse_uri,
+                        "artifact_uri": effective.resolved_artifact_uri,
                         "milvus_uri": effective.resolved_milvus_uri, "collection": effective.collection},
             "secrets": {"teacher_key": bool(effective.teacher_key), "milvus_token": bool(effective.milvus_token),
                         "judge_key": bool(effective.judge.key)}}

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from llm_twin import pii
 
-JUDGE_SYSTEM = "You are a strict evaluator of answers produced by a retrieval-augmented assistant. Reply with JSON only."
+JUDGE_SYSTEM = ("You are a strict evaluator of answers produced by a retrieval-augmented assistant. "
+                "Reply with JSON only.")
 JUDGE_PROMPT = """Evaluate the ANSWER to the QUESTION, written in the voice of {author}, given the PASSAGES it was
 allowed to use.
 
@@ -106,7 +107,8 @@ class LLMJudge:
             text, mapping = pii.mask(text, mapping)
             masked.append(text)
         prompt = JUDGE_PROMPT.format(author=author, question=masked[0], answer=masked[1],
-                                     passages="\n\n".join(f"[{i + 1}] {p}" for i, p in enumerate(masked[2:])) or "(none)")
+                                     passages="\n\n".join(f"[{i + 1}] {p}" for i,
+                                                          p in enumerate(masked[2:])) or "(none)")
         error = None
         for _ in range(2):  # one retry for a reply that is not the JSON asked for
             try:

@@ -40,7 +40,8 @@ def _conversation(value, where: str) -> tuple[dict, ...]:
     if not isinstance(value, list) or not all(
             isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
             for m in value):
-        raise QuestionFileError(f"{where}: \"conversation\" must be a list of {{\"role\": user|assistant, \"content\": str}}")
+        raise QuestionFileError(f"{where}: \"conversation\" must be a list of "
+                                f"{{\"role\": user|assistant, \"content\": str}}")
     return tuple({"role": m["role"], "content": m["content"]} for m in value)
 
 
@@ -56,7 +57,8 @@ def load_questions(path: Path) -> list[Question]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise QuestionFileError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not record["question"].strip():
+        if not isinstance(record, dict) or not isinstance(record.get("question"),
+                                                          str) or not record["question"].strip():
             raise QuestionFileError(f"{where}: needs a non-empty \"question\" string")
         gold = record.get("gold_links")
         if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):

@@ -90,7 +90,7 @@ class Chunker:
              ) -> tuple[list[str], list[int]]:
         """Split any unit over the budget with ``hard_split``, then by words as a last resort."""
         out_units, out_sizes = [], []
-        for unit, size in zip(units, sizes):
+        for unit, size in zip(units, sizes, strict=True):
             if size <= self.max_tokens:
                 out_units.append(unit)
                 out_sizes.append(size)

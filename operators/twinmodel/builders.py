@@ -4,7 +4,7 @@ No API calls here; tested as dicts."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import yaml
 
@@ -85,7 +85,8 @@ def ray_version() -> str:
 def proxy_environment() -> list[dict]:
     """What the Serve proxies of a twin's cluster read at start (services/gateway/proxy_guard.py):
     gRPC's receive limit (the HTTP body limit) and the HTTP proxy's guard."""
-    return [{"name": k, "value": v} for k, v in proxy_env(GatewaySettings.model_fields["max_request_bytes"].default).items()]
+    return [{"name": k, "value": v} for k,
+            v in proxy_env(GatewaySettings.model_fields["max_request_bytes"].default).items()]
 
 
 def ray_pod(containers: list[dict], volumes: list[dict], name: str) -> dict:
@@ -197,7 +198,8 @@ def ray_service(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": ray_pod([{
                     "name": "ray-head", "image": image,
-                    "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT}],
+                    "ports": [{"name": "serve", "containerPort": HTTP_PORT}, {"name": "grpc",
+                                                                              "containerPort": GRPC_PORT}],
                     "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}, **env, **mounts}], volumes, name)},
                 "workerGroupSpecs": [{
                     "groupName": "serve", "replicas": max(1, serving.min_replicas),
@@ -217,7 +219,7 @@ def endpoints(name: str, namespace: str) -> dict:
 
 # -- status ------------------------------------------------------------------------------------------
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: list[dict], type_: str, status: bool | None, reason: str, message: str,

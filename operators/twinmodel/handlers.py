@@ -74,7 +74,8 @@ def _apply_custom(plural: str, body: dict, owner: dict) -> dict:
         result = _custom().create_namespaced_custom_object(*RAY, meta["namespace"], plural, body)
     elif existing.get("spec") != body["spec"] or existing["metadata"].get("labels") != meta.get("labels"):
         result = _custom().patch_namespaced_custom_object(*RAY, meta["namespace"], plural, meta["name"],
-                                                          {"metadata": {"labels": meta["labels"]}, "spec": body["spec"]})
+                                                          {"metadata": {"labels": meta["labels"]},
+                                                           "spec": body["spec"]})
     else:
         return existing
     return result if isinstance(result, dict) and result.get("metadata") else body
@@ -150,7 +151,8 @@ class _Status:
 
     def fail(self, stage: str, reason: str, message: str) -> None:
         self.patch.status["stage"] = "Failed"
-        self.patch.status["lastFailure"] = {"stage": stage, "reason": reason, "message": message, "time": builders.now()}
+        self.patch.status["lastFailure"] = {"stage": stage, "reason": reason, "message": message,
+                                            "time": builders.now()}
         self.condition("Ready", False, reason, message)
 
 
@@ -252,7 +254,8 @@ def _list(path: str, selector: str) -> list[dict]:
 
 
 def _refresh_jobs(name: str, namespace: str) -> list[dict]:
-    jobs = _list(f"/apis/batch/v1/namespaces/{namespace}/jobs", f"{builders.LABEL}={name},{isolation.JOB_LABEL}=refresh")
+    jobs = _list(f"/apis/batch/v1/namespaces/{namespace}/jobs",
+                 f"{builders.LABEL}={name},{isolation.JOB_LABEL}=refresh")
     # Not every API server filters by label selector.
     return [j for j in jobs if (j["metadata"].get("labels") or {}).get(builders.LABEL) == name
             and (j["metadata"].get("labels") or {}).get(isolation.JOB_LABEL) == "refresh"]

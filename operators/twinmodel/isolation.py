@@ -75,7 +75,8 @@ def network_policies(name: str, namespace: str, policy: ClusterPolicy) -> list[d
     serving_from = [{"podSelector": {}}] + [_namespace(n) for n in policy.serving_namespaces]
     ingress = [
         {"from": [{"podSelector": {"matchLabels": dict(own_ray)}}]},
-        {"from": [{**_namespace(policy.kuberay_namespace), "podSelector": {"matchLabels": dict(policy.kuberay_labels)}}],
+        {"from": [{**_namespace(policy.kuberay_namespace),
+                   "podSelector": {"matchLabels": dict(policy.kuberay_labels)}}],
          "ports": _tcp(DASHBOARD_PORT, DASHBOARD_AGENT_PORT)},
         {"from": serving_from, "ports": _tcp(HTTP_PORT, GRPC_PORT)},
     ]

@@ -65,7 +65,8 @@ def place_storage(spec: dict, namespace: str, name: str, root: str) -> dict:
         parts = uri.split("://", 1)[-1].split("/")
         if ".." in parts or "." in parts or "//" in uri.split("://", 1)[-1] or not (uri + "/").startswith(own + "/"):
             raise InvalidSpec(f"spec.storage.{field}: {uri!r} is outside this twin's storage {own}/ (each twin "
-                              f"stores under <storage root>/<namespace>/<name>/; leave it empty to use {own}/{default})")
+                              f"stores under <storage root>/<namespace>/<name>/; leave it empty to use "
+                              f"{own}/{default})")
         storage[field] = uri
     return {**spec, "storage": storage}
 

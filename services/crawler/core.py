@@ -23,6 +23,7 @@ from .errors import CrawlError, InvalidTarget
 from .fetch import Budget, Fetcher, check_http_url, current_budget
 from .sources import SOURCE_TYPES, SOURCES, CrawlContext
 from .sources.git import is_remote
+
 Status = Literal["stored", "updated", "unchanged", "failed"]
 
 
@@ -77,10 +78,12 @@ class Crawler:
         self.sources = {name: cls.build(ctx) for name, cls in SOURCES.items()}
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, allow_private: bool = False, allow_insecure_git: bool = False) -> Crawler:
+    def from_settings(cls, settings: Settings, *, allow_private: bool = False,
+                      allow_insecure_git: bool = False) -> Crawler:
         """``allow_private``: reach non-public addresses too (`twin crawl --allow-private`, the CLI only);
         ``allow_insecure_git``: clone http, ssh and git remotes too (`--allow-insecure-git`, the CLI only)."""
-        return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings, allow_private=allow_private),
+        return cls(Warehouse(settings.resolved_warehouse_uri), Fetcher.from_settings(settings,
+                                                                                     allow_private=allow_private),
                    max_file_bytes=settings.crawler.max_file_bytes, max_pages=settings.crawler.max_pages_per_source,
                    deadline_s=settings.crawler.deadline_s, max_children=settings.crawler.sitemap_max_children,
                    max_archive_bytes=settings.crawler.max_archive_bytes, allow_insecure_git=allow_insecure_git)

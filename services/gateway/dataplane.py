@@ -151,7 +151,8 @@ class DataPlane:
                            "(TWIN_MAX_MESSAGES)")
         chars = sum(len(str(m.get("content") or "")) for m in messages)
         if chars > self.settings.gateway.max_request_chars:
-            raise TooLarge(f"messages: {chars} characters in all; the limit is {self.settings.gateway.max_request_chars} "
+            raise TooLarge(f"messages: {chars} characters in all; the limit is "
+                           f"{self.settings.gateway.max_request_chars} "
                            "(TWIN_MAX_REQUEST_CHARS)")
 
     @staticmethod

@@ -1,7 +1,8 @@
 """The gRPC transport (twin.v1 and grpc.health.v1) over the data plane.
 
 Ray Serve's gRPC proxy routes each RPC to the ingress method of the same name; the Gateway
-deployment inherits these methods. Messages are read and built in proto_codec.py only. Errors become status codes in one place (:func:`abort`).
+deployment inherits these methods. Messages are read and built in proto_codec.py only. Errors become
+status codes in one place (:func:`abort`).
 A streaming method reports its status by setting it and raising (Serve's contract); a unary one
 sets it and returns an empty message.
 """

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+
 from . import openai_format as oa
 from . import page
 from .dataplane import DataPlane
-from .json_mirror import CrawlBody, GenerateBody, SearchBody
 from .http_guards import BodyLimit, Origin, allowed
+from .json_mirror import CrawlBody, GenerateBody, SearchBody
 from .status import STATUS, InvalidRequest, retry_after, status_for
 
 # No `from __future__ import annotations` here: FastAPI reads the annotations at runtime.
@@ -123,7 +124,8 @@ async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterato
     async for delta in deltas:
         last = delta
         if delta.text:
-            yield oa.chunk_event(cid, model, {"content": delta.text}, logprobs=delta.logprobs if want_logprobs else None)
+            yield oa.chunk_event(cid, model, {"content": delta.text},
+                                 logprobs=delta.logprobs if want_logprobs else None)
     yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
     if include_usage and last:
         yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)

@@ -15,7 +15,6 @@ from google.protobuf.descriptor import FieldDescriptor
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from services.generation.api import GenerationLimits, SamplingParams
-
 from twin.v1 import generation_pb2
 
 

@@ -45,7 +45,8 @@ class Observer:
     def start(self, operation: str, twin: str, question: str, transport: str, sources=()) -> dict:
         """What is known when a request starts; ``watch`` completes it."""
         caller = current_caller.get()
-        return {"id": self.ids.new(), "trace_id": trace_id(), "time": time.time(), "started": time.perf_counter(), "operation": operation,
+        return {"id": self.ids.new(), "trace_id": trace_id(), "time": time.time(), "started": time.perf_counter(),
+                "operation": operation,
                 "twin": twin, "question": question, "transport": transport, "key": caller.name if caller else None,
                 "sources": [{"id": s.chunk_id, "link": s.link, "similarity": round(float(s.similarity), 4)}
                             for s in sources], "passages": [s.text for s in sources],

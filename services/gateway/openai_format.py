@@ -5,7 +5,8 @@ streaming, with ``stream_options.include_usage``), text completions, embeddings 
 which the client asks for by default), models. Sampling: temperature, top_p, top_k (vLLM-style),
 seed, stop, presence/frequency penalties, logprobs/top_logprobs. What OpenAI has no field for
 rides in extra fields: ``sources`` on the completion (and on the first stream chunk),
-``sources_top_k`` on the request. The completion's id is made and signed by the server (``chatcmpl-<id>``, response_ids.py):
+``sources_top_k`` on the request. The completion's id is made and signed by the server
+(``chatcmpl-<id>``, response_ids.py):
 POST /v1/feedback takes it.
 """
 
@@ -80,7 +81,8 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _nothing_ignored(self):
-        if self.top_logprobs is not None and self.logprobs is not True and type(self).__name__ == "ChatCompletionRequest":
+        chat = type(self).__name__ == "ChatCompletionRequest"
+        if chat and self.top_logprobs is not None and self.logprobs is not True:
             raise ValueError("top_logprobs needs logprobs: true")
         for name, value in (self.model_extra or {}).items():
             if name in INFORMATIONAL or (name in NOT_IMPLEMENTED and value in (None, NOT_IMPLEMENTED[name])):

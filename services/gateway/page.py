@@ -7,7 +7,8 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
 STATIC = Path(__file__).resolve().parent / "static"
-TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
 # Only these files are served: a name is looked up, never joined into a path.
 FILES = {p.name: p for p in STATIC.iterdir() if p.suffix in TYPES} if STATIC.is_dir() else {}
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.generation.api import Delta, GenerationLimits, SamplingParams
-
 from twin.v1 import chat_pb2, common_pb2, crawler_pb2, embedding_pb2, generation_pb2, retrieval_pb2
 
 

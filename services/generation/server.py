@@ -15,9 +15,9 @@ from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
 
 from .api import Delta, SamplingParams
-from .streams import coalesced, collect
 from .core import Generator
 from .errors import ModelUnavailable, NoTwinModel
+from .streams import coalesced, collect
 
 
 class _LoadedAdapter:

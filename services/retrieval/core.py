@@ -192,7 +192,7 @@ class Retriever:
             ranked = self._per_document([(fields[c], s) for c, s in chunk_score.items()], self.rerank_depth, similarity)
         else:
             best_chunk: dict[str, str] = {}
-            for chunk, score in sorted(chunk_score.items(), key=lambda item: (-item[1], item[0])):
+            for chunk, _score in sorted(chunk_score.items(), key=lambda item: (-item[1], item[0])):
                 best_chunk.setdefault(fields[chunk]["doc_id"], chunk)
             # Ties (rank 1 + rank 3 against rank 3 + rank 1) go to the better dense rank: the
             # embedder reads the question as a whole, BM25 only its words.
@@ -235,7 +235,8 @@ class Retriever:
             if len(candidates[doc]) < self.rerank_chunks:
                 candidates[doc].append(chunk)
         chunks = [c for r in ranked for c in candidates.get(r.doc_id, [r.chunk_id])]
-        scores = dict(zip(chunks, self.reranker.scores(query, [fields[c]["text"] for c in chunks], vector)))
+        scores = dict(zip(chunks, self.reranker.scores(query, [fields[c]["text"] for c in chunks], vector),
+                      strict=True))
         best = {r.doc_id: max(candidates.get(r.doc_id, [r.chunk_id]), key=lambda c: scores[c]) for r in ranked}
         by_rerank = sorted(ranked, key=lambda r: -scores[best[r.doc_id]])
         rerank_rank = {r.doc_id: n for n, r in enumerate(by_rerank, start=1)}

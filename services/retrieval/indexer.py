@@ -61,7 +61,8 @@ class Indexer:
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder, store: MilvusStore) -> Indexer:
-        chunker = Chunker(embedder.count_tokens, settings.embedding.chunk_max_tokens, settings.embedding.chunk_overlap_tokens)
+        chunker = Chunker(embedder.count_tokens, settings.embedding.chunk_max_tokens,
+                          settings.embedding.chunk_overlap_tokens)
         return cls(Warehouse(settings.resolved_warehouse_uri), store, embedder, chunker)
 
     def _settings_key(self) -> str:
@@ -139,7 +140,7 @@ class Indexer:
                      author=clean.doc.author_slug, author_name=clean.doc.author, category=clean.doc.category,
                      link=clean.doc.link, title=clean.doc.title, heading=chunk.heading, text=chunk.text,
                      search_text=keyword_text(text), dense=vector.tolist())
-            for (clean, digest, n, chunk), text, vector in zip(batch, texts, vectors)
+            for (clean, digest, n, chunk), text, vector in zip(batch, texts, vectors, strict=True)
         ]
         self.store.insert(rows)
         advance(len(batch))

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from .keywords import STOP_WORDS, keyword_terms
 
 # Words that point back to something said before. Kept narrow: "the", "a" or "how" are not.
-_ANAPHORA = frozenset("it its it's itself that those these them they their theirs there this one ones "
-                      "either both former latter he she his her him above previous same such".split())
+_ANAPHORA = frozenset(["it", "its", "it's", "itself", "that", "those", "these", "them", "they", "their", "theirs",
+                       "there", "this", "one", "ones", "either", "both", "former", "latter", "he", "she", "his",
+                       "her", "him", "above", "previous", "same", "such"])
 _FOLLOW_UP_OPENERS = re.compile(r"^\s*(and|also|so|then|but|what about|how about|why not|ok|okay)\b", re.I)
 MIN_OWN_TERMS = 3  # a question with fewer content words of its own is read in context
 

@@ -34,7 +34,7 @@ def sentence_pieces(text: str) -> list[str]:
     """Sentences of a chunk and pairs of neighbouring sentences, each at least MIN_PIECE_CHARS."""
     sentences = [s for line in text.splitlines() for s in split_sentences(line)]
     pieces = [s for s in sentences if len(s) >= MIN_PIECE_CHARS]
-    pieces += [f"{a} {b}" for a, b in zip(sentences, sentences[1:]) if len(a) + len(b) >= MIN_PIECE_CHARS]
+    pieces += [f"{a} {b}" for a, b in zip(sentences, sentences[1:], strict=False) if len(a) + len(b) >= MIN_PIECE_CHARS]
     return pieces or [text]
 
 

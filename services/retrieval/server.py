@@ -12,7 +12,6 @@ from ray import serve
 from llm_twin.config import Settings
 from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
-
 from services.embedding.core import embedding_dimension
 
 from .core import Retriever
@@ -64,7 +63,8 @@ class RetrievalDeployment:
     async def search(self, query: str, twin: str | None = None, category: str | None = None, top_k: int = 5,
                      strategy: str | None = None) -> list:
         with span("retrieval.search", **{"db.system.name": "milvus", "twin.id": twin or "",
-                                         "retrieval.strategy": strategy or self.retriever.strategy, "retrieval.top_k": top_k}) as s:
+                                         "retrieval.strategy": strategy or self.retriever.strategy,
+                                         "retrieval.top_k": top_k}) as s:
             strategy = strategy or self.retriever.strategy
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin or None,
                                                category or None, top_k, strategy)

@@ -182,7 +182,8 @@ def test_local_sources_and_borrowed_twin_names_are_refused_over_the_api(platform
 # -- what input is accepted ------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra, fragment", [
     ({"seed": 2**70}, "seed"), ({"seed": "abc"}, "seed"), ({"seed": 1.5}, "seed"), ({"seed": -1}, "seed"),
-    ({"max_tokens": "abc"}, "max_tokens"), ({"max_tokens": 10**9}, "max_tokens"), ({"temperature": "hot"}, "temperature"),
+    ({"max_tokens": "abc"}, "max_tokens"), ({"max_tokens": 10**9}, "max_tokens"), ({"temperature": "hot"},
+                                                                                   "temperature"),
     ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"messages": "hi"}, "messages"),
     ({"messages": [{"role": "root", "content": "x"}]}, "role"),
 ])
@@ -217,7 +218,8 @@ def test_grpc_limits_answer_resource_exhausted(grpc_channel, keys):
     with pytest.raises(grpc.RpcError) as err:
         chat.Chat(many, timeout=60, metadata=metadata(keys["chat"]))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "TWIN_MAX_MESSAGES" in err.value.details()
-    huge = chat_pb2.ChatRequest(twin="mara-quill", messages=[common_pb2.ChatMessage(role="user", content="x" * 6_000_000)])
+    huge = chat_pb2.ChatRequest(twin="mara-quill", messages=[common_pb2.ChatMessage(role="user",
+                                                                                    content="x" * 6_000_000)])
     with pytest.raises(grpc.RpcError) as err:  # over gRPC's message size limit (4 MiB)
         chat.Chat(huge, timeout=60, metadata=metadata(keys["chat"]))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -341,7 +343,8 @@ def test_http_records_carry_the_callers_key_name(platform, keys):
     rid = reply.json()["id"].removeprefix("chatcmpl-")
     deadline, record = time.monotonic() + 30, None
     while record is None and time.monotonic() < deadline:
-        record = next((r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid), None)
+        record = next((r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid),
+                      None)
         time.sleep(0.3)
     assert record is not None and record["key"] == "attack-chat" and record["transport"] == "http"
 

@@ -76,7 +76,10 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     assert not browser.find_element("id", "error").is_displayed()
     # Record what the page sends, to see that follow-ups carry the conversation.
     browser.execute_script("""window.sent = []; const f = window.fetch;
-        window.fetch = (url, opts) => { if (opts && opts.body) window.sent.push(JSON.parse(opts.body)); return f(url, opts); };""")
+        window.fetch = (url, opts) => {
+            if (opts && opts.body) window.sent.push(JSON.parse(opts.body));
+            return f(url, opts);
+        };""")
     send(browser, "How should I cut documents\ninto chunks?")
     first = wait(browser, lambda b: answers(b), "the first streamed answer")[0]
     links = first.find_elements("css selector", ".sources a")
@@ -138,7 +141,8 @@ def test_the_page_asks_for_a_key_and_shows_errors_readably(platform, browser):
         assert not browser.execute_script("return localStorage.length"), "the key stays in this tab only"
         # A twin that is gone answers with a readable message, not a stack trace.
         browser.execute_script("""const o = document.createElement('option'); o.value = 'nobody-at-all';
-            o.textContent = 'Gone'; const s = document.getElementById('twin'); s.append(o); s.value = 'nobody-at-all';""")
+            o.textContent = 'Gone'; const s = document.getElementById('twin');
+            s.append(o); s.value = 'nobody-at-all';""")
         send(browser, "Hello?")
         error = wait(browser, lambda b: "does not exist" in b.find_element("id", "error").text and
                      b.find_element("id", "error"), "the unknown-twin message")

@@ -12,8 +12,8 @@ import pytest
 
 from llm_twin.warehouse import Warehouse
 from services.crawler.core import Crawler
-from services.crawler.guard import AddressGuard
 from services.crawler.fetch import Fetcher
+from services.crawler.guard import AddressGuard
 from tests.fixtures_pages import PARAGRAPHS, article_html, serve_blog
 
 AUTHOR = "Ada Writer"

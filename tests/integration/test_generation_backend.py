@@ -9,8 +9,8 @@ import pytest
 
 from services.generation.api import SamplingParams
 from services.generation.core import Generator
-from services.generation.errors import InvalidGenerationRequest
 from services.generation.engines.transformers import Engine as TransformersEngine
+from services.generation.errors import InvalidGenerationRequest
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def backend(smol_model, request):
     """Both decode loops in float32: the lean forward (the default for a Llama on a CPU) and
     transformers' own forward (every other architecture, or TWIN_GENERATION_LEAN=false)."""
-    b = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05, lean=request.param == "lean")
+    b = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05,
+                           lean=request.param == "lean")
     assert (b.lean is not None) == (request.param == "lean")
     yield b
     b.close()
@@ -117,7 +118,8 @@ def test_a_twins_adapter_answers_for_it_and_mixes_with_base_rows_in_one_batch(ba
             user(question), SamplingParams(max_tokens=12), adapter="mara-quill"))
 
     base_alone = asyncio.run(complete(generator, question)).text
-    twin_alone = asyncio.run(generator.complete(user(question), SamplingParams(max_tokens=12), adapter="mara-quill")).text
+    twin_alone = asyncio.run(generator.complete(user(question), SamplingParams(max_tokens=12),
+                                                adapter="mara-quill")).text
     assert twin_alone != base_alone, "the adapter should change the answer"
     before = backend.stats()["batches"]
     base_mixed, twin_mixed = asyncio.run(both())
@@ -178,7 +180,8 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
 async def greedy(backend, text: str, max_tokens: int = 24) -> list:
     """The greedy tokens of an answer, each with the two likeliest choices it was picked from."""
     tokens = []
-    async for delta in backend.stream(backend.template.render(user(text)), SamplingParams(max_tokens=max_tokens, logprobs=2)):
+    async for delta in backend.stream(backend.template.render(user(text)), SamplingParams(max_tokens=max_tokens,
+                                                                                          logprobs=2)):
         tokens.extend(delta.logprobs)
     return tokens
 
@@ -218,7 +221,8 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
         if quantization == "int8":
             assert quantized.quantized_modules == {"gate_proj", "up_proj", "down_proj", "lm_head"}
         quantized.load_adapter("mara-quill", str(smol_adapter))
-        twin = asyncio.run(generator.complete(user("Name a colour."), SamplingParams(max_tokens=12), adapter="mara-quill"))
+        twin = asyncio.run(generator.complete(user("Name a colour."), SamplingParams(max_tokens=12),
+                                              adapter="mara-quill"))
         assert twin.text and twin.text != alone[0]
         # Close to float32: most greedy tokens agree on a short answer.
         reference = asyncio.run(complete(Generator(backend), "Name a colour.")).text
@@ -227,7 +231,8 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
         quantized.close()
 
 
-@pytest.mark.skipif(bool(__import__("services.generation.engines.transformers.int8_kernel", fromlist=["x"]).missing_cpu_flags()),
+@pytest.mark.skipif(bool(__import__("services.generation.engines.transformers.int8_kernel",
+                                    fromlist=["x"]).missing_cpu_flags()),
                     reason="this CPU lacks AVX512-BF16: the native int8 kernel is refused there")
 def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
     """The same int8 weights through either kernel (TWIN_INT8_KERNEL): the same greedy answers but at
@@ -290,7 +295,8 @@ def test_chunked_prefill_and_prefix_cache_decode_what_a_whole_prefill_would(smol
         alone = [asyncio.run(_answer(plain, system, q)) for q in questions]
     finally:
         plain.close()
-    chunked = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0, prefill_chunk=8)
+    chunked = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0,
+                                 prefill_chunk=8)
     try:
         async def staggered():
             first = asyncio.create_task(_answer(chunked, system, questions[0]))
@@ -319,7 +325,8 @@ def test_short_prompts_share_a_prefill_step_and_rows_freed_meanwhile_are_reused(
         alone = [asyncio.run(_tokens(plain, p, n)) for p, n in zip(prompts, budgets, strict=True)]
     finally:
         plain.close()
-    shared = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05, prefill_chunk=40,
+    shared = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.05,
+                                prefill_chunk=40,
                                  prefix_cache_tokens=0)
     chunks_per_step, moved = [], []
     step, compact = shared.lean.engine.step, shared.lean._compact

@@ -77,7 +77,7 @@ def test_an_interrupted_index_run_converges_with_no_duplicates(parts, embedder, 
     monkeypatch.setattr(embedder, "embed", embed_then_die)
     with pytest.raises(KeyboardInterrupt):
         indexer.run()
-    assert 0 < store.count()  # something was written before the interruption
+    assert store.count() > 0  # something was written before the interruption
     monkeypatch.setattr(embedder, "embed", real_embed)
 
     resumed = indexer.run()
@@ -93,19 +93,22 @@ def test_an_interrupted_index_run_converges_with_no_duplicates(parts, embedder, 
 def test_duplicates_are_indexed_once(parts):
     warehouse, store, indexer, _ = parts
     text = "Streaming pipelines keep a vector database in sync with the source of truth. " * 5
-    warehouse.put(RawDocument.create(author=ADA, category="article", source="https://medium.test/a", title="A", text=text))
+    warehouse.put(RawDocument.create(author=ADA, category="article", source="https://medium.test/a", title="A",
+                                     text=text))
     warehouse.put(RawDocument.create(author=ADA, category="article", source="https://substack.test/a", title="A",
                                      text=text + "\nSubscribe\nShare this post"))
     report = indexer.run()
     assert (report.documents, report.duplicates) == (1, 1)
-    assert len({r["doc_id"] for r in store.client.query(store.collection, filter="", output_fields=["doc_id"], limit=100)}) == 1
+    assert len({r["doc_id"] for r in store.client.query(store.collection, filter="", output_fields=["doc_id"],
+                                                        limit=100)}) == 1
 
 
 def test_hybrid_search_with_filters_and_bad_input(parts):
     warehouse, _, indexer, retriever = parts
     for key in TEXTS:
         warehouse.put(doc(ADA, key))
-    warehouse.put(doc(BOB, "retry", "def retry(fn, times=3):\n    for _ in range(times):\n        return fn()\n", "code"))
+    warehouse.put(doc(BOB, "retry", "def retry(fn, times=3):\n    for _ in range(times):\n        return fn()\n",
+                      "code"))
     indexer.run()
 
     top = retriever.search("how do I keep wild yeast alive?", top_k=3)

@@ -213,7 +213,8 @@ def test_a_twinmodel_goes_from_apply_to_serving_and_away(cluster):
         changed = manifest()
         changed["spec"]["serving"]["maxReplicas"] = 5
         apply(cluster, changed)
-        wait_for(lambda: "max_replicas: 5" in cluster.get(ray_path("rayservices", "mara-quill"))["spec"]["serveConfigV2"],
+        wait_for(lambda: "max_replicas: 5" in cluster.get(ray_path("rayservices",
+                                                                   "mara-quill"))["spec"]["serveConfigV2"],
                  "the RayService to carry the new maxReplicas")
         assert cluster.get(twin_path())["status"]["training"]["rayJob"] == job_name
 

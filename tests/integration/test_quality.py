@@ -54,12 +54,14 @@ def test_a_follow_up_retrieves_the_passage_of_the_question_it_follows(client, pl
 # -- an honest OpenAI API ------------------------------------------------------------------------------
 def test_stop_strings_cut_the_answer_across_token_boundaries_plain_and_streamed(client):
     messages = [{"role": "user", "content": "Why combine BM25 with embeddings?"}]
-    full = client.chat.completions.create(model="mara-quill", messages=messages, max_tokens=24).choices[0].message.content
+    full = client.chat.completions.create(model="mara-quill", messages=messages,
+                                          max_tokens=24).choices[0].message.content
     assert len(full) > 12
     stop = full[5:11]  # six characters from inside the answer: most likely spans two tokens
     cut = client.chat.completions.create(model="mara-quill", messages=messages, max_tokens=24, stop=[stop, "@@@"])
     assert cut.choices[0].message.content == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
-    stream = client.chat.completions.create(model="mara-quill", messages=messages, max_tokens=24, stop=stop, stream=True)
+    stream = client.chat.completions.create(model="mara-quill", messages=messages, max_tokens=24, stop=stop,
+                                            stream=True)
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[:full.index(stop)]
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
@@ -218,7 +220,8 @@ def test_eval_rag_with_a_judge_that_answers_garbage_records_unscored(platform, q
     judge = GarbageJudge()
     out = tmp_path / "rows.jsonl"
     result = twin(platform, "eval", "rag", "--questions", str(question_file), "--url", platform.http,
-                  "--judge-url", judge.url, "--judge-model", "garbage", "--max-tokens", "8", "--out", str(out), "--json")
+                  "--judge-url", judge.url, "--judge-model", "garbage", "--max-tokens", "8", "--out", str(out),
+                  "--json")
     judge.server.shutdown()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])

@@ -48,11 +48,10 @@ class Store:
 
 @pytest.fixture(scope="module")
 def tiny_cross_encoder(tmp_path_factory):
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from services.embedding.core import default_model_path
-
-    import torch
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     torch.manual_seed(0)  # random weights, spread wide enough that the three texts score apart

@@ -445,7 +445,8 @@ def test_a_twins_generate_answers_with_its_adapter_over_grpc_http_and_completion
 
     with pytest.raises(grpc.RpcError) as refused:
         stub.Generate(generation_pb2.GenerateRequest(twin="nobody-trained", messages=prompt, sampling=sampling(4)))
-    assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "no servable fine-tuned model" in refused.value.details()
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no servable fine-tuned model" in refused.value.details()
     missing = httpx.post(f"{platform.http}/v1/completions", json={"model": "nobody-trained", "prompt": text,
                                                                   "max_tokens": 4}, timeout=60)
     assert missing.status_code == 404 and "twin train" in missing.json()["error"]["message"]

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from llm_twin import pii
 from llm_twin.config import Settings
 from llm_twin.documents import RawDocument
 from llm_twin.warehouse import Warehouse
-from llm_twin import pii
 from training import datasets
 from training.config import TrainConfig
 from twin_cli.sample_corpus import AUTHOR, POSTS
@@ -124,7 +124,8 @@ def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registr
     checkpoints = list((tmp_path / "ray").rglob("adapter_config.json"))
     assert checkpoints, "the adapter should be reported to Ray's storage as a checkpoint"
 
-    result = evaluate(str(base), str(tmp_path / "out" / "adapter"), AUTHOR, datasets.load(manifest["path"], "test.jsonl"),
+    result = evaluate(str(base), str(tmp_path / "out" / "adapter"), AUTHOR, datasets.load(manifest["path"],
+                                                                                          "test.jsonl"),
                       embedder=embedder, style_examples=2)
     # Per-token perplexity over a tiny vocabulary: at least 1, and far below the vocabulary size.
     assert all(1 <= result[k] < 1000 for k in ("perplexity_base", "perplexity_twin")) and "style_twin" in result

@@ -123,7 +123,8 @@ def test_handbook_import_errors_and_mapping(tmp_path):
         import_handbook(tmp_path, Warehouse("memory://hb"))
     (tmp_path / "UserDocument.json").write_text(json.dumps([{"_id": "u1", "first_name": "Ada", "last_name": "W"}]))
     (tmp_path / "ArticleDocument.json").write_text(json.dumps([
-        {"_id": "1", "author_id": "u1", "link": "https://x/1", "platform": "x", "content": {"Title": "T", "Content": "Body"}}]))
+        {"_id": "1", "author_id": "u1", "link": "https://x/1", "platform": "x", "content": {"Title": "T",
+                                                                                            "Content": "Body"}}]))
     (tmp_path / "RepositoryDocument.json").write_text(json.dumps([
         {"_id": "2", "author_id": "u1", "name": "repo", "link": "https://github.com/a/repo",
          "content": {"main.py": "print(1)", "empty.txt": ""}}]))

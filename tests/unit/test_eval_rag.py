@@ -27,7 +27,8 @@ class SlowEndpoint:
             time.sleep(0.02 * (self.n - i))
             if i == 3:
                 raise ChatEndpointError("the chat failed for this one")
-            return {"id": f"chatcmpl-{i}", "choices": [{"message": {"content": f"answer {i}"}, "finish_reason": "stop"}],
+            return {"id": f"chatcmpl-{i}", "choices": [{"message": {"content": f"answer {i}"},
+                                                        "finish_reason": "stop"}],
                     "sources": [{"link": f"https://x/{i}", "text": "a passage", "author": "Mara Quill"}]}
         finally:
             with self.lock:

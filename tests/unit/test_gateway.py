@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from llm_twin import prompts
 from llm_twin.config import Settings
 from llm_twin.keys import KeyStore
-from services.gateway.auth import Authorizer
 from services.gateway import http_api
+from services.gateway.auth import Authorizer
 from services.gateway.dataplane import DataPlane
 from services.gateway.grpc_api import GrpcApi
 from services.generation.api import Delta
@@ -144,7 +144,8 @@ OPEN = Authorizer(KeyStore("/nonexistent/keys.json"), disabled=True)  # auth is 
 
 
 def make_plane(similarity: float = 0.8, authorizer: Authorizer = OPEN, crawler=None, **settings) -> DataPlane:
-    return DataPlane(Settings(default_max_tokens=50, max_new_tokens=100, **settings), crawler=crawler or BrokenCrawler(),
+    return DataPlane(Settings(default_max_tokens=50, max_new_tokens=100, **settings),
+                     crawler=crawler or BrokenCrawler(),
                      retrieval=FakeRetrieval(similarity), embedding=FakeEmbedding(), generation=FakeGeneration(),
                      authorizer=authorizer)
 
@@ -178,7 +179,8 @@ def test_chat_completion_answers_with_the_twins_sources(client, plane):
 
 
 def test_streamed_chat_sends_sources_first_then_tokens_then_done(client):
-    with client.stream("POST", "/v1/chat/completions", json=ask(stream=True, stream_options={"include_usage": True})) as r:
+    with client.stream("POST", "/v1/chat/completions", json=ask(stream=True,
+                                                                stream_options={"include_usage": True})) as r:
         assert r.status_code == 200
         events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -252,7 +254,8 @@ def test_search_generate_embed_models_and_stats(client, plane):
     assert np.frombuffer(base64.b64decode(vectors["data"][1]["embedding"]), dtype="<f4").tolist() == [0.5] * 4
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["mara-quill"]
     assert client.get("/v1/models/someone").status_code == 404
-    assert client.get("/v1/stats").json() == {"generation": {"queued": 0, "active": 0, "adapters": {"mara-quill": "v7"}}}
+    assert client.get("/v1/stats").json() == {"generation": {"queued": 0, "active": 0,
+                                                             "adapters": {"mara-quill": "v7"}}}
 
 
 def test_a_client_that_leaves_mid_stream_stops_the_generation(plane):
@@ -389,7 +392,8 @@ def test_http_keys_and_scopes(keyed):
     assert client.get("/healthz").status_code == 200  # probes stay open
     refused = client.post("/v1/chat/completions", json=ask())
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
-    assert client.post("/v1/chat/completions", json=ask(), headers={"Authorization": "Bearer twk_nope"}).status_code == 401
+    assert client.post("/v1/chat/completions", json=ask(),
+                       headers={"Authorization": "Bearer twk_nope"}).status_code == 401
     chat = {"Authorization": f"Bearer {chat_key}"}
     assert client.post("/v1/chat/completions", json=ask(), headers=chat).status_code == 200
     assert client.get("/v1/models", headers=chat).status_code == 200
@@ -457,7 +461,8 @@ def test_oversize_bodies_and_too_many_messages_are_refused(client):
 def test_the_chat_page_is_served_open_and_only_its_own_files(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<script src="/static/chat.js">' in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="/static/chat.js">' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     assert client.get("/static/chat.js").headers["content-type"].startswith("text/javascript")
     for path in ("/static/..%2Fserver.py", "/static/../server.py", "/static/index.htm", "/static/%2e%2e%2fauth.py"):
         assert client.get(path).status_code == 404, path
@@ -496,14 +501,16 @@ def test_feedback_names_a_recorded_answer(client, tmp_path):
     http_api.http.state.plane = plane
     answer = client.post("/v1/chat/completions", json=ask()).json()
     assert answer["id"].startswith("chatcmpl-") and len(answer["id"]) == len("chatcmpl-") + 32
-    assert client.post("/v1/feedback", json={"response_id": answer["id"], "score": 1, "comment": "good"}).status_code == 200
+    assert client.post("/v1/feedback", json={"response_id": answer["id"], "score": 1,
+                                             "comment": "good"}).status_code == 200
     for body, status in (({"response_id": answer["id"], "score": 0}, 400), ({"response_id": "chatcmpl-" + "0" * 32,
                          "score": -1}, 404), ({"response_id": "x", "score": 1, "colour": 1}, 400)):
         reply = client.post("/v1/feedback", json=body)
         assert reply.status_code == status, reply.text
     plane.observer.prompt_log.flush()
     (record,) = load(str(tmp_path), 0)
-    assert record["id"] == answer["id"].removeprefix("chatcmpl-") and record["feedback"] == [{"score": 1, "comment": "good"}]
+    assert record["id"] == answer["id"].removeprefix("chatcmpl-") and record["feedback"] == [{"score": 1,
+                                                                                              "comment": "good"}]
     assert record["question"] == "How do I chunk?" and record["answer"] == answer["choices"][0]["message"]["content"]
     assert record["completion_tokens"] > 0 and record["ttft_s"] <= record["latency_s"] and len(record["sources"]) == 4
 

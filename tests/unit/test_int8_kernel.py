@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from services.generation.engines.transformers import int8_kernel
-from services.generation.errors import ModelUnavailable
 from services.generation.engines.transformers.quantization import int8_op
+from services.generation.errors import ModelUnavailable
 
 MISSING = int8_kernel.missing_cpu_flags()
 needs_cpu = pytest.mark.skipif(bool(MISSING), reason=f"this CPU lacks {MISSING} (the kernel is refused there; "

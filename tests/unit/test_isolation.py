@@ -152,7 +152,9 @@ def test_two_twins_in_one_namespace_cannot_reach_each_others_control_ports():
 def test_ray_token_authentication_and_kuberay_submission(chart):  # noqa: F811
     spec = normalise(SPEC)
     hashes = stage_hashes(spec)
-    job, service = builders.ray_job("ada", "team-a", TwinModelSpec.parse(spec), hashes), builders.ray_service("ada", "team-a", TwinModelSpec.parse(spec), hashes)
+    typed = TwinModelSpec.parse(spec)
+    job = builders.ray_job("ada", "team-a", typed, hashes)
+    service = builders.ray_service("ada", "team-a", typed, hashes)
     assert job["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert service["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
     assert job["spec"]["submissionMode"] == "HTTPMode"  # no submitter pod needs the dashboard
@@ -236,7 +238,8 @@ def test_a_path_outside_the_twins_prefix_is_refused_naming_it(uri):
 def test_every_secret_a_spec_names_is_listed_for_the_opt_in_check():
     full = {**SPEC, "dataset": {"teacher": {"endpoint": "https://t.test/v1", "model": "m",
                                             "secretRef": {"name": "teacher", "key": "k"}}},
-            "evaluation": {"judge": {"endpoint": "https://j.test/v1", "model": "m", "secretRef": {"name": "judge", "key": "k"}}}}
+            "evaluation": {"judge": {"endpoint": "https://j.test/v1", "model": "m", "secretRef": {"name": "judge",
+                                                                                                  "key": "k"}}}}
     assert {name for _, name in secret_refs(normalise(full))} == {"milvus-auth", "teacher", "judge", "ada-keys"}
 
 

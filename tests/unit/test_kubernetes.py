@@ -89,7 +89,8 @@ def test_ray_job_runs_the_cli_with_the_rendered_config():
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert workers["template"]["spec"]["volumes"][0]["configMap"]["name"] == "mara-quill-config"
     assert "runtimeEnvYAML" not in job["spec"], "the job reads its whole configuration from the ConfigMap"
-    assert builders.model_uri(TwinModelSpec.parse(spec), "mara-quill", hashes) == f"s3://llm-twin/default/mara-quill/artifacts/models/mara-quill/{hashes['evaluation']}"
+    assert builders.model_uri(TwinModelSpec.parse(spec), "mara-quill",
+                              hashes) == f"s3://llm-twin/default/mara-quill/artifacts/models/mara-quill/{hashes['evaluation']}"
     config = builders.config_map("mara-quill", "twins", TwinModelSpec.parse(spec), hashes)
     assert '"baseModel": "meta-llama/Llama-3.1-8B-Instruct"' in config["data"]["twinmodel.json"]
 
@@ -103,7 +104,8 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     app = config["applications"][0]
     assert app["import_path"] == IMPORT_PATH
     assert app["args"]["generation_model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert (app["args"]["artifact_uri"], app["args"]["generation_engine"]) == ("s3://llm-twin/default/mara-quill/artifacts", "tensorrt-llm")
+    assert (app["args"]["artifact_uri"],
+            app["args"]["generation_engine"]) == ("s3://llm-twin/default/mara-quill/artifacts", "tensorrt-llm")
     assert app["args"]["pinned_models"] == {"mara-quill": hashes["evaluation"]}
     assert config == builders.platform_serve_config("mara-quill", TwinModelSpec.parse(spec), hashes)
     generation = next(d for d in app["deployments"] if d["name"] == "Generation")
@@ -111,8 +113,10 @@ def test_ray_service_runs_the_platform_app_with_the_trained_model():
     assert generation["ray_actor_options"]["num_gpus"] == 1
     assert service["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     spec["serving"]["canaryPercent"] = 10
-    canary = builders.ray_service("mara-quill", "twins", TwinModelSpec.parse(spec), stage_hashes(spec))["spec"]["upgradeStrategy"]
-    assert canary["type"] == "NewClusterWithIncrementalUpgrade" and canary["clusterUpgradeOptions"]["stepSizePercent"] == 10
+    canary = builders.ray_service("mara-quill", "twins", TwinModelSpec.parse(spec),
+                                  stage_hashes(spec))["spec"]["upgradeStrategy"]
+    assert canary["type"] == "NewClusterWithIncrementalUpgrade"
+    assert canary["clusterUpgradeOptions"]["stepSizePercent"] == 10
 
 
 @pytest.mark.parametrize("deployment, job, outcome", [
@@ -211,7 +215,8 @@ def test_helm_lint_strict(chart):
 def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
     import kubernetes_validate
 
-    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k", "platform.gpus=1", "operator.watchNamespaces={a,b}")
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k", "platform.gpus=1",
+                       "operator.watchNamespaces={a,b}")
     kinds = sorted({d["kind"] for d in documents})
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "RayService",
                      "Role", "RoleBinding", "Service", "ServiceAccount"]
@@ -219,7 +224,8 @@ def test_rendered_builtin_kinds_are_valid_kubernetes(chart):
     roles = {(d["kind"], d["metadata"]["namespace"]) for d in documents if d["kind"] in ("Role", "RoleBinding")}
     assert roles == {("Role", "a"), ("Role", "b"), ("RoleBinding", "a"), ("RoleBinding", "b")}
     cluster_role = next(d for d in documents if d["kind"] == "ClusterRole")
-    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions",
+                                                                                "namespaces"}
     for document in documents:
         if document["apiVersion"].startswith("ray.io"):
             continue
@@ -358,7 +364,8 @@ def test_every_pod_is_locked_down(chart):
 
 
 def test_the_platform_network_policy_selects_only_the_platforms_pods(chart):
-    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k", "networkPolicy.ingressNamespace=ingress-nginx")
+    documents = render(chart, "platform.enabled=true", "auth.apiKeysSecret=k",
+                       "networkPolicy.ingressNamespace=ingress-nginx")
     ray = next(d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
     service = next(d for d in documents if d["kind"] == "RayService")
     labels = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]

@@ -68,7 +68,8 @@ def test_judge_replies():
     assert ok["accuracy"] == 3 and ok["answer_relevance"] == 0.5
     for bad, fragment in (("no json here", "no JSON object"), ("{great, 7/10}", "not valid JSON"),
                           ('{"faithfulness": 2}', "faithfulness"),
-                          ('{"faithfulness": 1, "answer_relevance": 1, "context_precision": 1, "accuracy": 4, "style": 1}',
+                          ('{"faithfulness": 1, "answer_relevance": 1, "context_precision": 1, "accuracy": 4, '
+                           '"style": 1}',
                            "accuracy")):
         with pytest.raises(JudgeReplyError, match=fragment):
             parse_reply(bad)

@@ -67,7 +67,8 @@ def test_serves_own_bare_500_becomes_503_and_the_platforms_500_stays():
 def test_serves_plain_text_backpressure_gets_the_json_error_body():
     async def backpressure(send):
         await send({"type": "http.response.start", "status": 503, "headers": [(b"retry-after", b"2")]})
-        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure (num_queued_requests=8)."})
+        await send({"type": "http.response.body",
+                    "body": b"Request dropped due to backpressure (num_queued_requests=8)."})
 
     status, body, headers = status_and_body(run(backpressure)[0])
     assert status == 503 and headers["retry-after"] == "2" and headers["content-type"] == "application/json"

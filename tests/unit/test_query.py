@@ -12,7 +12,8 @@ def chat(*turns):
 def test_follow_up_is_searched_with_the_question_it_follows():
     messages = chat("How do I quantize Llama models with llama.cpp?", "Convert to GGUF, pick a method.",
                     "Which of those levels should I avoid?")
-    assert contextual_query(messages) == "How do I quantize Llama models with llama.cpp? Which of those levels should I avoid?"
+    assert contextual_query(messages) == ("How do I quantize Llama models with llama.cpp? "
+                                          "Which of those levels should I avoid?")
 
 
 def test_a_question_that_stands_alone_is_searched_alone():

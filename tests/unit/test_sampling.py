@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from services.generation.engines.transformers import sampling
 from services.generation.api import SamplingParams
+from services.generation.engines.transformers import sampling
 
 VOCAB = 4096
 

@@ -15,8 +15,7 @@ from services.chat.core import Chat, Sources
 from services.chat.errors import InvalidChatRequest
 from services.gateway import openai_format as oa
 from services.gateway.status import status_for
-from services.generation.api import Delta
-from services.generation.api import sampling_params
+from services.generation.api import Delta, sampling_params
 from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
 from services.retrieval.core import Result
 from services.retrieval.errors import InvalidQuery, UnknownAuthor

@@ -21,9 +21,8 @@ def backend(monkeypatch):
     monkeypatch.syspath_prepend(str(STANDINS))
     for name in [m for m in sys.modules if m.startswith("tensorrt_llm")]:
         monkeypatch.delitem(sys.modules, name)
-    from services.generation.engines.tensorrt_llm import Engine as TensorRTLLMEngine
-
     from llm_twin.engines import TensorRTLLMOptions
+    from services.generation.engines.tensorrt_llm import Engine as TensorRTLLMEngine
 
     return TensorRTLLMEngine("/models/llama-3.1-8b-instruct", TensorRTLLMOptions(max_lora_rank=32, max_loras=4))
 

@@ -44,7 +44,9 @@ FULL = {
                              "secretRef": {"name": "judge-auth", "key": "token"}}},
     "serving": {"engine": "tensorrt-llm", "minReplicas": 1, "maxReplicas": 4, "targetOngoingRequests": 16,
                 "canaryPercent": 25, "requestTimeoutSeconds": 90, "maxQueuedRequests": 40, "apiKeysSecret": "ada-keys",
-                "keyMaxConcurrent": 3, "keyRequestsPerMinute": 77, "maskPii": False, "resources": {"cpu": "6", "memory": "40Gi", "gpus": 2}},
+                "keyMaxConcurrent": 3, "keyRequestsPerMinute": 77, "maskPii": False, "resources": {"cpu": "6",
+                                                                                                   "memory": "40Gi",
+                                                                                                   "gpus": 2}},
     "refresh": {"interval": "12h", "retrainAfterDocuments": 3},
 }
 # Acted on by the operator itself; tests/integration/test_operator.py shows each.
@@ -63,7 +65,8 @@ def rendered(spec: dict) -> dict:
     """What the RayJob's `twin pipeline --config` reads: the operator's ConfigMap."""
     normal = normalise(spec)
     hashes = stage_hashes(normal)
-    return json.loads(builders.config_map("ada", "twins", TwinModelSpec.parse(normal), hashes)["data"][builders.CONFIG_KEY])
+    return json.loads(builders.config_map("ada", "twins", TwinModelSpec.parse(normal),
+                                          hashes)["data"][builders.CONFIG_KEY])
 
 
 def destinations(spec: dict) -> dict:
@@ -102,13 +105,15 @@ def destinations(spec: dict) -> dict:
         "dataset.maxExamples": p.dataset.max_examples, "dataset.testFraction": p.dataset.test_fraction,
         "dataset.rejectedMaxTokens": p.dataset.rejected_max_tokens,
         "training.baseModel": p.base_model == args["generation_model"] and p.base_model,
-        "training.image": job_workers["template"]["spec"]["containers"][0]["image"] == worker["image"] and worker["image"],
+        "training.image": job_workers["template"]["spec"]["containers"][0]["image"] == worker["image"]
+        and worker["image"],
         "training.workers": t.workers == job_workers["replicas"] and t.workers,
         "training.gpusPerWorker": t.gpus_per_worker,
         "training.threadsPerWorker": t.threads_per_worker,
         **{f"training.sft.{k}": getattr(t.sft, s) for k, s in (("epochs", "epochs"), ("maxSteps", "max_steps"),
                                                                ("learningRate", "learning_rate"),
-                                                               ("batchSize", "batch_size"), ("maxLength", "max_length"))},
+                                                               ("batchSize", "batch_size"), ("maxLength",
+                                                                                             "max_length"))},
         **{f"training.dpo.{k}": getattr(t.dpo, s) for k, s in (("enabled", "enabled"), ("epochs", "epochs"),
                                                                ("maxSteps", "max_steps"),
                                                                ("learningRate", "learning_rate"),
@@ -213,7 +218,8 @@ def test_qlora_is_refused_naming_the_fix_where_a_worker_cannot_run_it(tmp_path):
     """This machine has no CUDA GPU: the training function refuses before loading anything."""
     done = subprocess.run([sys.executable, "-m", "twin_cli", "--data-dir", str(tmp_path), "train", "--author", "Ada",
                            "--dataset", str(tmp_path / "dataset"), "--base-model", str(tmp_path / "no-model"),
-                           "--qlora", "--gpus-per-worker", "1", "--no-ray"], capture_output=True, text=True, timeout=120)
+                           "--qlora", "--gpus-per-worker", "1", "--no-ray"], capture_output=True, text=True,
+                           timeout=120)
     assert done.returncode == 2, done.stderr
     assert "needs a CUDA GPU on every training worker" in done.stderr and "lora.quantization none" in done.stderr
 
@@ -227,11 +233,12 @@ def test_qlora_without_bitsandbytes_names_the_package(monkeypatch):
     cfg = TrainConfig(author="Ada", base_model="m", dataset_dir="d", output_dir="o", gpus_per_worker=1,
                       lora={"quantization": "4bit"})
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ValueError, match="pip install bitsandbytes"):
         sft_dpo.four_bit_config(cfg, on_gpu=True)
-    assert sft_dpo.four_bit_config(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"quantization": "none"})}),
-                                   on_gpu=True) is None
+    plain = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"quantization": "none"})})
+    assert sft_dpo.four_bit_config(plain, on_gpu=True) is None
     with pytest.raises(ValueError, match="merge the adapter into 4-bit weights"):
         TrainConfig(author="Ada", base_model="m", dataset_dir="d", output_dir="o", gpus_per_worker=1,
                     lora={"quantization": "4bit"}, merge=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, Union
+from typing import ClassVar, Protocol
 
 from llm_twin.documents import RawDocument
 
@@ -15,7 +15,7 @@ from ..fetch import Fetcher, Response
 # A source yields documents, and a CrawlError for each page of it that failed: one bad entry
 # of a feed is reported and the rest of the feed is still crawled. A source raises CrawlError
 # only when the target as a whole cannot be read.
-Item = Union[RawDocument, CrawlError]
+Item = RawDocument | CrawlError
 
 
 @dataclass(frozen=True)

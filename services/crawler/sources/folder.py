@@ -59,7 +59,8 @@ class FolderSource(LocalSource):
         if not root.exists():
             raise InvalidTarget(target, "no such file or folder")
         files = [root] if root.is_file() else sorted(
-            p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            p for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         pages = [p for p in files if is_page(p)]
         if not pages:

@@ -129,7 +129,8 @@ class GitSource(LocalSource):
         else:
             path = Path(target).expanduser()
             if not (path / ".git").exists():
-                raise InvalidTarget(target, "not a git repository (no .git folder); use --source folder for plain folders")
+                raise InvalidTarget(target,
+                                    "not a git repository (no .git folder); use --source folder for plain folders")
             yield from self._files(path.resolve(), str(path.resolve()), author, remote=False)
 
     def _files(self, root: Path, repo: str, author: str, remote: bool) -> Iterator[Item]:

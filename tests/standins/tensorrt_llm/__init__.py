@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-WORDS = "the twin answers in the author's own words and cites the sources it was given".split()
+WORDS = ["the", "twin", "answers", "in", "the", "author's", "own", "words", "and", "cites", "the", "sources", "it",
+         "was", "given"]
 
 
 @dataclass
@@ -45,7 +46,8 @@ class _Tokenizer:
         return text.split()
 
     def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
-        return "".join(f"<{m['role']}>{m['content']}\n" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+        turns = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return turns + ("<assistant>" if add_generation_prompt else "")
 
 
 class GenerationResult:

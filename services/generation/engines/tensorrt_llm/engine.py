@@ -35,7 +35,8 @@ class TensorRTLLMEngine:
                 from tensorrt_llm import LLM
                 from tensorrt_llm.lora_helper import LoraConfig
             except ImportError as exc:
-                raise ModelUnavailable("tensorrt_llm is not installed: use the TensorRT-LLM GPU image (see docs/training.md), "
+                raise ModelUnavailable("tensorrt_llm is not installed: use the TensorRT-LLM GPU image (see "
+                                       "docs/training.md), "
                                        "or TWIN_GENERATION_ENGINE=transformers") from exc
             llm = LLM(model=model, lora_config=LoraConfig(max_lora_rank=o.max_lora_rank, max_loras=o.max_loras))
         self.llm = llm

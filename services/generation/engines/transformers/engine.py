@@ -100,7 +100,8 @@ class TransformersEngine:
 
         o = self.options
         why_not = "TWIN_GENERATION_LEAN=false" if not o.lean else (
-            "a GPU (transformers' forward uses its kernels)" if self.device != "cpu" else lean_llama.supports(self.model))
+            "a GPU (transformers' forward uses its kernels)" if self.device != "cpu"
+            else lean_llama.supports(self.model))
         if why_not:
             log.info("generation decodes with transformers' forward: %s", why_not)
             return None

@@ -101,7 +101,7 @@ def _build() -> tuple[Callable | None, str]:
         return None, "no C++ compiler (install g++)"
     try:
         build()
-    except Exception as exc:  # a compiler or ninja problem: say which, serve with torch's kernel
+    except Exception as exc:  # noqa: BLE001 - a compiler or ninja problem: say which, serve with torch's kernel
         return None, f"building {SOURCE.name} failed: {str(exc).strip().splitlines()[-1][:300]}"
     return torch.ops.twin_int8.int8_bf16_mm, ""
 

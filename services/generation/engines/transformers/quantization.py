@@ -22,8 +22,8 @@ import torch
 
 from llm_twin.twinmodel import LoraSettings
 
-from . import int8_kernel
 from ...errors import ModelUnavailable
+from . import int8_kernel
 
 QUANTIZATIONS = ("auto", "none", "int8", "bf16")
 INT8_KEEP = tuple(LoraSettings.model_fields["target_modules"].default)

@@ -46,7 +46,8 @@ def greedy_rows(logits, requests: list) -> list[int]:
     if any(p != 1.0 for p in penalties):
         factor = torch.tensor(penalties, dtype=logits.dtype, device=logits.device)[:, None]
         none = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        seen = torch.stack([seen_mask(r, logits) if p != 1.0 else none for r, p in zip(requests, penalties)])
+        seen = torch.stack([seen_mask(r, logits) if p != 1.0 else none
+                            for r, p in zip(requests, penalties, strict=True)])
         logits = torch.where(seen, torch.where(logits > 0, logits / factor, logits * factor), logits)
     return logits.argmax(-1).tolist()
 
