@@ -4,7 +4,7 @@
 FROM rayproject/ray:2.60.0-py311-cpu
 
 USER root
-# g++: the native int8 kernel (services/generation/int8_kernel.py) is compiled below, once for every pod.
+# g++: the native int8 kernel (services/generation/engines/transformers/int8_kernel.py) is compiled below, once for every pod.
 RUN apt-get update && apt-get install -y --no-install-recommends git g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/llm-twin
 COPY pyproject.toml README.md ./
@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
 RUN useradd --uid 10001 --create-home twin && mkdir -p /data && chown twin /data
 # Owned by the user that serves: loading the built kernel takes torch's lock file in its folder.
 ENV TORCH_EXTENSIONS_DIR=/opt/llm-twin/torch_extensions
-RUN python -m services.generation.int8_kernel && chown -R twin /opt/llm-twin/torch_extensions
+RUN python -m services.generation.engines.transformers.int8_kernel && chown -R twin /opt/llm-twin/torch_extensions
 USER 10001
 ENV TWIN_DATA_DIR=/data TWIN_HTTP_HOST=0.0.0.0
 ENTRYPOINT ["twin"]
