@@ -74,7 +74,7 @@ class LocalTeacher(Teacher):
 
     def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
         async def run():
-            params = self.generator.sampling(max_tokens=max_tokens, repetition_penalty=1.15)
+            params = self.generator.limits.params(max_tokens=max_tokens, repetition_penalty=1.15)
             slots = asyncio.Semaphore(self.concurrency)
 
             async def one(conversation):

@@ -39,7 +39,7 @@ def local_completer(settings):
     from services.generation.core import Generator
 
     generator = Generator.from_settings(settings)
-    params = generator.sampling(max_tokens=40, repetition_penalty=1.1)
+    params = generator.limits.params(max_tokens=40, repetition_penalty=1.1)
 
     def complete(prompt: str) -> str:
         return asyncio.run(generator.complete([{"role": "user", "content": prompt}], params)).text

@@ -56,7 +56,7 @@ class InProcess:
             started = time.perf_counter()
             tokens = 0
             async for delta in self.generator.stream([{"role": "user", "content": PROMPT}],
-                                                     self.generator.sampling(max_tokens=TOKENS)):
+                                                     self.generator.limits.params(max_tokens=TOKENS)):
                 tokens = delta.completion_tokens or tokens
             return tokens / (time.perf_counter() - started)
 
