@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -51,7 +52,11 @@ def commit() -> str:
         return "unknown"
 
 
+LOG_RECORD = re.compile(r"^\[\d{4}-\d{2}-\d{2} [^]]*\] \[(WARNING|INFO|DEBUG)\]")  # libraries' log lines
+
+
 def section(part: str, output: str) -> str:
+    output = "\n".join(line for line in output.splitlines() if not LOG_RECORD.match(line))
     stamp = f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit {commit()} on {machine()}."
     return (f"<!-- bench:{part} -->\n## {TITLES.get(part, part)}\n\n`make bench BENCH={part}`. {stamp}\n\n"
             f"```\n{output.strip()}\n```\n<!-- /bench:{part} -->")
