@@ -135,6 +135,9 @@ class GenerationBase(Section):
         1.15, ge=1, le=2, description="Default repetition penalty (HF semantics); small models loop without one."
     )
     max_new_tokens: int = Field(1024, ge=1, le=8192, description="Largest max_tokens a request may ask for.")
+    max_choices: int = Field(
+        4, ge=1, le=16, description="Largest n (choices for one prompt) a request may ask for; each choice is a "
+        "row of the decode batch.")
     max_prompt_tokens: int = Field(
         4096, ge=16,
         description="Longest rendered prompt accepted, in model tokens; longer ones get 400/INVALID_ARGUMENT."

@@ -7,6 +7,7 @@ SmolLM2) then renders the messages; nothing else formats prompts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +46,25 @@ class ChatTemplate:
     def present(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def render(self, messages: Sequence[dict]) -> str:
-        """Messages -> the prompt string, ending where the assistant's answer starts."""
+    @property
+    def tool_format(self) -> str | None:
+        """How the template shows tools and the model calls them: "hermes" (the template renders a
+        ``tools`` list and the model answers ``<tool_call>{"name", "arguments"}</tool_call>``:
+        Qwen2.5, Hermes, SmolLM3 ...), or None (the template knows no tools: SmolLM2)."""
+        source = getattr(self.tokenizer, "chat_template", None) or ""
+        source = source if isinstance(source, str) else " ".join(str(v) for v in dict(source).values())
+        return "hermes" if "tools" in source and "<tool_call>" in source else None
+
+    def render(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+        """Messages -> the prompt string, ending where the assistant's answer starts. ``tools``
+        (OpenAI function definitions): the template renders them (:attr:`tool_format` set), else
+        they are described in the system message (:func:`with_tools`)."""
+        if tools and self.tool_format:
+            return self.tokenizer.apply_chat_template(list(messages), tools=[{"type": "function", "function": t}
+                                                                             for t in tools],
+                                                      add_generation_prompt=True, tokenize=False)
+        if tools:
+            messages = with_tools(messages, tools)
         return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
     def encode(self, text: str) -> list[int]:
@@ -54,6 +72,20 @@ class ChatTemplate:
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+
+def with_tools(messages: Sequence[dict], tools: Sequence[dict]) -> list[dict]:
+    """The function tools described in the system message, for a template that knows no tools
+    (the answer's form is then held by constrained decoding: tool_choice required or named)."""
+    lines = ["You can call these functions; to call one, answer with JSON."]
+    for t in tools:
+        lines.append(f"- {t['name']}: {t.get('description') or 'no description'}. "
+                     f"Parameters (JSON schema): {json.dumps(t.get('parameters') or {'type': 'object'})}")
+    block = "\n".join(lines)
+    messages = list(messages)
+    if messages and messages[0].get("role") == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{block}"}, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
 
 
 def as_text(text: str, tokens: frozenset[str] | Sequence[str]) -> str:

@@ -4,8 +4,11 @@ Read top to bottom:
 1. passages: the author's cleaned documents (the index's own cleaning and deduplication), cut
    into passages of whole paragraphs; every passage keeps its document id;
 2. instructions by backtranslation: a teacher writes the question each passage answers (an
-   OpenAI-compatible endpoint when configured, with private data masked; else the local model);
-3. filters (length, shape), deduplication, split by document (no document in both halves);
+   OpenAI-compatible endpoint when configured, with private data masked; else the local model),
+   through a schema (QUESTION_SCHEMA: one question, 15-200 characters, opening like a question and
+   ending with "?"), so even the small local model writes a question rather than a reply;
+3. a check of their own (``question_problem``: a question about the passage, not a reply to it, not
+   about "the passage"), deduplication, split by document (no document in both halves);
 4. preference pairs: chosen = the author's passage, rejected = the base model's own answer;
 5. the artifact: JSONL files and a manifest (counts, digest, source document ids, generator
    settings) under ``<artifacts>/datasets/<author>/<key>``, where the key hashes the inputs, so a
@@ -28,11 +31,18 @@ from llm_twin.documents import author_slug
 from llm_twin.features.clean import clean_corpus, paragraphs
 from llm_twin.warehouse import Warehouse
 
-DATASET_VERSION = "1"
+DATASET_VERSION = "2"  # 2: instructions written through QUESTION_SCHEMA and checked by question_problem
 QUESTION_PROMPT = (
     "Here is a passage written by {author}:\n\n{passage}\n\n"
     "Write the one question that this passage answers. Reply with the question only, in one sentence."
 )
+QUESTION_WORDS = ("What", "How", "Why", "When", "Where", "Which", "Who", "Can", "Could", "Should", "Would", "Will",
+                  "Is", "Are", "Do", "Does", "Did", "Has", "Have", "In what", "For what")
+QUESTION_SCHEMA = {
+    "type": "object",
+    "properties": {"question": {"type": "string", "minLength": 15, "maxLength": 200,
+                                "pattern": f"^({'|'.join(QUESTION_WORDS)}) [^\\n?]*\\?$"}},
+    "required": ["question"], "additionalProperties": False}
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,10 @@ class Teacher:
     name: str = "teacher"
     external: bool = False
 
-    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int,
+                 json_schema: dict | None = None) -> list[str]:
+        """One reply per conversation; ``json_schema``: each reply is JSON valid against it
+        (constrained decoding where the model is served with it)."""
         raise NotImplementedError
 
 
@@ -72,9 +85,11 @@ class LocalTeacher(Teacher):
         self.concurrency = concurrency  # in flight at once: the engine decodes them as one batch
         self.name = f"local:{generator.model_id}"
 
-    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int,
+                 json_schema: dict | None = None) -> list[str]:
         async def run():
-            params = self.generator.limits.params(max_tokens=max_tokens, repetition_penalty=1.15)
+            params = self.generator.limits.params(max_tokens=max_tokens, repetition_penalty=1.15,
+                                                  json_schema=json_schema)
             slots = asyncio.Semaphore(self.concurrency)
 
             async def one(conversation):
@@ -98,17 +113,32 @@ class OpenAITeacher(Teacher):
         self.model = model
         self.concurrency = concurrency  # requests in flight at once (the endpoint batches them)
         self.name = f"openai:{model}@{base_url}"
+        self.structured = True  # False once the endpoint refuses response_format
 
-    def complete(self, conversations: Sequence[list[dict]], max_tokens: int) -> list[str]:
+    def complete(self, conversations: Sequence[list[dict]], max_tokens: int,
+                 json_schema: dict | None = None) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor
+
+        import openai
+
+        def ask(messages: list[dict]):
+            options = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.2}
+            if json_schema is not None and self.structured:
+                try:
+                    return self.client.chat.completions.create(**options, response_format={
+                        "type": "json_schema", "json_schema": {"name": "reply", "schema": json_schema, "strict": True}})
+                except openai.BadRequestError as exc:
+                    if "response_format" not in str(exc):
+                        raise
+                    self.structured = False  # asked in plain text from now on; the reply is checked either way
+            return self.client.chat.completions.create(**options)
 
         def one(conversation: list[dict]) -> str:
             masked, mapping = [], {}  # one placeholder map for the whole conversation
             for message in conversation:
                 text, mapping = pii.mask(message["content"], mapping)
                 masked.append({**message, "content": text})
-            reply = self.client.chat.completions.create(model=self.model, messages=masked, max_tokens=max_tokens,
-                                                        temperature=0.2)
+            reply = ask(masked)
             return pii.unmask(reply.choices[0].message.content or "", mapping).strip()
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -136,17 +166,44 @@ def passages(warehouse: Warehouse, author: str, min_words: int = 40, max_words: 
 
 
 _QUESTION = re.compile(r"^(?:question\s*:\s*)?(.+?\?)", re.IGNORECASE | re.DOTALL)
+_REPLY_OPENINGS = ("the answer", "answer:", "yes", "no,", "no.", "sure", "this passage", "the passage", "in this",
+                   "here is", "here's", "i ")
 
 
 def clean_instruction(reply: str) -> str | None:
-    """The first question in a teacher's reply, or None when it wrote no usable question."""
-    match = _QUESTION.search(reply.strip().strip('"'))
+    """The question in a teacher's reply (JSON ``{"question": ...}`` when it was asked through
+    QUESTION_SCHEMA, else the first question in its text), or None when it wrote none."""
+    text = reply.strip()
+    if text.startswith("{"):
+        try:
+            text = str(json.loads(text).get("question") or "")
+        except (ValueError, AttributeError):
+            return None
+    match = _QUESTION.search(text.strip().strip('"'))
     if not match:
         return None
     question = " ".join(match.group(1).split())
-    if not 12 <= len(question) <= 300 or "passage" in question.lower():
-        return None
-    return question
+    return question if 12 <= len(question) <= 300 else None
+
+
+def _content_words(text: str) -> set[str]:
+    """Stemmed words without stop words (the keyword index's own normalisation), 3+ letters."""
+    from services.retrieval.keywords import keyword_terms
+
+    return {t for t in keyword_terms(text) if len(t) >= 3 and not t.isdigit()}
+
+
+def question_problem(question: str, passage: str) -> str | None:
+    """Why an instruction is not a question about the passage (None: it is one): it replies
+    instead of asking, talks about "the passage", or shares no content word with the passage."""
+    lowered = question.lower()
+    if lowered.startswith(_REPLY_OPENINGS) or not question.endswith("?"):
+        return "a reply, not a question"
+    if "passage" in lowered or "puzzle" in lowered:
+        return "about the passage, not its subject"
+    if not _content_words(question) & _content_words(passage):
+        return "shares no content word with the passage"
+    return None
 
 
 def split_of(doc_id: str, test_fraction: float) -> str:
@@ -157,7 +214,7 @@ def split_of(doc_id: str, test_fraction: float) -> str:
 
 def dataset_key(author: str, items: Sequence[Passage], teacher: Teacher, base_model: str, test_fraction: float) -> str:
     blob = json.dumps([DATASET_VERSION, author_slug(author), [p.passage_id for p in items], teacher.name, base_model,
-                       test_fraction, QUESTION_PROMPT, prompts.TEMPLATE_VERSION])
+                       test_fraction, QUESTION_PROMPT, QUESTION_SCHEMA, prompts.TEMPLATE_VERSION])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -179,16 +236,18 @@ def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         replies = teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author=author, passage=p.text)}]
-                                    for p in batch], max_tokens=60)
+                                    for p in batch], max_tokens=80, json_schema=QUESTION_SCHEMA)
         instructions.extend(clean_instruction(r) for r in replies)
         progress("instructions", min(start + batch_size, len(items)), len(items))
 
-    examples, seen = [], set()
+    examples, seen, dropped = [], set(), {}
     for passage, instruction in zip(items, instructions, strict=True):
-        if instruction is None:
-            continue
-        key_text = re.sub(r"\W+", " ", instruction.lower()).strip()
-        if key_text in seen:
+        problem = "no question written" if instruction is None else question_problem(instruction, passage.text)
+        key_text = re.sub(r"\W+", " ", (instruction or "").lower()).strip()
+        if problem is None and key_text in seen:
+            problem = "a duplicate"
+        if problem is not None:
+            dropped[problem] = dropped.get(problem, 0) + 1
             continue
         seen.add(key_text)
         examples.append(Example(passage.doc_id, passage.passage_id, instruction, passage.text))
@@ -224,6 +283,7 @@ def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher
     manifest = {"version": DATASET_VERSION, "author": author, "key": key, "digest": digest.hexdigest(),
                 "counts": {"passages": len(items), "train": len(train), "test": len(test),
                            "preference": len(preference), "dropped": len(items) - len(examples)},
+                "dropped": dict(sorted(dropped.items())),
                 "documents": {"train": sorted({e.doc_id for e in train}), "test": sorted({e.doc_id for e in test})},
                 "generator": {"teacher": teacher.name, "base": base.name, "question_prompt": QUESTION_PROMPT,
                               "template_version": prompts.TEMPLATE_VERSION, "test_fraction": test_fraction}}

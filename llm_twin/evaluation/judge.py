@@ -10,8 +10,11 @@ Scores (the book's chapter on RAG evaluation):
 - accuracy and style (1-3): factually right and complete; written like a blog/social post in the
   author's voice rather than like a textbook.
 
-A judge reply that is not valid JSON with these fields is retried once, then the question is
-recorded as unscored with the reason: never a crash. Private data is masked before it leaves
+The scores are asked for through a JSON schema (``response_format`` json_schema, JUDGE_SCHEMA): an
+endpoint with constrained decoding (this platform's own, vLLM, OpenAI) always answers JSON with
+these fields, whatever the judge model's size. An endpoint that refuses ``response_format`` is
+asked in plain text from then on; a reply that is not valid JSON with these fields is retried once,
+then the question is recorded as unscored with the reason: never a crash. Private data is masked before it leaves
 (llm_twin.pii, as for the teacher).
 """
 
@@ -49,6 +52,13 @@ Return one JSON object with exactly these keys:
 """
 FRACTIONS = ("faithfulness", "answer_relevance", "context_precision")
 GRADES = ("accuracy", "style")
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {**{k: {"type": "number", "minimum": 0, "maximum": 1} for k in FRACTIONS},
+                   **{k: {"type": "integer", "enum": [1, 2, 3]} for k in GRADES},
+                   "reason": {"type": "string", "maxLength": 200}},
+    "required": [*FRACTIONS, *GRADES, "reason"], "additionalProperties": False}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "rag_scores", "schema": JUDGE_SCHEMA, "strict": True}}
 
 
 class JudgeReplyError(ValueError):
@@ -93,7 +103,7 @@ class LLMJudge:
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout_s, max_retries=1)
         self.model = model
         self.name = f"llm:{model}@{base_url}"
-
+        self.structured = True  # False once the endpoint refuses response_format
     @classmethod
     def from_settings(cls, settings) -> LLMJudge | None:
         if not settings.judge.url:
@@ -112,15 +122,28 @@ class LLMJudge:
         error = None
         for _ in range(2):  # one retry for a reply that is not the JSON asked for
             try:
-                reply = self.client.chat.completions.create(
-                    model=self.model, temperature=0, max_tokens=300,
-                    messages=[{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}])
+                reply = self._ask(prompt)
                 return Verdict(parse_reply(reply.choices[0].message.content or ""), self.name)
             except JudgeReplyError as exc:
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - an unreachable judge leaves the question unscored
                 return Verdict(None, self.name, f"the judge failed: {type(exc).__name__}: {exc}"[:300])
         return Verdict(None, self.name, error)
+
+    def _ask(self, prompt: str):
+        import openai
+
+        messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+        if self.structured:
+            try:
+                return self.client.chat.completions.create(model=self.model, temperature=0, max_tokens=300,
+                                                           messages=messages, response_format=RESPONSE_FORMAT)
+            except openai.BadRequestError as exc:
+                if "response_format" not in str(exc):
+                    raise
+                self.structured = False  # an endpoint without structured output: asked in plain text
+        return self.client.chat.completions.create(model=self.model, temperature=0, max_tokens=300,
+                                                   messages=messages)
 
 
 class EmbeddingJudge:

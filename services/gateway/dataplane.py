@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind
@@ -23,7 +23,7 @@ from llm_twin.telemetry import span
 from services.chat.core import Chat, Sources
 from services.crawler.sources import API_SOURCE_TYPES, SOURCE_TYPES
 from services.generation.api import Delta, GenerationLimits, SamplingParams
-from services.generation.streams import collect
+from services.generation.streams import collect_choices
 
 from .auth import LOCAL, Authorizer
 from .fairness import KeyLimiter
@@ -49,11 +49,12 @@ class ChatStart:
 class Answer:
     model: str
     sources: list
-    text: str
+    text: str  # choice 0
     finish_reason: str
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # all choices together
     id: str = ""
+    choices: list = field(default_factory=list)  # (text, last Delta) per choice (sampling n)
 
 
 async def _chained(head: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
@@ -121,6 +122,7 @@ class DataPlane:
         self.limiter = limiter or KeyLimiter.from_settings(settings)
         self.limits = GenerationLimits.from_settings(settings)  # what every transport's codec checks against
         self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
+        self._tool_format: tuple[str] | None = None  # read once: the model does not change under a replica
 
     async def serving(self) -> tuple[str, dict]:
         """The generation model's id and the adapter version each twin is served with, read from
@@ -182,9 +184,10 @@ class DataPlane:
     async def chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                    transport: str) -> Answer:
         started = await self.start_chat(twin, messages, params, top_k, transport)
-        text, last = await collect(started.deltas)
+        choices = await collect_choices(started.deltas)
+        text, last = choices[0]
         return Answer(started.model, started.sources, text, last.finish_reason or "stop", last.prompt_tokens,
-                      last.completion_tokens, started.id)
+                      sum(d.completion_tokens for _, d in choices), started.id, choices)
 
     async def feedback(self, response_id: str, score: int, comment: str | None) -> str:
         """A user's -1/+1 on an answer, by the id the answer carried; -> the record id."""
@@ -226,19 +229,27 @@ class DataPlane:
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
             base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
         deltas = self.generation.stream(messages, params, slug, voice=bool(slug))
-        text, last = await collect(self.observer.watch(base, deltas, (await self.serving())[0]))
+        choices = await collect_choices(self.observer.watch(base, deltas, (await self.serving())[0]))
+        text, last = choices[0]
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
-                "completion_tokens": last.completion_tokens, "model": model}
+                "completion_tokens": sum(d.completion_tokens for _, d in choices), "model": model,
+                "choices": [(t, d.finish_reason) for t, d in choices]}
 
     async def generate_stream(self, messages: list[dict], params: SamplingParams, transport: str = "http",
                               twin: str | None = None) -> AsyncIterator[Delta]:
         """Returned once the first delta is in, so a bad request fails before a response starts."""
+        return (await self.start_generation(messages, params, transport, twin)).deltas
+
+    async def start_generation(self, messages: list[dict], params: SamplingParams, transport: str,
+                               twin: str | None = None) -> ChatStart:
+        """A generation without retrieval run up to its first token, shaped like a chat's start (no
+        sources): also what /v1/chat/completions answers with for ``model: base``."""
         self.check_messages(messages)
-        slug, _, extra = await self._voice(twin)
+        slug, model, extra = await self._voice(twin)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
             base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
         deltas = await started(self.generation.stream(messages, params, slug, voice=bool(slug)))
-        return self.observer.watch(base, deltas, (await self.serving())[0])
+        return ChatStart(model, [], self.observer.watch(base, deltas, (await self.serving())[0]), base["id"])
 
     async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http",
                             twin: str | None = None) -> tuple[str, str, AsyncIterator[Delta]]:
@@ -252,6 +263,12 @@ class DataPlane:
             base = {**self.observer.start("completion", slug or "", prompt, transport), **extra}
         deltas = await started(self.generation.stream_text(prompt, params, slug))
         return base["id"], model, self.observer.watch(base, deltas, (await self.serving())[0])
+
+    async def tool_format(self) -> str | None:
+        """How the generation model's chat template declares tools (ChatTemplate.tool_format)."""
+        if self._tool_format is None:
+            self._tool_format = ((await self.generation.capabilities()).get("tool_format") or "",)
+        return self._tool_format[0] or None
 
     async def completion_twin(self, model: str) -> str | None:
         """/v1/completions' ``model``: empty, ``base`` or the base model's id -> the base model; else a twin."""

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from . import openai_format as oa
-from . import page
+from . import page, tool_calls
 from .dataplane import DataPlane
 from .http_guards import BodyLimit, Origin, allowed
 from .json_mirror import CrawlBody, GenerateBody, SearchBody
@@ -91,65 +91,112 @@ async def model(model_id: str, dp: DataPlane = allowed("models")):
 
 @http.post("/v1/chat/completions")
 async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allowed("chat")):
-    if body.n != 1:
-        raise InvalidRequest("n must be 1")
-    params = body.sampling(dp.limits)
-    dp.twin_id(body.model)
-    started = await dp.start_chat(body.model, [m.text() for m in body.messages], params, body.sources_top_k, "http")
+    base = await dp.completion_twin(body.model) is None
+    if not base:
+        dp.twin_id(body.model)
+    auto = bool(body.tools) and body.tool_choice in (None, "auto")
+    tools = tool_calls.plan(body.tools, body.tool_choice, body.parallel_tool_calls,
+                            await dp.tool_format() if auto else None, (await dp.serving())[0] or "the model")
+    params = body.sampling(dp.limits, tools)
+    messages = [m.text() for m in body.messages]
+    if base:  # the base model on its own, no retrieval: a judge, a teacher, any OpenAI client
+        if body.sources_top_k is not None:
+            raise InvalidRequest("sources_top_k: the base model answers without retrieval; name a twin to retrieve")
+        started = await dp.start_generation(messages, params, "http")
+    else:
+        started = await dp.start_chat(body.model, messages, params, body.sources_top_k, "http")
     cid = oa.completion_id(started.id)
-    want_logprobs = params.logprobs is not None
+    want_logprobs, structured = params.logprobs is not None, params.json_schema is not None
     if not body.stream:
-        text, last, logprobs = await _joined(started.deltas)
-        return oa.chat_completion(cid, started.model, text, last.finish_reason, last.prompt_tokens,
-                                  last.completion_tokens, started.sources, logprobs if want_logprobs else None)
+        joined = await _joined(started.deltas)
+        choices = [_chat_choice(i, text, last, logprobs if want_logprobs else None, tools, structured)
+                   for i, (text, last, logprobs) in enumerate(joined)]
+        return oa.chat_completion(cid, started.model, choices, joined[0][1].prompt_tokens,
+                                  sum(last.completion_tokens for _, last, _ in joined), started.sources)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = _chat_events(cid, started.model, started.sources, started.deltas, include_usage, want_logprobs)
+    events = _chat_events(cid, started.model, started.sources, started.deltas, include_usage, want_logprobs,
+                          params.n, tools, structured)
     return StreamingResponse(_sse(events, started.deltas), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _joined(deltas: AsyncIterator) -> tuple[str, object, list]:
-    """A stream joined: text, last delta, every token's logprobs."""
-    parts, last, logprobs = [], None, []
+def _chat_choice(index: int, text: str, last, logprobs, tools, structured: bool = False) -> dict:
+    if structured and last.finish_reason == "no_sources":  # not JSON: OpenAI's refusal field says why
+        return oa.chat_choice(index, None, last.finish_reason, refusal=text)
+    if tools is None:
+        return oa.chat_choice(index, text, last.finish_reason, logprobs)
+    content, calls = tool_calls.read_calls(tools, text)
+    return oa.chat_choice(index, content, last.finish_reason, logprobs, calls)
+
+
+async def _joined(deltas: AsyncIterator) -> list[tuple[str, object, list]]:
+    """A stream joined per choice (by index): text, last delta, every token's logprobs."""
+    parts: dict[int, list] = {}
+    for_choice: dict[int, list] = {}
+    last: dict[int, object] = {}
     async for delta in deltas:
-        parts.append(delta.text)
-        logprobs.extend(delta.logprobs)
-        last = delta
-    return "".join(parts), last, logprobs
+        parts.setdefault(delta.index, []).append(delta.text)
+        for_choice.setdefault(delta.index, []).extend(delta.logprobs)
+        last[delta.index] = delta
+    return [("".join(parts[i]), last[i], for_choice[i]) for i in sorted(last)]
 
 
 async def _chat_events(cid: str, model: str, sources: list, deltas: AsyncIterator, include_usage: bool,
-                       want_logprobs: bool = False):
-    yield oa.chunk_event(cid, model, {"role": "assistant", "content": ""}, sources=[oa.source_json(s) for s in sources])
-    last = None
+                       want_logprobs: bool = False, n: int = 1, tools=None, structured: bool = False):
+    """Content streams as it comes. With tools, a choice's text is held until it ends, then sent as
+    its tool calls (or as content, when it holds none). Nothing relevant found for a structured
+    answer: the twin's reason goes as a refusal, not as content that would not parse."""
+    for i in range(n):
+        extra = {"sources": [oa.source_json(s) for s in sources]} if i == 0 else {}
+        yield oa.chunk_event(cid, model, {"role": "assistant", "content": ""}, index=i, **extra)
+    last: dict[int, object] = {}
+    held: dict[int, list[str]] = {}
     async for delta in deltas:
-        last = delta
-        if delta.text:
-            yield oa.chunk_event(cid, model, {"content": delta.text},
+        last[delta.index] = delta
+        if structured and delta.finish_reason == "no_sources":
+            yield oa.chunk_event(cid, model, {"refusal": delta.text}, index=delta.index)
+        elif tools is not None:
+            held.setdefault(delta.index, []).append(delta.text)
+        elif delta.text:
+            yield oa.chunk_event(cid, model, {"content": delta.text}, index=delta.index,
                                  logprobs=delta.logprobs if want_logprobs else None)
-    yield oa.chunk_event(cid, model, {}, last.finish_reason if last else "stop")
+        if not delta.finish_reason:
+            continue
+        reason = delta.finish_reason
+        if tools is not None:
+            content, calls = tool_calls.read_calls(tools, "".join(held.pop(delta.index, [])))
+            if calls:
+                yield oa.chunk_event(cid, model, {"tool_calls": oa.tool_call_deltas(calls)}, index=delta.index)
+                reason = "tool_calls"
+            if content:
+                yield oa.chunk_event(cid, model, {"content": content}, index=delta.index)
+        yield oa.chunk_event(cid, model, {}, reason, index=delta.index)
+    if not last:
+        yield oa.chunk_event(cid, model, {}, "stop")
     if include_usage and last:
-        yield oa.usage_event(cid, model, last.prompt_tokens, last.completion_tokens)
+        first = next(iter(last.values()))
+        yield oa.usage_event(cid, model, first.prompt_tokens, sum(d.completion_tokens for d in last.values()))
 
 
 @http.post("/v1/completions")
 async def completions(body: oa.CompletionRequest, dp: DataPlane = allowed("generate")):
     """A plain prompt continued, no retrieval, no chat template: by the base model, or by the twin
     that ``model`` names (its fine-tuned adapter: the twin's voice on its own)."""
-    if body.n != 1:
-        raise InvalidRequest("n must be 1")
     params = body.sampling(dp.limits)
     rid, model, deltas = await dp.complete_text(body.text(), params, twin=await dp.completion_twin(body.model))
     cid = f"cmpl-{rid}"
     want_logprobs = params.logprobs is not None
     if not body.stream:
-        text, last, logprobs = await _joined(deltas)
-        return oa.text_completion(cid, model, text, last.finish_reason, last.prompt_tokens, last.completion_tokens,
-                                  logprobs if want_logprobs else None)
+        joined = await _joined(deltas)
+        return oa.text_completion(cid, model, [oa.text_choice(i, text, last.finish_reason,
+                                                              logprobs if want_logprobs else None)
+                                               for i, (text, last, logprobs) in enumerate(joined)],
+                                  joined[0][1].prompt_tokens, sum(last.completion_tokens for _, last, _ in joined))
 
     async def events():
         async for d in deltas:
             if d.text or d.finish_reason:
-                yield oa.text_chunk(cid, model, d.text, d.finish_reason, d.logprobs if want_logprobs else None)
+                yield oa.text_chunk(cid, model, d.text, d.finish_reason, d.logprobs if want_logprobs else None,
+                                    d.index)
 
     return StreamingResponse(_sse(events(), deltas), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -200,7 +247,8 @@ async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
     if not body.stream:
         r = await dp.generate(messages, params, "http", twin=body.twin)
         return {"text": r["text"], "finish_reason": r["finish_reason"], "model": r["model"],
-                "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"])}
+                "usage": oa.usage_json(r["prompt_tokens"], r["completion_tokens"]),
+                "choices": [{"index": i, "text": t, "finish_reason": f} for i, (t, f) in enumerate(r["choices"])]}
     deltas = await dp.generate_stream(messages, params, "http", twin=body.twin)
     return StreamingResponse(_sse(_generate_events(deltas), deltas), media_type="text/event-stream",
                              headers=SSE_HEADERS)
@@ -208,7 +256,7 @@ async def generate(body: GenerateBody, dp: DataPlane = allowed("generate")):
 
 async def _generate_events(deltas: AsyncIterator) -> AsyncIterator[str]:
     async for d in deltas:
-        event: dict = {"delta": d.text}
+        event: dict = {"delta": d.text, "index": d.index}
         if d.finish_reason:
             event.update(finish_reason=d.finish_reason, usage=oa.usage_json(d.prompt_tokens, d.completion_tokens))
         yield oa.sse(event)

@@ -47,6 +47,8 @@ _SCALARS = {FieldDescriptor.TYPE_INT32: int, FieldDescriptor.TYPE_INT64: int, Fi
 
 
 def _json_type(field: FieldDescriptor) -> Any:
+    if field.name == "json_schema":  # JSON text in the proto; in JSON the schema object itself, or its text
+        return dict[str, Any] | str
     kind = _SCALARS[field.type]
     return list[kind] if field.is_repeated else kind
 

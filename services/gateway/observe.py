@@ -59,8 +59,9 @@ class Observer:
             async for delta in deltas:
                 if first_at is None:
                     first_at = time.perf_counter()
-                parts.append(delta.text)
-                last = delta
+                if delta.index == 0:  # the record keeps choice 0 of a request for n choices
+                    parts.append(delta.text)
+                    last = delta
                 yield delta
         finally:
             await deltas.aclose()

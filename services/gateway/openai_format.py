@@ -22,18 +22,59 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.generation.api import GenerationLimits, SamplingParams
+from services.generation.errors import InvalidGenerationRequest
+from services.generation.structured import JSON_OBJECT
+
+from .tool_calls import ToolPlan, as_messages
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
-    content: str | list[dict[str, Any]]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool's result: the call it answers
 
     def text(self) -> dict:
-        """OpenAI allows content parts; only text parts mean anything to a text model."""
-        content = self.content if isinstance(self.content, str) else "".join(
+        """OpenAI allows content parts; only text parts mean anything to a text model. Turns with
+        tool calls or results become text every chat template renders (tool_calls.as_messages)."""
+        content = self.content if isinstance(self.content, str) or self.content is None else "".join(
             part.get("text", "") for part in self.content if part.get("type") == "text")
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls or self.role == "tool":
+            message = as_messages({**message, "tool_calls": self.tool_calls, "tool_call_id": self.tool_call_id})
+        return message
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # honoured either way: the answer is always constrained to the schema
+
+
+class ResponseFormat(BaseModel):
+    """``text``; ``json_object`` (any JSON object); ``json_schema`` (valid against the schema): the
+    last two by constrained decoding, so the answer parses whatever the model."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_asked(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format.json_schema is required when type is json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"response_format.json_schema is only read when type is json_schema, not {self.type}")
+        return self
+
+    def constraint(self) -> dict | None:
+        """The JSON schema the answer is held to (None: plain text)."""
+        if self.type == "json_object":
+            return JSON_OBJECT
+        return self.json_schema.schema_ if self.type == "json_schema" else None
 
 
 class StreamOptions(BaseModel):
@@ -42,8 +83,7 @@ class StreamOptions(BaseModel):
 
 # OpenAI fields this server does not implement, with the value that means "not used": a request that
 # sets one otherwise is refused (400 naming it), never answered as if the field had not been sent.
-NOT_IMPLEMENTED = {"logit_bias": None, "tools": None, "tool_choice": None, "functions": None, "function_call": None,
-                   "parallel_tool_calls": None, "response_format": {"type": "text"}, "audio": None,
+NOT_IMPLEMENTED = {"logit_bias": None, "functions": None, "function_call": None, "audio": None,
                    "modalities": None, "prediction": None, "reasoning_effort": None, "web_search_options": None,
                    "store": False}
 INFORMATIONAL = {"user", "metadata", "service_tier"}  # say nothing about the answer
@@ -69,12 +109,27 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(None, description="Sampling among the k likeliest tokens (vLLM-style); -1 or 0: all.")
     sources_top_k: int | None = Field(None, description="Sources to retrieve, 1..20 (an LLM Twin extension).")
     repetition_penalty: float | None = Field(None, description="HF-style repetition penalty (an extension).")
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
-    def sampling(self, limits: GenerationLimits) -> SamplingParams:
-        """This request's sampling, checked against the server's limits (InvalidGenerationRequest)."""
+    def sampling(self, limits: GenerationLimits, tools: ToolPlan | None = None) -> SamplingParams:
+        """This request's sampling, checked against the server's limits (InvalidGenerationRequest);
+        ``tools``: the request's tool plan (tool_calls.plan), whose schema constrains the answer."""
+        schema, field = None, "response_format.json_schema.schema"
+        if self.response_format is not None:
+            schema = self.response_format.constraint()
+        if tools is not None and tools.schema is not None:
+            if schema is not None:
+                raise InvalidGenerationRequest("response_format and a tool_choice that forces a call both constrain "
+                                               "the answer: send one of them")
+            schema, field = tools.schema, "tools[].function.parameters"
         return limits.params(self.max_completion_tokens or self.max_tokens, self.temperature, self.top_p, self.seed,
                              self.repetition_penalty, top_k=self.top_k, presence_penalty=self.presence_penalty,
-                             frequency_penalty=self.frequency_penalty, stop=self.stop, logprobs=self._logprobs())
+                             frequency_penalty=self.frequency_penalty, stop=self.stop, logprobs=self._logprobs(),
+                             json_schema=schema, n=self.n, tools=tools.tools_json() if tools else None,
+                             schema_field=field)
 
     def _logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -115,6 +170,8 @@ class CompletionRequest(ChatCompletionRequest):
                 raise ValueError(f"{name} is not supported by this server; remove it from the request")
         if self.sources_top_k is not None:
             raise ValueError("sources_top_k: completions do not retrieve; use /v1/chat/completions")
+        if self.tools or self.tool_choice is not None:
+            raise ValueError("tools: completions continue a plain prompt; call tools through /v1/chat/completions")
         return self
 
     def text(self) -> str:
@@ -168,36 +225,53 @@ def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_completion(cid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
-                    completion_tokens: int, sources: list, logprobs=None) -> dict:
+def chat_choice(index: int, text: str | None, reason: str | None, logprobs=None,
+                tool_calls: list[dict] | None = None, refusal: str | None = None) -> dict:
+    """One choice of a chat completion; with tool calls, ``content`` is what the model said beside
+    them (usually nothing) and the finish reason is ``tool_calls``."""
+    message: dict = {"role": "assistant", "content": text, "refusal": refusal}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+        reason = "tool_calls"
+    return {"index": index, "message": message, "finish_reason": finish_reason(reason),
+            "logprobs": logprobs_json(logprobs)}
+
+
+def chat_completion(cid: str, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int,
+                    sources: list) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason(reason), "logprobs": logprobs_json(logprobs)}],
-        "usage": usage_json(prompt_tokens, completion_tokens),
+        "choices": choices, "usage": usage_json(prompt_tokens, completion_tokens),
         "sources": [source_json(s) for s in sources],
     }
 
 
-def chunk_event(cid: str, model: str, delta: dict, reason: str | None = None, logprobs=None, **extra) -> str:
+def chunk_event(cid: str, model: str, delta: dict, reason: str | None = None, logprobs=None, index: int = 0,
+                **extra) -> str:
     body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason(reason),
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason(reason),
                          "logprobs": logprobs_json(logprobs)}], **extra}
     return sse(body)
 
 
-def text_completion(cid: str, model: str, text: str, reason: str | None, prompt_tokens: int,
-                    completion_tokens: int, logprobs=None) -> dict:
+def tool_call_deltas(calls: list[dict]) -> list[dict]:
+    """Tool calls as a stream's delta (OpenAI's shape: each with its position in the list)."""
+    return [{"index": i, **call} for i, call in enumerate(calls)]
+
+
+def text_choice(index: int, text: str, reason: str | None, logprobs=None) -> dict:
+    return {"index": index, "text": text, "finish_reason": finish_reason(reason),
+            "logprobs": _legacy_logprobs(logprobs)}
+
+
+def text_completion(cid: str, model: str, choices: list[dict], prompt_tokens: int, completion_tokens: int) -> dict:
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(reason),
-                         "logprobs": _legacy_logprobs(logprobs)}],
-            "usage": usage_json(prompt_tokens, completion_tokens)}
+            "choices": choices, "usage": usage_json(prompt_tokens, completion_tokens)}
 
 
-def text_chunk(cid: str, model: str, text: str, reason: str | None = None, logprobs=None) -> str:
+def text_chunk(cid: str, model: str, text: str, reason: str | None = None, logprobs=None, index: int = 0) -> str:
     return sse({"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish_reason(reason),
-                             "logprobs": _legacy_logprobs(logprobs)}]})
+                "choices": [text_choice(index, text, reason, logprobs)]})
 
 
 def _legacy_logprobs(items) -> dict | None:

@@ -19,7 +19,8 @@ def sampling(s: generation_pb2.SamplingParams, limits: GenerationLimits) -> Samp
     return limits.params(s.max_tokens or None, s.temperature, s.top_p or None,
                          s.seed if s.HasField("seed") else None, s.repetition_penalty or None, top_k=s.top_k,
                          presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
-                         stop=list(s.stop) or None)
+                         stop=list(s.stop) or None, json_schema=s.json_schema or None, n=s.n or None,
+                         schema_field="sampling.json_schema")
 
 
 def message(m: common_pb2.ChatMessage) -> dict:
@@ -85,24 +86,33 @@ def usage(d: Delta) -> common_pb2.Usage | None:
         if d.finish_reason else None
 
 
+def choices(items) -> list[common_pb2.Choice]:
+    """(text, finish reason) per choice -> Choice messages."""
+    return [common_pb2.Choice(index=i, text=text, finish_reason=reason or "") for i, (text, reason) in enumerate(items)]
+
+
 def generate_response(r: dict) -> generation_pb2.GenerateResponse:
     return generation_pb2.GenerateResponse(text=r["text"], finish_reason=r["finish_reason"], model=r["model"],
                                            usage=common_pb2.Usage(prompt_tokens=r["prompt_tokens"],
-                                                                  completion_tokens=r["completion_tokens"]))
+                                                                  completion_tokens=r["completion_tokens"]),
+                                           choices=choices(r.get("choices") or [(r["text"], r["finish_reason"])]))
 
 
 def generate_chunk(d: Delta) -> generation_pb2.GenerateChunk:
-    return generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=usage(d))
+    return generation_pb2.GenerateChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=usage(d),
+                                        index=d.index)
 
 
 def chat_response(a) -> chat_pb2.ChatResponse:
+    items = [(text, last.finish_reason) for text, last in a.choices] or [(a.text, a.finish_reason)]
     return chat_pb2.ChatResponse(answer=a.text, sources=[source(s) for s in a.sources], finish_reason=a.finish_reason,
                                  model=a.model, id=a.id, usage=common_pb2.Usage(prompt_tokens=a.prompt_tokens,
-                                                                                completion_tokens=a.completion_tokens))
+                                                                                completion_tokens=a.completion_tokens),
+                                 choices=choices(items))
 
 
 def chat_chunk(d: Delta) -> chat_pb2.ChatChunk:
-    return chat_pb2.ChatChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=usage(d))
+    return chat_pb2.ChatChunk(delta=d.text, finish_reason=d.finish_reason or "", usage=usage(d), index=d.index)
 
 
 def chat_head(sources: list, rid: str) -> chat_pb2.ChatChunk:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from .errors import InvalidGenerationRequest
+from .structured import canonical_schema
 
 if TYPE_CHECKING:
     from llm_twin.config import Settings
@@ -37,6 +38,13 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's log-probability and the n likeliest
     stop: tuple[str, ...] = ()  # the answer ends before the first of these (Generator.raw does it for every engine)
+    # The answer is JSON valid against this schema (canonical text, structured.canonical_schema):
+    # the engine masks every token the schema's grammar does not allow (constrained decoding).
+    json_schema: str | None = None
+    n: int = 1  # choices for the one prompt (Generator.raw fans out; each Delta carries its index)
+    # Function tools (JSON text: a list of {"name", "description", "parameters"}) shown to the model:
+    # rendered by its chat template where it declares tools, else as a system instruction.
+    tools: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class Delta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token in this delta, when the request asked
-
+    index: int = 0  # which choice (SamplingParams.n) this delta belongs to
 
 
 MAX_SEED = 2**63 - 1
@@ -63,6 +71,7 @@ MAX_STOP = 4
 MAX_STOP_CHARS = 200
 MAX_TOP_K = 1000
 MAX_TOP_LOGPROBS = 20
+DEFAULT_MAX_CHOICES = 4
 
 
 def _stop_strings(stop) -> tuple[str, ...]:
@@ -82,9 +91,11 @@ def sampling_params(max_tokens: int | None = None, temperature: float | None = N
                     seed: int | None = None, repetition_penalty: float | None = None, *,
                     top_k: int | None = None, presence_penalty: float | None = None,
                     frequency_penalty: float | None = None, logprobs: int | None = None,
-                    stop: str | Sequence[str] | None = None,
+                    stop: str | Sequence[str] | None = None, json_schema: str | dict | None = None,
+                    n: int | None = None, tools: str | None = None, schema_field: str = "json_schema",
                     default_max_tokens: int = 256, max_new_tokens: int = 1024,
-                    default_repetition_penalty: float = 1.0) -> SamplingParams:
+                    default_repetition_penalty: float = 1.0,
+                    max_choices: int = DEFAULT_MAX_CHOICES) -> SamplingParams:
     """Request values -> SamplingParams; ``None`` (or proto zero values) take the defaults.
     ``top_k`` -1 or 0 means no limit (vLLM and OpenAI-style clients send either)."""
     max_tokens = default_max_tokens if max_tokens is None else int(max_tokens)
@@ -112,9 +123,14 @@ def sampling_params(max_tokens: int | None = None, temperature: float | None = N
         penalties[name] = value
     if logprobs is not None and (isinstance(logprobs, bool) or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
         raise InvalidGenerationRequest(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {logprobs!r}")
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_choices:
+        raise InvalidGenerationRequest(f"n must be between 1 and {max_choices} (TWIN_MAX_CHOICES), "
+                                       f"got {n!r}")
+    schema = None if json_schema is None else canonical_schema(json_schema, schema_field)
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                           repetition_penalty=penalty, top_k=top_k, logprobs=logprobs, stop=_stop_strings(stop),
-                          **penalties)
+                          json_schema=schema, n=n, tools=tools, **penalties)
 
 
 @dataclass(frozen=True)
@@ -126,23 +142,29 @@ class GenerationLimits:
     default_max_tokens: int = 256
     max_new_tokens: int = 1024
     default_repetition_penalty: float = 1.0
+    max_choices: int = DEFAULT_MAX_CHOICES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationLimits:
         g = settings.generation
-        return cls(g.default_max_tokens, g.max_new_tokens, g.repetition_penalty)
+        return cls(g.default_max_tokens, g.max_new_tokens, g.repetition_penalty, g.max_choices)
 
     def params(self, max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
                seed: int | None = None, repetition_penalty: float | None = None, *, top_k: int | None = None,
                presence_penalty: float | None = None, frequency_penalty: float | None = None,
-               logprobs: int | None = None, stop: str | Sequence[str] | None = None) -> SamplingParams:
+               logprobs: int | None = None, stop: str | Sequence[str] | None = None,
+               json_schema: str | dict | None = None, n: int | None = None, tools: str | None = None,
+               schema_field: str = "json_schema") -> SamplingParams:
         """Request values -> SamplingParams; ``None`` means "not set" (the default applies); 0 is a value
-        wherever 0 is valid (a seed of 0 is a seed). Raises InvalidGenerationRequest naming the field."""
+        wherever 0 is valid (a seed of 0 is a seed). Raises InvalidGenerationRequest naming the field
+        (``schema_field``: what the transport calls the JSON schema)."""
         return sampling_params(max_tokens, temperature, top_p, seed, repetition_penalty, top_k=top_k,
                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
-                               logprobs=logprobs, stop=stop, default_max_tokens=self.default_max_tokens,
+                               logprobs=logprobs, stop=stop, json_schema=json_schema, n=n, tools=tools,
+                               schema_field=schema_field, default_max_tokens=self.default_max_tokens,
                                max_new_tokens=self.max_new_tokens,
-                               default_repetition_penalty=self.default_repetition_penalty)
+                               default_repetition_penalty=self.default_repetition_penalty,
+                               max_choices=self.max_choices)
 
 
 @runtime_checkable

@@ -6,6 +6,8 @@ settings by the registry (`Generator.from_settings`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +15,9 @@ from llm_twin import prompts
 from llm_twin.config import Settings, configure_torch_threads
 
 from . import engines
-from .api import Delta, Engine, GenerationLimits, SamplingParams
+from .api import MAX_SEED, Delta, Engine, GenerationLimits, SamplingParams
 from .errors import InvalidGenerationRequest
-from .streams import collect, stop_at
+from .streams import collect, interleaved, stop_at
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGE_CHARS = 32_000
@@ -28,6 +30,12 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     model: str
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index`` of ``params.n``: one row, its own seed (``seed + index``) when seeded."""
+    seed = None if params.seed is None else (params.seed + index) % (MAX_SEED + 1)
+    return dataclasses.replace(params, n=1, seed=seed)
 
 
 class Generator:
@@ -55,8 +63,9 @@ class Generator:
     def model_id(self) -> str:
         return self.engine.model_id
 
-    def prompt(self, messages: Sequence[dict]) -> str:
-        """Validated messages -> the rendered prompt; raises InvalidGenerationRequest."""
+    def prompt(self, messages: Sequence[dict], tools: str | None = None) -> str:
+        """Validated messages (and the request's function tools, JSON text) -> the rendered prompt;
+        raises InvalidGenerationRequest."""
         if not messages:
             raise InvalidGenerationRequest("messages is empty: send at least one user message")
         for i, m in enumerate(messages):
@@ -72,7 +81,7 @@ class Generator:
             raise InvalidGenerationRequest("the last message must be the user's")
         template = self.engine.template
         prompt = template.render([{**m, "content": prompts.as_text(m["content"], template.control_tokens)}
-                                  for m in messages])
+                                  for m in messages], json.loads(tools) if tools else None)
         n = template.count_tokens(prompt)
         if n > self.max_prompt_tokens:
             raise InvalidGenerationRequest(
@@ -81,12 +90,20 @@ class Generator:
 
     async def stream(self, messages: Sequence[dict], params: SamplingParams,
                      adapter: str | None = None) -> AsyncIterator[Delta]:
-        prompt = self.prompt(messages)
+        prompt = self.prompt(messages, params.tools)
         async for delta in self.raw(prompt, params, adapter):
             yield delta
 
     def raw(self, prompt: str, params: SamplingParams, adapter: str | None = None) -> AsyncIterator[Delta]:
-        """A rendered prompt (or a plain one: /v1/completions) through the engine, stop strings applied."""
+        """A rendered prompt (or a plain one: /v1/completions) through the engine, stop strings
+        applied. ``params.n`` > 1: that many choices, each a row of the engine's batch (the lean
+        loop prefills the prompt once and copies it to the others from its prefix cache), with
+        seeds ``seed``, ``seed + 1``, ... so that seeded choices differ and repeat."""
+        if params.n == 1:
+            return self._one(prompt, params, adapter)
+        return interleaved([self._one(prompt, choice_params(params, i), adapter) for i in range(params.n)])
+
+    def _one(self, prompt: str, params: SamplingParams, adapter: str | None) -> AsyncIterator[Delta]:
         deltas = self.engine.stream(prompt, params, adapter)
         return stop_at(deltas, params.stop) if params.stop else deltas
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -79,12 +80,16 @@ class GenerationDeployment:
     def stats(self) -> dict:
         return {**self.generator.engine.stats(), "adapters": dict(self.loaded)}
 
+    def capabilities(self) -> dict:
+        """What the gateway asks before it plans a request: how the chat template declares tools."""
+        return {"tool_format": self.generator.engine.template.tool_format}
+
     # Serve streams only from methods that are generators themselves (not ones returning one).
     async def stream(self, messages: list[dict], params: SamplingParams,
                      voice: bool = False) -> AsyncIterator[Delta]:
         """Deltas for one chat request (rendered with the model's chat template). ``voice``: the
         twin's adapter must answer (see _adapter)."""
-        async for delta in self._run(lambda: self.generator.prompt(messages), params, "chat", voice):
+        async for delta in self._run(lambda: self.generator.prompt(messages, params.tools), params, "chat", voice):
             yield delta
 
     async def stream_text(self, prompt: str, params: SamplingParams, voice: bool = False) -> AsyncIterator[Delta]:
@@ -124,6 +129,6 @@ class GenerationDeployment:
             span.end()
 
     async def generate(self, messages: list[dict], params: SamplingParams) -> dict:
-        text, last = await collect(self.stream(messages, params))
+        text, last = await collect(self.stream(messages, dataclasses.replace(params, n=1)))
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
                 "completion_tokens": last.completion_tokens, "model": self.generator.model_id}

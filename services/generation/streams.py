@@ -1,7 +1,10 @@
-"""Helpers over a stream of deltas, the same for every engine: merging, pacing, joining, stop strings."""
+"""Helpers over a stream of deltas, the same for every engine: merging, pacing, joining, stop
+strings, and the choices of one request (``n`` > 1) as one stream."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -10,13 +13,54 @@ from .api import Delta
 
 
 def merge(deltas: Sequence[Delta]) -> Delta:
-    """Consecutive deltas of one stream as one: their text and logprobs joined, the last's finish
+    """Consecutive deltas of one choice as one: their text and logprobs joined, the last's finish
     reason and usage."""
     last = deltas[-1]
     if len(deltas) == 1:
         return last
     return Delta("".join(d.text for d in deltas), last.finish_reason, last.prompt_tokens, last.completion_tokens,
-                 tuple(p for d in deltas for p in d.logprobs))
+                 tuple(p for d in deltas for p in d.logprobs), last.index)
+
+
+def _merged(pending: list[Delta]) -> list[Delta]:
+    """Pending deltas merged per choice, in the order the choices first appear."""
+    by_choice: dict[int, list[Delta]] = {}
+    for d in pending:
+        by_choice.setdefault(d.index, []).append(d)
+    return [merge(group) for group in by_choice.values()]
+
+
+async def interleaved(streams: Sequence[AsyncIterator[Delta]]) -> AsyncIterator[Delta]:
+    """The choices of one request as one stream: stream i's deltas tagged ``index=i``, in the order
+    they come. The first error from any stream ends it; closing it closes them all."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, deltas: AsyncIterator[Delta]) -> None:
+        try:
+            async for delta in deltas:
+                await queue.put(dataclasses.replace(delta, index=i))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await queue.put(exc)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in streams:
+            await stream.aclose()
 
 
 async def coalesced(deltas: AsyncIterator[Delta], interval_s: float) -> AsyncIterator[Delta]:
@@ -34,19 +78,30 @@ async def coalesced(deltas: AsyncIterator[Delta], interval_s: float) -> AsyncIte
             now = time.monotonic()
             if sent_at is None or delta.finish_reason or now - sent_at >= interval_s:
                 sent_at = now
-                yield merge(pending)
+                for merged in _merged(pending):
+                    yield merged
                 pending = []
-        if pending:
-            yield merge(pending)
+        for merged in _merged(pending):
+            yield merged
 
 
 async def collect(deltas: AsyncIterator[Delta]) -> tuple[str, Delta | None]:
-    """A stream joined: the whole text and the last delta (finish reason and usage)."""
+    """A stream of one choice joined: the whole text and the last delta (finish reason and usage)."""
     parts, last = [], None
     async for delta in deltas:
         parts.append(delta.text)
         last = delta
     return "".join(parts), last
+
+
+async def collect_choices(deltas: AsyncIterator[Delta]) -> list[tuple[str, Delta]]:
+    """A stream of one or more choices joined: (text, last delta) per choice, by index."""
+    parts: dict[int, list[str]] = {}
+    last: dict[int, Delta] = {}
+    async for delta in deltas:
+        parts.setdefault(delta.index, []).append(delta.text)
+        last[delta.index] = delta
+    return [("".join(parts[i]), last[i]) for i in sorted(last)]
 
 
 async def stop_at(deltas: AsyncIterator[Delta], stops: Sequence[str]) -> AsyncIterator[Delta]:

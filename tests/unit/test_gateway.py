@@ -45,7 +45,9 @@ class EchoEngine:
         self.template = self  # renders, counts and has no control tokens itself
         self.control_tokens = frozenset()
 
-    def render(self, messages) -> str:
+    tool_format = None  # the template declares no tools (like SmolLM2's)
+
+    def render(self, messages, tools=None) -> str:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
     def count_tokens(self, text: str) -> int:
@@ -91,6 +93,9 @@ class FakeGeneration:
 
     async def model_id(self):
         return self.engine.model_id
+
+    async def capabilities(self):
+        return {"tool_format": self.engine.tool_format}
 
 
 class FakeRetrieval:
@@ -208,7 +213,17 @@ def test_nothing_relevant_is_said_not_invented(client):
     ({**ask(), "model": "nobody-here"}, 404, "nobody-here"),
     ({"model": "mara-quill", "messages": []}, 400, "messages"),
     ({"model": "mara-quill"}, 400, "messages"),
-    (ask(n=2), 400, "n must be 1"),
+    (ask(n=9), 400, "n must be between 1 and 4"),
+    (ask(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "array", "uniqueItems": True}}}), 400, "uniqueItems"),
+    (ask(response_format={"type": "json_schema"}), 400, "response_format.json_schema is required"),
+    (ask(response_format={"type": "yaml"}), 400, "response_format.type"),
+    (ask(tools=[{"type": "function", "function": {"name": "lookup"}}]), 400, "declares tool calling"),
+    (ask(tools=[{"type": "function", "function": {"name": "lookup"}}],
+         tool_choice={"type": "function", "function": {"name": "other"}}), 400, "'other' is not among tools"),
+    (ask(tool_choice="required"), 400, "tool_choice needs tools"),
+    (ask(tools=[{"type": "function", "function": {"name": "bad name!"}}], tool_choice="required"), 400,
+     "tools[0].function.name"),
     (ask(question="word " * 300), 400, "the prompt is"),
 ])
 def test_bad_chat_requests_get_4xx_naming_the_problem(client, request_body, status, fragment):
@@ -471,7 +486,7 @@ def test_the_chat_page_is_served_open_and_only_its_own_files(client):
 
 @pytest.mark.parametrize("field, value", [
     ("logit_bias", {"50256": -100}), ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("response_format", {"type": "json_object"}), ("store", True), ("temprature", 0.5),
+    ("store", True), ("temprature", 0.5),
 ])
 def test_openai_fields_that_are_not_implemented_are_refused_naming_them(client, field, value):
     reply = client.post("/v1/chat/completions", json=ask(**{field: value}))

@@ -26,7 +26,7 @@ from twin.v1 import common_pb2 as twin_dot_v1_dot_common__pb2
 from twin.v1 import generation_pb2 as twin_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12twin/v1/chat.proto\x12\x07twin.v1\x1a\x14twin/v1/common.proto\x1a\x18twin/v1/generation.proto\"}\n\x0b\x43hatRequest\x12\x0c\n\x04twin\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.twin.v1.ChatMessage\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.twin.v1.SamplingParams\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\x91\x01\n\x0c\x43hatResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12 \n\x07sources\x18\x02 \x03(\x0b\x32\x0f.twin.v1.Source\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\"~\n\tChatChunk\x12 \n\x07sources\x18\x01 \x03(\x0b\x32\x0f.twin.v1.Source\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\n\n\x02id\x18\x05 \x01(\t\"F\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\'\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t2\xbd\x01\n\x0b\x43hatService\x12\x33\n\x04\x43hat\x12\x14.twin.v1.ChatRequest\x1a\x15.twin.v1.ChatResponse\x12\x38\n\nChatStream\x12\x14.twin.v1.ChatRequest\x1a\x12.twin.v1.ChatChunk0\x01\x12?\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18.twin.v1.FeedbackRequest\x1a\x19.twin.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12twin/v1/chat.proto\x12\x07twin.v1\x1a\x14twin/v1/common.proto\x1a\x18twin/v1/generation.proto\"}\n\x0b\x43hatRequest\x12\x0c\n\x04twin\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.twin.v1.ChatMessage\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.twin.v1.SamplingParams\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xb3\x01\n\x0c\x43hatResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12 \n\x07sources\x18\x02 \x03(\x0b\x32\x0f.twin.v1.Source\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\x12 \n\x07\x63hoices\x18\x07 \x03(\x0b\x32\x0f.twin.v1.Choice\"\x8d\x01\n\tChatChunk\x12 \n\x07sources\x18\x01 \x03(\x0b\x32\x0f.twin.v1.Source\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\n\n\x02id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\x05\"F\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\'\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x13\n\x0bresponse_id\x18\x01 \x01(\t2\xbd\x01\n\x0b\x43hatService\x12\x33\n\x04\x43hat\x12\x14.twin.v1.ChatRequest\x1a\x15.twin.v1.ChatResponse\x12\x38\n\nChatStream\x12\x14.twin.v1.ChatRequest\x1a\x12.twin.v1.ChatChunk0\x01\x12?\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x18.twin.v1.FeedbackRequest\x1a\x19.twin.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATREQUEST']._serialized_start=79
   _globals['_CHATREQUEST']._serialized_end=204
   _globals['_CHATRESPONSE']._serialized_start=207
-  _globals['_CHATRESPONSE']._serialized_end=352
-  _globals['_CHATCHUNK']._serialized_start=354
-  _globals['_CHATCHUNK']._serialized_end=480
-  _globals['_FEEDBACKREQUEST']._serialized_start=482
-  _globals['_FEEDBACKREQUEST']._serialized_end=552
-  _globals['_FEEDBACKRESPONSE']._serialized_start=554
-  _globals['_FEEDBACKRESPONSE']._serialized_end=593
-  _globals['_CHATSERVICE']._serialized_start=596
-  _globals['_CHATSERVICE']._serialized_end=785
+  _globals['_CHATRESPONSE']._serialized_end=386
+  _globals['_CHATCHUNK']._serialized_start=389
+  _globals['_CHATCHUNK']._serialized_end=530
+  _globals['_FEEDBACKREQUEST']._serialized_start=532
+  _globals['_FEEDBACKREQUEST']._serialized_end=602
+  _globals['_FEEDBACKRESPONSE']._serialized_start=604
+  _globals['_FEEDBACKRESPONSE']._serialized_end=643
+  _globals['_CHATSERVICE']._serialized_start=646
+  _globals['_CHATSERVICE']._serialized_end=835
 # @@protoc_insertion_point(module_scope)

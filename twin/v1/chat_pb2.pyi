@@ -21,34 +21,38 @@ class ChatRequest(_message.Message):
     def __init__(self, twin: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_generation_pb2.SamplingParams, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class ChatResponse(_message.Message):
-    __slots__ = ("answer", "sources", "finish_reason", "usage", "model", "id")
+    __slots__ = ("answer", "sources", "finish_reason", "usage", "model", "id", "choices")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
     answer: str
     sources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Source]
     finish_reason: str
     usage: _common_pb2.Usage
     model: str
     id: str
-    def __init__(self, answer: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Source, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    choices: _containers.RepeatedCompositeFieldContainer[_common_pb2.Choice]
+    def __init__(self, answer: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.Source, _Mapping]]] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., model: _Optional[str] = ..., id: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[_common_pb2.Choice, _Mapping]]] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("sources", "delta", "finish_reason", "usage", "id")
+    __slots__ = ("sources", "delta", "finish_reason", "usage", "id", "index")
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     sources: _containers.RepeatedCompositeFieldContainer[_common_pb2.Source]
     delta: str
     finish_reason: str
     usage: _common_pb2.Usage
     id: str
-    def __init__(self, sources: _Optional[_Iterable[_Union[_common_pb2.Source, _Mapping]]] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+    index: int
+    def __init__(self, sources: _Optional[_Iterable[_Union[_common_pb2.Source, _Mapping]]] = ..., delta: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., id: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("response_id", "score", "comment")

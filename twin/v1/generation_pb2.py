@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from twin.v1 import common_pb2 as twin_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18twin/v1/generation.proto\x12\x07twin.v1\x1a\x14twin/v1/common.proto\"\xd2\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x08 \x01(\x02\x12\x0c\n\x04stop\x18\t \x03(\tB\x07\n\x05_seed\"r\n\x0fGenerateRequest\x12\x0c\n\x04twin\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.twin.v1.ChatMessage\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.twin.v1.SamplingParams\"e\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\"T\n\rGenerateChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.twin.v1.Usage2\x9a\x01\n\x11GenerationService\x12?\n\x08Generate\x12\x18.twin.v1.GenerateRequest\x1a\x19.twin.v1.GenerateResponse\x12\x44\n\x0eGenerateStream\x12\x18.twin.v1.GenerateRequest\x1a\x16.twin.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18twin/v1/generation.proto\x12\x07twin.v1\x1a\x14twin/v1/common.proto\"\xf2\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x1a\n\x12repetition_penalty\x18\x05 \x01(\x02\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x18\n\x10presence_penalty\x18\x07 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x08 \x01(\x02\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\t\n\x01n\x18\x0b \x01(\x05\x42\x07\n\x05_seed\"r\n\x0fGenerateRequest\x12\x0c\n\x04twin\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.twin.v1.ChatMessage\x12)\n\x08sampling\x18\x03 \x01(\x0b\x32\x17.twin.v1.SamplingParams\"\x87\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12 \n\x07\x63hoices\x18\x05 \x03(\x0b\x32\x0f.twin.v1.Choice\"c\n\rGenerateChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x15\n\rfinish_reason\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.twin.v1.Usage\x12\r\n\x05index\x18\x04 \x01(\x05\x32\x9a\x01\n\x11GenerationService\x12?\n\x08Generate\x12\x18.twin.v1.GenerateRequest\x1a\x19.twin.v1.GenerateResponse\x12\x44\n\x0eGenerateStream\x12\x18.twin.v1.GenerateRequest\x1a\x16.twin.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'twin.v1.generation_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS']._serialized_start=60
-  _globals['_SAMPLINGPARAMS']._serialized_end=270
-  _globals['_GENERATEREQUEST']._serialized_start=272
-  _globals['_GENERATEREQUEST']._serialized_end=386
-  _globals['_GENERATERESPONSE']._serialized_start=388
-  _globals['_GENERATERESPONSE']._serialized_end=489
-  _globals['_GENERATECHUNK']._serialized_start=491
-  _globals['_GENERATECHUNK']._serialized_end=575
-  _globals['_GENERATIONSERVICE']._serialized_start=578
-  _globals['_GENERATIONSERVICE']._serialized_end=732
+  _globals['_SAMPLINGPARAMS']._serialized_end=302
+  _globals['_GENERATEREQUEST']._serialized_start=304
+  _globals['_GENERATEREQUEST']._serialized_end=418
+  _globals['_GENERATERESPONSE']._serialized_start=421
+  _globals['_GENERATERESPONSE']._serialized_end=556
+  _globals['_GENERATECHUNK']._serialized_start=558
+  _globals['_GENERATECHUNK']._serialized_end=657
+  _globals['_GENERATIONSERVICE']._serialized_start=660
+  _globals['_GENERATIONSERVICE']._serialized_end=814
 # @@protoc_insertion_point(module_scope)

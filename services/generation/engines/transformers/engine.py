@@ -27,6 +27,7 @@ from ...api import Delta, SamplingParams
 from ...errors import ModelUnavailable
 from . import lean_llama, sampling
 from . import quantization as quantization_
+from .guided import Guides
 from .hf_loop import HFLoop
 from .requests import Request
 from .scheduler import Scheduler
@@ -84,8 +85,9 @@ class TransformersEngine:
         eos = eos if isinstance(eos, list) else [eos]
         eos_ids = {i for i in [*eos, self.tokenizer.eos_token_id] if i is not None}
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(eos_ids)
+        self.guides = Guides(self.tokenizer, self.model.config.vocab_size)
         self.scheduler = Scheduler(self.tokenizer, eos_ids, pad_id, max_batch_size=o.max_batch_size,
-                                   batch_wait_s=o.batch_wait_s)
+                                   batch_wait_s=o.batch_wait_s, guides=self.guides)
         self._model_lock = threading.Lock()
         # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes away).
         cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
@@ -117,6 +119,8 @@ class TransformersEngine:
                           adapter=adapter)
         # Everything that can fail for one request's own input fails here, before it joins a batch.
         request.generator = sampling.seeded_generator(params.seed, self.device)
+        if params.json_schema is not None:
+            request.matcher = await asyncio.to_thread(self.guides.matcher, params.json_schema)
         self.scheduler.submit(request)
         try:
             while True:

@@ -83,7 +83,10 @@ class LeanLoop:
             if len(chunks) == len(filling):
                 if not waiting or decoding + len(filling) >= self.scheduler.max_batch_size:
                     break
-                r, row = waiting.pop(0), decoding + len(filling)
+                r = self._next_waiting(waiting, filling)
+                if r is None:
+                    break
+                row = decoding + len(filling)
                 done = self._begin(r, row)
                 if done is not None:
                     filling.append([r, done, row])
@@ -93,6 +96,17 @@ class LeanLoop:
             chunks.append((row, torch.tensor(piece), done, r.adapter))
             budget -= len(piece)
         return chunks
+
+    def _next_waiting(self, waiting: list, filling: list):
+        """The oldest waiting request to begin now. One whose prompt is being prefilled right now
+        (the other choices of an ``n`` > 1 request, or the same prompt sent twice) waits until that
+        prefill ends: it then copies the prompt from the prefix cache instead of computing it again."""
+        if not self.prefix.capacity:
+            return waiting.pop(0) if waiting else None
+        for i, r in enumerate(waiting):
+            if not any(f[0].adapter == r.adapter and f[0].prompt_ids == r.prompt_ids for f in filling):
+                return waiting.pop(i)
+        return None
 
     def _compact(self, decoding: int, filling: list) -> list:
         """Prompts being prefilled move down to the rows right after the decode batch (rows free up

@@ -23,6 +23,7 @@ class Request:
     adapter: str | None = None  # a twin's LoRA adapter; None decodes with the base model
     logprobs: list = field(default_factory=list)  # TokenLogprobs not yet handed out with a delta
     seen: object = None  # bool per vocabulary entry: in the prompt or the answer (repetition penalty)
+    matcher: object = None  # an llguidance matcher when the answer is constrained to a JSON schema (guided.py)
     read: int = 0  # tokens[:read] are in text; tokens[base:read] decode to the text's tail
     base: int = 0
 

@@ -27,8 +27,10 @@ COUNTERS = ("requests", "completed", "cancelled", "batches", "largest_batch", "a
 
 
 class Scheduler:
-    def __init__(self, tokenizer, eos_ids: set[int], pad_id: int, *, max_batch_size: int, batch_wait_s: float):
+    def __init__(self, tokenizer, eos_ids: set[int], pad_id: int, *, max_batch_size: int, batch_wait_s: float,
+                 guides=None):
         self.decode = tokenizer.decode
+        self.guides = guides  # guided.Guides: masks the rows of requests with a JSON schema
         self.eos_ids, self.pad_id = eos_ids, pad_id
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.in_flight: list[Request] = []  # every request of the batch being served (failed together on a crash)
@@ -90,8 +92,11 @@ class Scheduler:
         return r.done
 
     def step(self, rows: list[Request], logits) -> list[int]:
-        """Each row's next token (``logits`` (rows, vocab)), the rows advanced; the plain greedy rows
-        are chosen together, the others one by one."""
+        """Each row's next token (``logits`` (rows, vocab)), the rows advanced; guided rows masked
+        first, then the plain greedy rows chosen together, the others one by one."""
+        for i, r in enumerate(rows):
+            if r.matcher is not None and not r.done:
+                self._constrain(r, logits[i])
         plain = [i for i, r in enumerate(rows) if sampling.plain_greedy(r.params)] if len(rows) > 1 else []
         chosen: dict[int, int] = {}
         if len(plain) > 1:
@@ -100,11 +105,30 @@ class Scheduler:
                 chosen = dict(zip(plain, sampling.greedy_rows(part, [rows[i] for i in plain]), strict=True))
             except Exception:
                 log.exception("choosing a batch's greedy tokens failed; choosing them one by one")
-        return [self.step_one(r, logits[i], chosen.get(i)) for i, r in enumerate(rows)]
+        return [self._choose(r, logits[i], chosen.get(i)) for i, r in enumerate(rows)]
 
-    def step_one(self, r: Request, logits, token: int | None = None) -> int:
+    def step_one(self, r: Request, logits) -> int:
+        """One row's next token from its logits (a prompt just prefilled), the row advanced."""
+        if r.matcher is not None and not self._constrain(r, logits):
+            return self.pad_id
+        return self._choose(r, logits)
+
+    def _constrain(self, r: Request, logits) -> bool:
+        """The row's logits masked to its grammar; False (the request ended with the error) on failure."""
+        try:
+            self.guides.constrain(logits, r.matcher)
+            return True
+        except Exception as exc:
+            log.exception("constrained decoding failed for one request")
+            r.emit(ModelUnavailable(f"generation failed for this request: {exc}"))
+            r.done = True
+            return False
+
+    def _choose(self, r: Request, logits, token: int | None = None) -> int:
         """Sample (unless ``token`` was chosen already) and advance one row; a failure there ends
         that request alone, the batch goes on."""
+        if r.done:
+            return self.pad_id
         try:
             if token is None:
                 logits = sampling.penalise(logits, r)
@@ -133,7 +157,9 @@ class Scheduler:
             if r.seen is not None:
                 r.seen[token] = True
             self.count(generated_tokens=1)
-            if len(r.tokens) >= r.params.max_tokens:
+            if r.matcher is not None and self.guides.advance(r.matcher, token):
+                finish = "stop"  # the grammar is complete: nothing may follow (the JSON document is closed)
+            elif len(r.tokens) >= r.params.max_tokens:
                 finish = "length"
         delta = r.new_text(self.decode, final=finish is not None)
         if delta is None:
