@@ -62,6 +62,9 @@ class TensorRTLLMEngine:
         if params.logprobs is not None:
             raise InvalidGenerationRequest("logprobs are not available with the tensorrt-llm engine here; "
                                            "remove them or use the transformers engine")
+        if params.json_schema is not None:  # its guided decoding is not wired here yet (no GPU to check it on)
+            raise InvalidGenerationRequest("a JSON schema (response_format, tools) is not available with the "
+                                           "tensorrt-llm engine here; use the transformers engine")
         extra = {}
         for name in ("top_k", "presence_penalty", "frequency_penalty"):
             if getattr(params, name):

@@ -17,7 +17,7 @@ import time
 
 from ...api import Delta
 from ...errors import ModelUnavailable
-from . import sampling
+from . import guided, sampling
 from .requests import Outbox, Request
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ class Scheduler:
     def _constrain(self, r: Request, logits) -> bool:
         """The row's logits masked to its grammar; False (the request ended with the error) on failure."""
         try:
-            self.guides.constrain(logits, r.matcher)
+            closing = r.params.max_tokens - len(r.tokens) <= guided.closing_budget(r.params.max_tokens)
+            self.guides.constrain(logits, r.matcher, closing=r.text if closing else None)
             return True
         except Exception as exc:
             log.exception("constrained decoding failed for one request")
