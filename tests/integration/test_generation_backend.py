@@ -438,3 +438,85 @@ def test_a_delta_for_a_consumer_whose_event_loop_closed_stops_that_request_not_t
     r.emit(RuntimeError("nobody hears this"))  # an error for it is dropped the same way
     generator = Generator(backend)
     assert asyncio.run(complete(generator, "2+2=", max_tokens=3)).completion_tokens >= 1
+
+
+# -- structured generation (constrained decoding) -------------------------------------------------------
+PLAN_SCHEMA = {"type": "object", "properties": {
+    "topic": {"type": "string", "maxLength": 60},
+    "steps": {"type": "array", "items": {"type": "string", "maxLength": 60}, "minItems": 2, "maxItems": 3},
+    "level": {"type": "string", "enum": ["easy", "hard"]}, "minutes": {"type": "integer", "minimum": 1}},
+    "required": ["topic", "steps", "level", "minutes"], "additionalProperties": False}
+
+
+def test_guided_rows_validate_and_leave_the_other_rows_of_the_batch_as_they_were(backend, smol_adapter):
+    """Guided rows (base and a twin's adapter) decode in one batch with plain rows: each guided
+    answer validates and is what it is alone; the plain rows' greedy answers are untouched."""
+    import json
+
+    import jsonschema
+
+    from services.generation.structured import canonical_schema
+
+    generator = Generator(backend)
+    backend.load_adapter("mara-quill", str(smol_adapter))
+    schema = canonical_schema(PLAN_SCHEMA)
+    guided = SamplingParams(max_tokens=120, json_schema=schema, repetition_penalty=1.15)
+    plain_prompts = ["Name a colour.", "Write one sentence about the sea at night."]
+    guided_prompts = [("Plan how to learn Rust.", None), ("Plan a garden.", "mara-quill")]
+
+    async def one_guided(prompt, adapter):
+        return await generator.complete(user(prompt), guided, adapter=adapter)
+
+    plain_alone = [asyncio.run(complete(generator, p)).text for p in plain_prompts]
+    guided_alone = [asyncio.run(one_guided(p, a)).text for p, a in guided_prompts]
+
+    async def together():
+        return await asyncio.gather(*(complete(generator, p) for p in plain_prompts),
+                                    *(one_guided(p, a) for p, a in guided_prompts))
+
+    before = backend.stats()["batches"]
+    mixed = asyncio.run(together())
+    assert backend.stats()["batches"] - before == 1
+    assert [c.text for c in mixed[:2]] == plain_alone
+    assert [c.text for c in mixed[2:]] == guided_alone
+    for c in mixed[2:]:
+        assert c.finish_reason == "stop"
+        jsonschema.validate(json.loads(c.text), PLAN_SCHEMA)
+
+
+def test_a_guided_answer_short_of_tokens_still_closes_as_a_document(backend):
+    """Near max_tokens only closing tokens stay in: the small model's loop inside a string is cut
+    and the document ends complete (the schema asks for nothing more)."""
+    import json
+
+    from services.generation.structured import canonical_schema
+
+    generator = Generator(backend)
+    params = SamplingParams(max_tokens=24, json_schema=canonical_schema({"type": "object"}))
+    for prompt in ["Describe a weekend trip to the mountains.", "List every prime number."]:
+        answer = asyncio.run(generator.complete(user(prompt), params))
+        assert isinstance(json.loads(answer.text), dict), answer.text
+        assert answer.completion_tokens <= 24
+
+
+def test_n_choices_are_rows_of_one_batch_prefilled_once(smol_model):
+    """n=3 over the lean loop: the prompt is prefilled once and copied from the prefix cache for
+    the other two; seeded choices differ from each other and repeat with the same seed."""
+    from services.generation.streams import collect_choices
+
+    engine = TransformersEngine(str(smol_model), quantization="none", max_batch_size=8, batch_wait_s=0.02)
+    try:
+        generator = Generator(engine)
+        params = SamplingParams(max_tokens=10, temperature=1.0, seed=5, n=3)
+        prompt = user("Write a haiku about indexes and the people who build them. " * 3)
+
+        async def run():
+            return [text for text, _ in await collect_choices(generator.stream(prompt, params))]
+
+        first = asyncio.run(run())
+        cached = engine.stats()["prefix_cached_tokens"]
+        assert len(first) == 3 and len(set(first)) == 3
+        assert cached >= 2 * 48, engine.stats()  # two choices copied the prompt's blocks
+        assert asyncio.run(run()) == first
+    finally:
+        engine.close()

@@ -90,3 +90,51 @@ def test_a_row_that_fails_ends_alone():
     s.flush()
     assert tokens[1] == s.pad_id and bad.done and not good.done
     assert isinstance(drained(bad)[-1], Exception) and drained(good)[0].text == "c"
+
+
+class Guides:
+    """Stands in for guided.Guides: the 'grammar' allows exactly the tokens of ``script`` in order
+    and is complete after the last one; ``constrain`` raises for a matcher named 'broken'."""
+
+    def __init__(self):
+        self.closing = []
+
+    def constrain(self, logits, matcher, closing=None):
+        if matcher["name"] == "broken":
+            raise RuntimeError("grammar failure")
+        self.closing.append(closing)
+        allowed = matcher["script"][matcher["at"]]
+        keep = logits[allowed].clone()
+        logits.fill_(float("-inf"))
+        logits[allowed] = keep
+
+    def advance(self, matcher, token):
+        assert token == matcher["script"][matcher["at"]]
+        matcher["at"] += 1
+        return matcher["at"] == len(matcher["script"])
+
+
+def test_guided_rows_are_masked_and_end_when_their_grammar_completes():
+    """The mask decides the token whatever the logits say; a complete grammar ends the answer with
+    "stop" before max_tokens; a grammar that fails ends its own request, the others go on."""
+    s = Scheduler(Tokenizer(), {0}, 0, max_batch_size=4, batch_wait_s=0, guides=Guides())
+    guided, plain, broken = request(max_tokens=9), request(max_tokens=9), request(max_tokens=9)
+    guided.matcher = {"name": "ok", "script": [2, 4], "at": 0}
+    broken.matcher = {"name": "broken", "script": [1], "at": 0}
+    assert s.step([guided, plain, broken], logits_for(1, 1, 1)) == [2, 1, s.pad_id]
+    assert broken.done and isinstance(drained(broken)[-1], Exception)
+    s.step_one(guided, logits_for(3)[0])  # a prompt just prefilled goes through the mask as well
+    s.flush()
+    assert guided.done and guided.text == "bd" and drained(guided)[-1].finish_reason == "stop"
+    assert not plain.done
+
+
+def test_guided_rows_narrow_to_closing_tokens_near_max_tokens():
+    guides = Guides()
+    s = Scheduler(Tokenizer(), {0}, 0, max_batch_size=4, batch_wait_s=0, guides=guides)
+    r = request(max_tokens=40)
+    r.matcher = {"name": "ok", "script": [1] * 40, "at": 0}
+    for _ in range(39):
+        s.step([r], logits_for(1))
+    # closing_budget(40) = 10: the last ten steps pass the answer so far to be closed
+    assert guides.closing[:30] == [None] * 30 and all(c is not None for c in guides.closing[30:])

@@ -1,0 +1,163 @@
+"""Structured output without a model: schemas checked where a request comes in, tool plans and the
+calls read back from an answer, the choices of one request as one stream, chat templates that
+declare tools, and the dataset's question check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from llm_twin.evaluation.judge import JUDGE_SCHEMA, parse_reply
+from llm_twin.prompts import ChatTemplate
+from services.gateway.status import InvalidRequest
+from services.gateway.tool_calls import plan, read_calls
+from services.generation.api import Delta, GenerationLimits
+from services.generation.errors import InvalidGenerationRequest
+from services.generation.streams import coalesced, collect_choices, interleaved
+from services.generation.structured import canonical_schema
+from training.datasets import QUESTION_SCHEMA, clean_instruction, question_problem
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Forecast.", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+NOTE = {"type": "function", "function": {"name": "save_note", "parameters": {
+    "type": "object", "properties": {"text": {"type": "string"}}}}}
+
+
+def test_a_schema_keeps_its_key_order_and_every_platform_schema_compiles():
+    text = canonical_schema('{"type": "object", "properties": {"z": {"type": "string"}, "a": {"type": "number"}}}')
+    assert text.index('"z"') < text.index('"a"')  # properties are generated in the order given
+    for schema in (JUDGE_SCHEMA, QUESTION_SCHEMA):
+        assert json.loads(canonical_schema(schema)) == schema
+
+
+@pytest.mark.parametrize("schema, fragment", [
+    ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+    ({"type": "object", "if": {"required": ["a"]}, "then": {}}, "if"),
+    ({"type": "string", "pattern": "(?<=a)b"}, "look"),
+    ({"$ref": "https://example.com/x.json"}, "example.com"),
+    ({"type": "nonsense"}, "nonsense"),
+    ([1, 2], "must be a JSON object"),
+    ("{not json", "is not JSON"),
+    ({"type": "string", "description": "x" * 40_000}, "the limit is"),
+])
+def test_a_schema_the_grammar_cannot_hold_is_refused_naming_why(schema, fragment):
+    with pytest.raises(InvalidGenerationRequest, match="^response_format") as refused:
+        GenerationLimits().params(json_schema=schema, schema_field="response_format.json_schema.schema")
+    assert fragment in str(refused.value)
+
+
+def test_n_is_bounded_by_the_limits():
+    assert GenerationLimits(max_choices=2).params(n=2).n == 2
+    with pytest.raises(InvalidGenerationRequest, match="n must be between 1 and 2"):
+        GenerationLimits(max_choices=2).params(n=3)
+
+
+def test_tool_plans():
+    named = plan([WEATHER, NOTE], {"type": "function", "function": {"name": "save_note"}}, None, None, "m")
+    assert named.mode == "named" and named.schema == NOTE["function"]["parameters"]
+    required = plan([WEATHER, NOTE], "required", False, None, "m")
+    assert required.schema["maxItems"] == 1 and len(required.schema["items"]["anyOf"]) == 2
+    assert plan([WEATHER], "required", None, None, "m").schema["maxItems"] == 1  # one call per function at most
+    assert plan([WEATHER], "none", None, None, "m") is None and plan(None, None, None, None, "m") is None
+    assert plan([WEATHER], "auto", None, "hermes", "m").mode == "auto"
+    for tools, choice, fragment in [([WEATHER], None, "declares tool calling"), ([WEATHER], "sometimes", "tool_choice"),
+                                    (None, "required", "needs tools"), ([WEATHER, WEATHER], "required", "twice"),
+                                    ([{"type": "retrieval"}], "required", "tools[0]")]:
+        with pytest.raises(InvalidRequest) as refused:
+            plan(tools, choice, None, None, "SmolLM2")
+        assert fragment in str(refused.value)
+
+
+def test_calls_are_read_back_from_the_answer():
+    named = plan([WEATHER], {"type": "function", "function": {"name": "get_weather"}}, None, None, "m")
+    content, calls = read_calls(named, '{"city": "Lyon"}')
+    assert content is None and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Lyon"}'}
+    assert read_calls(named, '{"city": "Ly') == ('{"city": "Ly', [])  # cut by max_tokens: left as text
+    required = plan([WEATHER, NOTE], "required", None, None, "m")
+    _, calls = read_calls(required, '[{"name": "save_note", "arguments": {"text": "hi"}}]')
+    assert calls[0]["function"]["name"] == "save_note" and json.loads(calls[0]["function"]["arguments"]) == {
+        "text": "hi"}
+    auto = plan([WEATHER], "auto", None, "hermes", "m")
+    content, calls = read_calls(auto, 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": '
+                                      '{"city": "Oslo"}}\n</tool_call>\n<tool_call>{"name": "unknown", '
+                                      '"arguments": {}}</tool_call>')
+    assert [c["function"]["name"] for c in calls] == ["get_weather"] and content == "Let me check."
+    assert read_calls(auto, "It is sunny.") == ("It is sunny.", [])
+
+
+class Tokenizer:
+    def __init__(self, template: str):
+        self.chat_template = template
+        self.all_special_tokens = []
+        self.seen = None
+
+    def get_added_vocab(self):
+        return {}
+
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, tokenize=False):
+        self.seen = (messages, tools)
+        return json.dumps(messages)
+
+
+def test_a_template_that_declares_tools_renders_them_and_one_that_does_not_gets_them_described():
+    hermes = ChatTemplate(Tokenizer("{% if tools %}<tools>{{ tools }}</tools>{% endif %} <tool_call>"))
+    assert hermes.tool_format == "hermes"
+    hermes.render([{"role": "user", "content": "hi"}], [WEATHER["function"]])
+    assert hermes.tokenizer.seen[1] == [WEATHER]
+    plain = ChatTemplate(Tokenizer("{% for m in messages %}{{ m.content }}{% endfor %}"))
+    assert plain.tool_format is None
+    plain.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+                 [WEATHER["function"]])
+    messages, tools = plain.tokenizer.seen
+    assert tools is None and "get_weather" in messages[0]["content"] and messages[0]["content"].startswith("Be brief.")
+
+
+async def _deltas(texts, fail_at=None):
+    for i, text in enumerate(texts):
+        if i == fail_at:
+            raise RuntimeError("engine broke")
+        yield Delta(text, "stop" if i == len(texts) - 1 else None, 3, i + 1)
+
+
+def test_choices_interleave_into_one_stream_and_join_back():
+    async def run():
+        merged = interleaved([_deltas(["a", "b"]), _deltas(["c", "d", "e"])])
+        return await collect_choices(coalesced(merged, 10.0))
+
+    choices = asyncio.run(run())
+    assert [(text, last.index, last.finish_reason) for text, last in choices] == [("ab", 0, "stop"),
+                                                                                   ("cde", 1, "stop")]
+
+
+def test_an_error_in_one_choice_ends_the_stream_with_it():
+    async def run():
+        return await collect_choices(interleaved([_deltas(["a", "b", "c"]), _deltas(["x", "y"], fail_at=1)]))
+
+    with pytest.raises(RuntimeError, match="engine broke"):
+        asyncio.run(run())
+
+
+def test_parse_reply_reads_what_the_judge_schema_asks_for():
+    reply = {"faithfulness": 0.5, "answer_relevance": 1, "context_precision": 0.25, "accuracy": 2, "style": 3,
+             "reason": "ok"}
+    assert parse_reply(json.dumps(reply))["accuracy"] == 2
+
+
+@pytest.mark.parametrize("question, passage, problem", [
+    ("How does the feature pipeline store embeddings?", "Our feature pipeline writes embeddings to Qdrant.", None),
+    ("The answer to this puzzle would be X?", "Puzzles.", "a reply"),
+    ("What does the passage say about caching?", "Caching layers.", "about the passage"),
+    ("What is love?", "Vector databases index embeddings.", "no content word"),
+    ("Sure, here it is?", "Sure.", "a reply"),
+])
+def test_the_dataset_keeps_questions_about_the_passage(question, passage, problem):
+    found = question_problem(question, passage)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_instructions_are_read_from_the_schema_reply_or_from_text():
+    assert clean_instruction('{"question": "Why use hybrid search?"}') == "Why use hybrid search?"
+    assert clean_instruction("Question: Why shard a vector index? Because.") == "Why shard a vector index?"
+    assert clean_instruction('{"question": ') is None
