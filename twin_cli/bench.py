@@ -10,13 +10,16 @@
   greedy-agreement deltas; 8 streams against one; inter-token latency while prompts arrive
   (chunked against whole prefill); time to first token with the prefix cache against without;
   the local teacher 8 at a time against one at a time;
+- structured (twin_cli/bench_structured.py): tokens/s with a JSON schema against without, valid
+  answers constrained against asked for in the prompt, the local teacher's kept instructions and
+  the platform's own model as judge (unscored answers, agreement with the embedding scores);
 - serving (twin_cli/bench_serving.py): tokens/s through gRPC and HTTP against the same engine
   streaming in process, and 8 concurrent chat clients against one;
 - training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's;
 - pii: masking time of pathological inputs at the request size limit (TWIN_MAX_REQUEST_CHARS) and
   at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
-`python -m twin_cli.bench [data] [generation] [serving] [training] [pii]` runs some (`make bench BENCH="data"`);
+`python -m twin_cli.bench [data] [generation] [structured] [serving] [training] [pii]` runs some (`make bench BENCH="data"`);
 all by default. Each part's output replaces its section of docs/benchmarks.md (bench_report.py).
 """
 
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "generation", "serving", "training", "pii")
+PARTS = ("data", "generation", "structured", "serving", "training", "pii")
 # Inputs that made a backtracking pattern rescan the rest of the text from every position.
 PII_PATHOLOGICAL = ("a.", "a-", "1.", "1 ", "eyJ-", "-----BEGIN A-----", "a@", "aB/", "a:", "+1(", "sk-", "a.a@")
 
@@ -43,7 +46,8 @@ def main(parts: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     parts = parts or list(PARTS)
-    runs = {"data": data_plane, "generation": _part("bench_generation"), "serving": _part("bench_serving"),
+    runs = {"data": data_plane, "generation": _part("bench_generation"), "structured": _part("bench_structured"),
+            "serving": _part("bench_serving"),
             "training": _part("bench_training"), "pii": pii_masking}
     for part in parts:
         with report.captured(part):
