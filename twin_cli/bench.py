@@ -20,7 +20,8 @@
   at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
 `python -m twin_cli.bench [data] [generation] [structured] [serving] [training] [pii]` runs some
-(`make bench BENCH="data"`); all by default. Each part's output replaces its section of docs/benchmarks.md (bench_report.py).
+(`make bench BENCH="data"`); all by default. Each part's output replaces its section of
+docs/benchmarks.md (bench_report.py).
 """
 
 from __future__ import annotations
