@@ -94,19 +94,23 @@ def test_a_row_that_fails_ends_alone():
 
 class Guides:
     """Stands in for guided.Guides: the 'grammar' allows exactly the tokens of ``script`` in order
-    and is complete after the last one; ``constrain`` raises for a matcher named 'broken'."""
+    and is complete after the last one; a matcher named 'broken' fails."""
 
     def __init__(self):
         self.closing = []
 
-    def constrain(self, logits, matcher, closing=None):
-        if matcher["name"] == "broken":
-            raise RuntimeError("grammar failure")
-        self.closing.append(closing)
-        allowed = matcher["script"][matcher["at"]]
-        keep = logits[allowed].clone()
-        logits.fill_(float("-inf"))
-        logits[allowed] = keep
+    def constrain(self, logits, rows):
+        failed = []
+        for row, matcher, _tail, closing in rows:
+            if matcher["name"] == "broken":
+                failed.append((row, RuntimeError("grammar failure")))
+                continue
+            self.closing.append(closing)
+            allowed = matcher["script"][matcher["at"]]
+            keep = logits[row, allowed].clone()
+            logits[row].fill_(float("-inf"))
+            logits[row, allowed] = keep
+        return failed
 
     def advance(self, matcher, token):
         assert token == matcher["script"][matcher["at"]]
@@ -136,5 +140,5 @@ def test_guided_rows_narrow_to_closing_tokens_near_max_tokens():
     r.matcher = {"name": "ok", "script": [1] * 40, "at": 0}
     for _ in range(39):
         s.step([r], logits_for(1))
-    # closing_budget(40) = 10: the last ten steps pass the answer so far to be closed
-    assert guides.closing[:30] == [None] * 30 and all(c is not None for c in guides.closing[30:])
+    # closing_budget(40) = 10: the last ten steps are asked to close the document
+    assert guides.closing == [False] * 30 + [True] * 9

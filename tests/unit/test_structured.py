@@ -161,3 +161,13 @@ def test_instructions_are_read_from_the_schema_reply_or_from_text():
     assert clean_instruction('{"question": "Why use hybrid search?"}') == "Why use hybrid search?"
     assert clean_instruction("Question: Why shard a vector index? Because.") == "Why shard a vector index?"
     assert clean_instruction('{"question": ') is None
+
+
+def test_the_json_tail_knows_strings_escapes_and_numbers():
+    from services.generation.engines.transformers.guided import JsonTail, string_state
+
+    assert [string_state(t) for t in ('{"a": "b', '{"a": "b"', '{"a": "b\\', '{"a": "b\\"', '{"a": "b\\\\')] == [
+        1, 0, None, 1, 1]
+    tail = JsonTail().update('{"score": 0.56666')
+    assert tail.state() == 0 and tail.number_chars == 7
+    assert tail.update('{"score": 0.56666, "n": "12').number_chars == 0  # digits inside a string are text

@@ -11,7 +11,9 @@ A small model can loop inside a JSON string until max_tokens and leave a documen
 parse. So as a guided answer nears its max_tokens (the last :func:`closing_budget` tokens), among
 the tokens the grammar allows only those that close something (a quote, a brace, a bracket, or the
 end) stay in: the answer closes its strings and containers and ends as a complete document, unless
-the schema needs more than the tokens left (then it ends with ``length``, like any answer).
+the schema needs more than the tokens left (then it ends with ``length``, like any answer). And a
+number is cut at MAX_NUMBER_CHARS characters (a float64 holds no more): a small model asked for a
+score between 0 and 1 can otherwise write "0.5666666..." until max_tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ...structured import grammar
 
 CACHED_GRAMMARS = 256
 CLOSING_CHARS = frozenset("}] ")
+NUMBER_CHARS = frozenset("0123456789.eE+-")
+MAX_NUMBER_CHARS = 18
 
 
 def closing_budget(max_tokens: int) -> int:
@@ -37,8 +41,10 @@ class Guides:
         self._tokenizer = None
         self._compiled: OrderedDict[str, object] = OrderedDict()  # canonical schema -> a fresh matcher
         self._lock = threading.Lock()
-        # bool per vocabulary entry: the token only closes (see closing_budget), outside a string / inside one
+        # bool per vocabulary entry: the token only closes (see closing_budget), outside a string / inside
+        # one; the token continues a number
         self._closers: tuple | None = None
+        self._number_tokens = None
         self._eos_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
 
     def matcher(self, schema: str):
@@ -51,7 +57,7 @@ class Guides:
                 import llguidance.hf
 
                 self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self.vocab_size)
-                self._closers = self._closing_tokens()
+                self._closers, self._number_tokens = self._closing_tokens()
             prototype = self._compiled.get(schema)
             if prototype is None:
                 prototype = llguidance.LLMatcher(self._tokenizer, grammar(schema))
@@ -66,44 +72,58 @@ class Guides:
             return prototype.deep_copy()
 
     def _closing_tokens(self) -> tuple:
-        """(outside a string: tokens of closing braces and brackets only, and the end of sequence;
-        inside one: a quote that ends it, optionally followed by closing braces and brackets)."""
+        """((outside a string: tokens of closing braces and brackets only, and the end of sequence;
+        inside one: a quote that ends it, optionally followed by closing braces and brackets),
+        tokens that start with a number's character)."""
         import torch
 
         outside = torch.zeros(self.vocab_size, dtype=torch.bool)
         inside = torch.zeros(self.vocab_size, dtype=torch.bool)
+        numbers = torch.zeros(self.vocab_size, dtype=torch.bool)
         pieces = self._hf_tokenizer.batch_decode([[i] for i in range(len(self._hf_tokenizer))])
         for i, piece in enumerate(pieces[:self.vocab_size]):
             if piece.strip() and set(piece) <= CLOSING_CHARS:
                 outside[i] = True
             elif piece.startswith('"') and set(piece[1:]) <= CLOSING_CHARS:
                 inside[i] = True
+            if piece[:1] in NUMBER_CHARS:
+                numbers[i] = True
         for i in self._eos_ids:
             if i < self.vocab_size:
                 outside[i] = True
-        return outside, inside
+        return (outside, inside), numbers
 
-    def constrain(self, logits, matcher, closing: str | None = None) -> None:
-        """``logits`` (one row, a view into the step's logits) masked in place to what ``matcher``
-        allows (entries past the tokenizer's vocabulary, padding of the embedding, to -inf too);
-        ``closing`` (the answer so far, near its max_tokens): narrowed to the allowed tokens that
-        close something, when there are any."""
+    def constrain(self, logits, rows: list[tuple]) -> list[tuple[int, Exception]]:
+        """Rows of ``logits`` (rows, vocab) masked in place, each to what its matcher allows (entries
+        past the tokenizer's vocabulary, padding of the embedding, to -inf too). ``rows``: (row,
+        matcher, tail: JsonTail of the answer so far, closing: near max_tokens). One bitmask and one
+        masking pass for all of them. -> the rows whose matcher failed, with the error (those rows
+        are left as they were)."""
         import llguidance.torch as lt
         import torch
 
-        mask = lt.allocate_token_bitmask(1, self.vocab_size)
-        lt.fill_next_token_bitmask(matcher, mask, 0)
-        if matcher.is_error():
-            raise RuntimeError(f"constrained decoding failed: {matcher.get_error()[:300]}")
-        lt.apply_token_bitmask_inplace(logits.unsqueeze(0) if logits.dim() == 1 else logits,
-                                       mask.to(logits.device, non_blocking=True))
-        state = None if closing is None else string_state(closing)
-        if state is not None:
-            closers = self._closers[state].to(logits.device)
-            head = logits[..., :self.vocab_size]
-            narrowed = head.masked_fill(~closers, float("-inf"))
-            if bool(torch.isfinite(narrowed).any()):
-                head.copy_(narrowed)
+        mask = lt.allocate_token_bitmask(len(rows), self.vocab_size)
+        failed, kept = [], []
+        for j, (row, matcher, _, _) in enumerate(rows):
+            lt.fill_next_token_bitmask(matcher, mask, j)
+            if matcher.is_error():
+                failed.append((row, RuntimeError(f"constrained decoding failed: {matcher.get_error()[:300]}")))
+            else:
+                kept.append(j)
+        if not kept:
+            return failed
+        index = torch.tensor([rows[j][0] for j in kept], device=logits.device)
+        part = logits[index]
+        lt.apply_token_bitmask_inplace(part, mask[kept].to(logits.device, non_blocking=True))
+        for k, j in enumerate(kept):
+            _, _, tail, closing = rows[j]
+            state = tail.state()
+            if tail.number_chars >= MAX_NUMBER_CHARS and state == 0:
+                _narrow(part[k, :self.vocab_size], ~self._number_tokens.to(logits.device))
+            if closing and state is not None:
+                _narrow(part[k, :self.vocab_size], self._closers[state].to(logits.device))
+        logits[index] = part
+        return failed
 
     @staticmethod
     def advance(matcher, token: int) -> bool:
@@ -113,17 +133,44 @@ class Guides:
         return matcher.is_stopped()
 
 
+def _narrow(logits, keep) -> None:
+    """``logits`` (a row, already masked) narrowed in place to ``keep`` where that leaves a token."""
+    import torch
+
+    narrowed = logits.masked_fill(~keep, float("-inf"))
+    if bool(torch.isfinite(narrowed).any()):
+        logits.copy_(narrowed)
+
+
+class JsonTail:
+    """Where a JSON answer stands, read incrementally as its text grows: inside a string or not
+    (after a backslash: neither, the next character is escaped), and how long the number it ends
+    with is."""
+
+    def __init__(self):
+        self.read = 0
+        self.inside = self.escaped = False
+        self.number_chars = 0
+
+    def update(self, text: str) -> JsonTail:
+        for ch in text[self.read:]:
+            if not self.inside:
+                self.inside = ch == '"'
+                self.number_chars = self.number_chars + 1 if ch in NUMBER_CHARS else 0
+            elif self.escaped:
+                self.escaped = False
+            elif ch == "\\":
+                self.escaped = True
+            elif ch == '"':
+                self.inside = False
+        self.read = len(text)
+        return self
+
+    def state(self) -> int | None:
+        """0 outside a string, 1 inside one, None right after a backslash inside one."""
+        return None if self.escaped else int(self.inside)
+
+
 def string_state(text: str) -> int | None:
-    """Where a JSON text ends: 0 outside a string, 1 inside one, None right after a backslash
-    inside one (the next character is escaped: nothing can close there)."""
-    inside = escaped = False
-    for ch in text:
-        if not inside:
-            inside = ch == '"'
-        elif escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            inside = False
-    return None if escaped else int(inside)
+    """Where a JSON text ends (see JsonTail.state)."""
+    return JsonTail().update(text).state()

@@ -24,6 +24,7 @@ class Request:
     logprobs: list = field(default_factory=list)  # TokenLogprobs not yet handed out with a delta
     seen: object = None  # bool per vocabulary entry: in the prompt or the answer (repetition penalty)
     matcher: object = None  # an llguidance matcher when the answer is constrained to a JSON schema (guided.py)
+    json_tail: object = None  # guided.JsonTail: where the guided answer's JSON stands
     read: int = 0  # tokens[:read] are in text; tokens[base:read] decode to the text's tail
     base: int = 0
 

@@ -94,9 +94,9 @@ class Scheduler:
     def step(self, rows: list[Request], logits) -> list[int]:
         """Each row's next token (``logits`` (rows, vocab)), the rows advanced; guided rows masked
         first, then the plain greedy rows chosen together, the others one by one."""
-        for i, r in enumerate(rows):
-            if r.matcher is not None and not r.done:
-                self._constrain(r, logits[i])
+        guided = [(i, r) for i, r in enumerate(rows) if r.matcher is not None and not r.done]
+        if guided:
+            self._constrain(logits, guided)
         plain = [i for i, r in enumerate(rows) if sampling.plain_greedy(r.params)] if len(rows) > 1 else []
         chosen: dict[int, int] = {}
         if len(plain) > 1:
@@ -109,21 +109,28 @@ class Scheduler:
 
     def step_one(self, r: Request, logits) -> int:
         """One row's next token from its logits (a prompt just prefilled), the row advanced."""
-        if r.matcher is not None and not self._constrain(r, logits):
-            return self.pad_id
+        if r.matcher is not None:
+            self._constrain(logits.unsqueeze(0), [(0, r)])
         return self._choose(r, logits)
 
-    def _constrain(self, r: Request, logits) -> bool:
-        """The row's logits masked to its grammar; False (the request ended with the error) on failure."""
-        try:
+    def _constrain(self, logits, rows: list[tuple[int, Request]]) -> None:
+        """The guided rows' logits masked to their grammars (guided.Guides.constrain); a row whose
+        grammar fails ends its request with the error (``_choose`` then skips it)."""
+        items = []
+        for i, r in rows:
+            if r.json_tail is None:
+                r.json_tail = guided.JsonTail()
             closing = r.params.max_tokens - len(r.tokens) <= guided.closing_budget(r.params.max_tokens)
-            self.guides.constrain(logits, r.matcher, closing=r.text if closing else None)
-            return True
-        except Exception as exc:
-            log.exception("constrained decoding failed for one request")
-            r.emit(ModelUnavailable(f"generation failed for this request: {exc}"))
-            r.done = True
-            return False
+            items.append((i, r.matcher, r.json_tail.update(r.text), closing))
+        try:
+            failed = self.guides.constrain(logits, items)
+        except Exception as exc:  # noqa: BLE001 - the masking pass itself broke: its rows end, the batch goes on
+            failed = [(i, exc) for i, _ in rows]
+        by_row = dict(rows)
+        for i, exc in failed:
+            log.error("constrained decoding failed for one request: %s", exc)
+            by_row[i].emit(ModelUnavailable(f"generation failed for this request: {exc}"))
+            by_row[i].done = True
 
     def _choose(self, r: Request, logits, token: int | None = None) -> int:
         """Sample (unless ``token`` was chosen already) and advance one row; a failure there ends
