@@ -33,8 +33,9 @@ from llm_twin.warehouse import Warehouse
 
 DATASET_VERSION = "2"  # 2: instructions written through QUESTION_SCHEMA and checked by question_problem
 QUESTION_PROMPT = (
-    "Here is a passage written by {author}:\n\n{passage}\n\n"
-    "Write the one question that this passage answers. Reply with the question only, in one sentence."
+    "Here is a passage from \"{title}\", written by {author}:\n\n{passage}\n\n"
+    "Write the one question about {title} that a reader would ask and this passage answers. "
+    "Reply with the question only, in one sentence."
 )
 QUESTION_WORDS = ("What", "How", "Why", "When", "Where", "Which", "Who", "Can", "Could", "Should", "Would", "Will",
                   "Is", "Are", "Do", "Does", "Did", "Has", "Have", "In what", "For what")
@@ -195,11 +196,12 @@ def _content_words(text: str) -> set[str]:
 
 def question_problem(question: str, passage: str) -> str | None:
     """Why an instruction is not a question about the passage (None: it is one): it replies
-    instead of asking, talks about "the passage", or shares no content word with the passage."""
+    instead of asking, talks about "the passage" or holds a template's placeholder, or shares no
+    content word with the passage."""
     lowered = question.lower()
     if lowered.startswith(_REPLY_OPENINGS) or not question.endswith("?"):
         return "a reply, not a question"
-    if "passage" in lowered or "puzzle" in lowered:
+    if "passage" in lowered or "puzzle" in lowered or "[" in question or "insert" in lowered:
         return "about the passage, not its subject"
     if not _content_words(question) & _content_words(passage):
         return "shares no content word with the passage"
@@ -235,14 +237,16 @@ def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher
     instructions: list[str | None] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        replies = teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author=author, passage=p.text)}]
-                                    for p in batch], max_tokens=80, json_schema=QUESTION_SCHEMA)
+        asks = [[{"role": "user", "content": QUESTION_PROMPT.format(author=author, title=p.title, passage=p.text)}]
+                for p in batch]
+        replies = teacher.complete(asks, max_tokens=80, json_schema=QUESTION_SCHEMA)
         instructions.extend(clean_instruction(r) for r in replies)
         progress("instructions", min(start + batch_size, len(items)), len(items))
 
     examples, seen, dropped = [], set(), {}
     for passage, instruction in zip(items, instructions, strict=True):
-        problem = "no question written" if instruction is None else question_problem(instruction, passage.text)
+        problem = ("no question written" if instruction is None
+                   else question_problem(instruction, f"{passage.title}\n{passage.text}"))
         key_text = re.sub(r"\W+", " ", (instruction or "").lower()).strip()
         if problem is None and key_text in seen:
             problem = "a duplicate"

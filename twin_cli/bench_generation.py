@@ -174,7 +174,8 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
 
     teacher = LocalTeacher(Generator(backend), concurrency=concurrency)
     started = time.perf_counter()
-    teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author="Mara Quill", passage=p)}]
+    teacher.complete([[{"role": "user", "content": QUESTION_PROMPT.format(author="Mara Quill", title="Notes",
+                                                                                          passage=p)}]
                       for p in passages], max_tokens=48)
     return len(passages) / (time.perf_counter() - started)
 

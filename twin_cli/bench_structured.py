@@ -160,12 +160,14 @@ def _validates(text: str, schema: dict, jsonschema) -> bool:
         return False
 
 
+_OLD_PROMPT = ("Here is a passage written by {author}:\n\n{passage}\n\n"
+               "Write the one question that this passage answers. Reply with the question only, in one sentence.")
 _OLD_QUESTION = re.compile(r"^(?:question\s*:\s*)?(.+?\?)", re.IGNORECASE | re.DOTALL)
 
 
 def _old_filter(reply: str) -> str | None:
     """The instruction filter before schemas (free text: the first question mark, 12-300
-    characters, not naming "passage"): the baseline."""
+    characters, not naming "passage"): with _OLD_PROMPT, the baseline."""
     match = _OLD_QUESTION.search(reply.strip().strip('"'))
     if not match:
         return None
@@ -189,14 +191,16 @@ def _dataset_figures(generator) -> None:
                                              text="\n\n".join(paragraphs)))
         items = datasets.passages(warehouse, AUTHOR)
     teacher = datasets.LocalTeacher(generator)
-    asks = [[{"role": "user", "content": datasets.QUESTION_PROMPT.format(author=AUTHOR, passage=p.text)}]
+    asks = [[{"role": "user",
+              "content": datasets.QUESTION_PROMPT.format(author=AUTHOR, title=p.title, passage=p.text)}]
             for p in items]
-    free = [_old_filter(r) for r in teacher.complete(asks, max_tokens=60)]
+    before = [[{"role": "user", "content": _OLD_PROMPT.format(author=AUTHOR, passage=p.text)}] for p in items]
+    free = [_old_filter(r) for r in teacher.complete(before, max_tokens=60)]
     written = [datasets.clean_instruction(r)
                for r in teacher.complete(asks, max_tokens=80, json_schema=datasets.QUESTION_SCHEMA)]
     kept = [q for q, p in zip(written, items, strict=True)
-            if q is not None and datasets.question_problem(q, p.text) is None]
-    old_checked = sum(q is not None and datasets.question_problem(q, p.text) is None
+            if q is not None and datasets.question_problem(q, f"{p.title}\n{p.text}") is None]
+    old_checked = sum(q is not None and datasets.question_problem(q, f"{p.title}\n{p.text}") is None
                       for q, p in zip(free, items, strict=True))
     print(f"structured: local teacher, {len(items)} passages of the sample corpus: instructions kept "
           f"{len(kept)} through the schema and check / {sum(q is not None for q in free)} free text with the old "

@@ -66,6 +66,10 @@ def test_dataset_answers_are_the_authors_text_split_by_document(dataset, warehou
     for row in train + test:
         assert row["answer"] == passages[row["passage_id"]].text  # traceable to its source passage
         assert row["instruction"].endswith("?")
+        # written through QUESTION_SCHEMA and kept by the check: a question about its passage
+        assert datasets.question_problem(row["instruction"], f"{passages[row['passage_id']].title}\n{row['answer']}") \
+            is None
+    assert sum(manifest["dropped"].values()) == manifest["counts"]["dropped"]
     pairs = datasets.load(manifest["path"], "preference.jsonl")
     assert pairs and all(p["chosen"] == p["answer"] and p["rejected"] != p["chosen"] for p in pairs)
     assert manifest["counts"]["train"] == len(train) and len(manifest["digest"]) == 64

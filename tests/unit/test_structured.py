@@ -171,3 +171,68 @@ def test_the_json_tail_knows_strings_escapes_and_numbers():
     tail = JsonTail().update('{"score": 0.56666')
     assert tail.state() == 0 and tail.number_chars == 7
     assert tail.update('{"score": 0.56666, "n": "12').number_chars == 0  # digits inside a string are text
+
+
+class _Endpoint:
+    """An OpenAI-compatible endpoint on 127.0.0.1 that refuses response_format (as some do) and
+    otherwise answers with ``reply``; it records what it was sent."""
+
+    def __init__(self, reply: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                bodies.append(body)
+                if "response_format" in body:
+                    status, out = 400, {"error": {"message": "response_format is not supported", "type": "x"}}
+                else:
+                    status, out = 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                        "choices": [{"index": 0, "finish_reason": "stop",
+                                                     "message": {"role": "assistant", "content": reply}}]}
+                data = json.dumps(out).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_the_judge_asks_through_its_schema_and_falls_back_where_the_endpoint_refuses_it():
+    from llm_twin.evaluation.judge import LLMJudge
+
+    scores = {"faithfulness": 1, "answer_relevance": 0.5, "context_precision": 1, "accuracy": 3, "style": 2,
+              "reason": "fine"}
+    endpoint = _Endpoint(json.dumps(scores))
+    try:
+        judge = LLMJudge(endpoint.url, "m")
+        first = judge.judge("Why?", "Because.", ["A passage."], "Mara")
+        second = judge.judge("How?", "Like so.", ["A passage."], "Mara")
+    finally:
+        endpoint.server.shutdown()
+    assert first.scores["style"] == 2 and second.scores["answer_relevance"] == 0.5
+    sent = [b.get("response_format", {}).get("json_schema", {}).get("schema") for b in endpoint.bodies]
+    assert sent == [JUDGE_SCHEMA, None, None]  # asked through the schema once, then in plain text
+
+
+def test_an_external_teacher_asks_through_the_schema_and_falls_back():
+    from training.datasets import OpenAITeacher
+
+    endpoint = _Endpoint('{"question": "Why cache embeddings?"}')
+    try:
+        teacher = OpenAITeacher(endpoint.url, "m", concurrency=1)
+        replies = teacher.complete([[{"role": "user", "content": "passage"}]] * 2, 40, json_schema=QUESTION_SCHEMA)
+    finally:
+        endpoint.server.shutdown()
+    assert [clean_instruction(r) for r in replies] == ["Why cache embeddings?"] * 2
+    assert "response_format" in endpoint.bodies[0] and "response_format" not in endpoint.bodies[-1]
