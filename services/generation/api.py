@@ -179,6 +179,11 @@ class Engine(Protocol):
         the generation. ``adapter`` names a loaded LoRA adapter (a twin); None: the base model."""
         ...
 
+    def warm(self) -> None:
+        """Prepares what the first request of a kind would otherwise wait for (the transformers
+        engine: the grammar engine's tables for guided answers); called once by the serving deployment."""
+        ...
+
     def adapters(self) -> set[str]:
         """The names of the loaded adapters."""
         ...

@@ -41,6 +41,7 @@ class GenerationDeployment:
     def __init__(self, settings: dict):
         self.settings = Settings(**settings)
         self.generator = Generator.from_settings(self.settings)
+        self.generator.engine.warm()  # before the replica is ready: no first guided request waits for it
         self.loaded: dict[str, str | None] = {}  # twin -> adapter version (None: base model)
 
     @serve.multiplexed(max_num_models_per_replica=8)

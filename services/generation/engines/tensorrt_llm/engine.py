@@ -45,6 +45,9 @@ class TensorRTLLMEngine:
         self._adapters: dict[str, tuple[int, str]] = {}  # name -> (engine's LoRA id, path)
         self._stats = {"requests": 0, "completed": 0, "cancelled": 0, "active": 0}
 
+    def warm(self) -> None:
+        """Nothing to prepare ahead of the first request."""
+
     def adapters(self) -> set[str]:
         return set(self._adapters)
 

@@ -135,6 +135,9 @@ class TransformersEngine:
             if not request.done:
                 request.cancelled.set()
 
+    def warm(self) -> None:
+        self.guides.warm()
+
     def adapters(self) -> set[str]:
         return set(getattr(self.model, "peft_config", {}) or {})
 
