@@ -323,8 +323,10 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
         pool.shutdown()
     codes = sorted(code for code, *_ in results)
     # At most its share is served; the rest is refused by the key's limit (or, on a machine that falls
-    # behind, by the platform's own queue limit: 503).
-    assert set(codes) <= {200, 429, 503} and codes.count(200) <= 6 and codes.count(429) >= 6, codes
+    # behind, by the platform's own queue limit: 503, which frees that slot of the key's share for
+    # another of the flood, so 429s and 503s together make up the rest).
+    assert set(codes) <= {200, 429, 503} and codes.count(200) <= 6 and codes.count(429) >= 1, codes
+    assert codes.count(429) + codes.count(503) >= 8, codes
     # Served over gRPC only if the key did not hold its whole share then: the platform itself had shed
     # some of the flood (503) or the flood had ended.
     assert not grpc_served or done_then == 14 or codes.count(200) < 6, codes

@@ -105,10 +105,12 @@ def test_text_completions_with_stop_and_streaming(client):
 
 @pytest.mark.parametrize("field, value", [
     ("logit_bias", {"1": 5}), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("response_format", {"type": "json_object"}), ("n", 2),
+    ("n", 99),
 ])
 def test_what_is_not_implemented_is_refused_naming_the_field(client, field, value):
-    with pytest.raises(openai.BadRequestError, match=field if field != "n" else "n must be 1"):
+    """(response_format, tools with a forced call and n are served: tests/integration/test_structured.py;
+    tools with the default tool_choice "auto" need a template that declares tools, which SmolLM2's does not.)"""
+    with pytest.raises(openai.BadRequestError, match=field if field != "n" else "n must be between 1 and"):
         client.chat.completions.create(model="mara-quill", messages=[{"role": "user", "content": "hi"}],
                                        **{field: value})
 
