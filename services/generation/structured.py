@@ -36,13 +36,35 @@ def canonical_schema(schema: str | dict, field: str = "json_schema") -> str:
     if not isinstance(schema, dict):
         raise InvalidGenerationRequest(f"{field} must be a JSON object (a JSON schema), got {type(schema).__name__}")
     # Keys keep their order: properties are generated in the order the schema lists them.
-    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(_without_no_ops(schema), separators=(",", ":"), ensure_ascii=False)
     if len(text) > MAX_SCHEMA_CHARS:
         raise InvalidGenerationRequest(f"{field}: {len(text)} characters; the limit is {MAX_SCHEMA_CHARS}")
     problem = _grammar_problem(text)
     if problem:
         raise InvalidGenerationRequest(f"{field} cannot be used for constrained decoding: {problem}")
     return text
+
+
+# Keywords whose value here constrains nothing (the grammar library refuses the keyword whatever its value).
+NO_OPS = {"uniqueItems": False}
+
+
+def _without_no_ops(node):
+    """The schema without keywords that constrain nothing (``"uniqueItems": false``); property
+    names are left alone (a property may be called "uniqueItems")."""
+    if isinstance(node, list):
+        return [_without_no_ops(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in NO_OPS and value is NO_OPS[key]:
+            continue
+        if key in ("properties", "patternProperties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: _without_no_ops(sub) for name, sub in value.items()}
+        else:
+            out[key] = _without_no_ops(value)
+    return out
 
 
 def grammar(schema_text: str) -> str:

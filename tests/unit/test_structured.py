@@ -25,6 +25,11 @@ NOTE = {"type": "function", "function": {"name": "save_note", "parameters": {
     "type": "object", "properties": {"text": {"type": "string"}}}}}
 
 
+def test_keywords_that_constrain_nothing_are_dropped_not_refused():
+    text = canonical_schema({"type": "object", "properties": {"uniqueItems": {"type": "array", "uniqueItems": False}}})
+    assert json.loads(text) == {"type": "object", "properties": {"uniqueItems": {"type": "array"}}}
+
+
 def test_a_schema_keeps_its_key_order_and_every_platform_schema_compiles():
     text = canonical_schema('{"type": "object", "properties": {"z": {"type": "string"}, "a": {"type": "number"}}}')
     assert text.index('"z"') < text.index('"a"')  # properties are generated in the order given
@@ -35,6 +40,9 @@ def test_a_schema_keeps_its_key_order_and_every_platform_schema_compiles():
 @pytest.mark.parametrize("schema, fragment", [
     ({"type": "array", "uniqueItems": True}, "uniqueItems"),
     ({"type": "object", "if": {"required": ["a"]}, "then": {}}, "if"),
+    ({"not": {"type": "string"}}, "not"),
+    ({"type": "array", "contains": {"type": "integer"}}, "contains"),
+    ({"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired"),
     ({"type": "string", "pattern": "(?<=a)b"}, "look"),
     ({"$ref": "https://example.com/x.json"}, "example.com"),
     ({"type": "nonsense"}, "nonsense"),
