@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Category = Literal["article", "post", "code"]
-CATEGORIES: tuple[str, ...] = ("article", "post", "code")
+Category = Literal["article", "post", "thread", "document", "code"]
+CATEGORIES: tuple[str, ...] = ("article", "post", "thread", "document", "code")
 
 # A fixed namespace so that ids are the same on every machine and every run.
 _ID_NAMESPACE = uuid.UUID("6f1c1c3e-2b7e-4a53-9a53-7f0d1c2b9e11")

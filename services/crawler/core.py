@@ -106,7 +106,9 @@ class Crawler:
         found = next((name for name, cls in SOURCES.items() if not cls.web and cls.claims(target, path)), None)
         if found is None:
             if zipfile.is_zipfile(path):
-                raise InvalidTarget(target, "a zip that is not a LinkedIn data export (no Shares.csv or Articles/)")
+                raise InvalidTarget(target, "a zip that is none of the archives read here: not a LinkedIn data export "
+                                            "(Shares.csv, Articles/), a Medium export (posts/*.html), a Substack "
+                                            "export (posts.csv), an X archive (data/tweets.js) or a .docx")
             raise InvalidTarget(target, "no source type reads it")
         return found
 

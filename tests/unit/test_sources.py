@@ -64,7 +64,8 @@ def test_detection_follows_the_registry(crawler, tmp_path):
 
 
 def test_what_reads_server_files_is_not_offered_over_the_api():
-    assert set(registry.SOURCE_TYPES) - set(registry.API_SOURCE_TYPES) == {"folder", "linkedin-export"}
+    assert set(registry.SOURCE_TYPES) - set(registry.API_SOURCE_TYPES) == {
+        "folder", "linkedin-export", "medium-export", "substack-export", "x-archive", "pdf", "docx"}
     with pytest.raises(InvalidRequest, match="reads server files"):
         api_crawl_target("https://example.org/x", "folder")
 

@@ -11,10 +11,16 @@ from .base import CrawlContext, Item, Source
 from .folder import FolderSource
 from .git import GitSource
 from .linkedin import LinkedInExportSource
+from .medium import MediumExportSource
+from .office import DocxSource, PdfSource
+from .substack import SubstackExportSource
 from .web import ArticleSource, FeedSource, SitemapSource
+from .x_archive import XArchiveSource
 
 SOURCES: dict[str, type] = {cls.name: cls for cls in (
-    GitSource, LinkedInExportSource, FolderSource,  # local paths (git: also remotes ending in .git)
+    GitSource, LinkedInExportSource, MediumExportSource, SubstackExportSource, XArchiveSource,  # archives
+    PdfSource, DocxSource,  # documents, by their bytes (before the folder source takes any other file)
+    FolderSource,  # local paths (git: also remotes ending in .git)
     SitemapSource, FeedSource, ArticleSource,  # web targets, recognised from their content
 )}
 SOURCE_TYPES = ("auto", *SOURCES)  # what --source and source_type accept

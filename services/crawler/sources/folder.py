@@ -19,18 +19,33 @@ _HEADING = re.compile(r"^\s{0,3}#\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
 
 
+_WIKI_LINK = re.compile(r"!?\[\[([^\]|#]+)(?:#[^\]|]*)?(?:\|([^\]]+))?\]\]")
+
+
 def markdown_title_and_body(text: str, fallback: str) -> tuple[str, str]:
-    title = fallback
+    title, _, body = markdown_note(text, fallback)
+    return title, body
+
+
+def markdown_note(text: str, fallback: str) -> tuple[str, str | None, str]:
+    """A Markdown note (a blog post, an Obsidian or Notion export) -> (title, date, body): front
+    matter read for its title and date and left out of the body, wiki-links ``[[Page|alias]]``
+    written as the words a reader sees (the alias, else the page)."""
+    title, date = fallback, None
     front = _FRONT_MATTER.match(text)
     if front:
         text = text[front.end():]
         found = re.search(r"^title:\s*[\"']?(.+?)[\"']?\s*$", front.group(1), re.MULTILINE)
         if found:
             title = found.group(1)
+        dated = re.search(r"^(?:date|created|published):\s*[\"']?(\d{4}-\d{2}-\d{2}[^\"'\n]*)", front.group(1),
+                          re.MULTILINE)
+        date = dated.group(1).strip() if dated else None
+    text = _WIKI_LINK.sub(lambda m: (m.group(2) or m.group(1)).strip(), text)
     heading = _HEADING.search(text)
     if heading and title == fallback:
         title = heading.group(1)
-    return title, text
+    return title, date, text
 
 
 def is_page(path: Path) -> bool:
@@ -79,9 +94,9 @@ class FolderSource(LocalSource):
             text = path.read_text(encoding="utf-8", errors="replace")
             if not text.strip():
                 raise InvalidTarget(str(path), "file is empty")
-            title, body = markdown_title_and_body(text, path.stem.replace("-", " ").replace("_", " "))
+            title, date, body = markdown_note(text, path.stem.replace("-", " ").replace("_", " "))
             return RawDocument.create(author=author, category="article", source=link, link=link,
-                                      title=title, text=body, platform="local")
+                                      title=title, text=body, published=date, platform="local")
         page = extract_article(read_saved_page(path), link)
         return RawDocument.create(author=author, category="article", source=link, link=link,
                                   title=page.title or path.stem, text=page.text, published=page.date,

@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 
 from llm_twin.documents import RawDocument
 
-from ..errors import CrawlError, InvalidTarget, ParseError
+from ..errors import CrawlError, ParseError
 from ..extract import extract_article
+from .archive import BoundedZip
 from .base import CrawlContext, Item, LocalSource
 
 
@@ -25,13 +26,11 @@ def is_linkedin_export(path: Path) -> bool:
         "Articles/" in n and n.lower().endswith(".html") for n in names)
 
 
-MAX_MEMBERS = 100_000  # an export holds a few thousand files; a million entries is a zip bomb's table
+WHAT = "the zip LinkedIn's 'Get a copy of your data' sends"
 
 
 class LinkedInExportSource(LocalSource):
-    """Every member is read with its size bounded (``max_bytes`` for the members read, all
-    together): a member's declared size is checked first, then the bytes actually decompressed,
-    since a crafted zip can declare one size and inflate to another."""
+    """Every member is read with its size bounded (archive.BoundedZip)."""
 
     name = "linkedin-export"
     summary = "a LinkedIn data export zip: posts and articles (CLI, or a TwinModel's linkedinExport)"
@@ -48,45 +47,19 @@ class LinkedInExportSource(LocalSource):
     def __init__(self, max_bytes: int = 200 * 1024 * 1024):
         self.max_bytes = max_bytes
 
-    def _read(self, archive: zipfile.ZipFile, name: str, target: str, read: list[int]) -> bytes:
-        """A member's bytes; ``read`` holds this crawl's decompressed total (one per crawl, so
-        concurrent crawls do not share it)."""
-        info = archive.getinfo(name)
-        left = self.max_bytes - read[0]
-        if info.file_size > left:
-            raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
-                                                 "(TWIN_MAX_ARCHIVE_BYTES)")
-        with archive.open(info) as member:
-            data = member.read(left + 1)
-        read[0] += len(data)
-        if read[0] > self.max_bytes:
-            raise ParseError(f"{target}#{name}", f"the export decompresses to more than {self.max_bytes} bytes "
-                                                 "(TWIN_MAX_ARCHIVE_BYTES)")
-        return data
-
     def crawl(self, target: str, author: str) -> Iterator[Item]:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise InvalidTarget(target, "no such file (expected the zip LinkedIn's 'Get a copy of your data' sends)")
-        try:
-            archive = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise ParseError(target, "not a zip file (expected LinkedIn's data export)") from exc
-        read = [0]
-        with archive:
-            if len(archive.infolist()) > MAX_MEMBERS:
-                raise ParseError(target, f"the zip lists more than {MAX_MEMBERS} files: not a LinkedIn export")
-            names = archive.namelist()
+        with BoundedZip(target, self.max_bytes, WHAT) as archive:
+            names = archive.names()
             shares = [n for n in names if PurePosixPath(n).name == "Shares.csv"]
             articles = sorted(n for n in names if "Articles/" in n and n.lower().endswith(".html"))
             if not shares and not articles:
                 raise ParseError(target, "zip has neither Shares.csv nor Articles/*.html: not a LinkedIn export")
             for name in shares:
-                yield from self._posts(self._read(archive, name, target, read), target, author)
+                yield from self._posts(archive.read(name), target, author)
             for name in articles:
-                source = f"{path.name}#{name}"
+                source = f"{archive.name}#{name}"
                 try:
-                    page = extract_article(self._read(archive, name, target, read), source)
+                    page = extract_article(archive.read(name), source)
                     yield RawDocument.create(author=author, category="article", source=source,
                                              link=source, title=page.title or PurePosixPath(name).stem,
                                              text=page.text, published=page.date, platform="linkedin")
