@@ -101,3 +101,49 @@ def test_handbook_corpus_end_to_end(shared_dir, tmp_path):
 
     again = twin(tmp_path, "index")
     assert "0 indexed, 72 unchanged, 0 removed; 0 chunks written" in again.stdout
+
+
+def test_archives_are_crawled_once_indexed_and_searched(tmp_path):
+    """`twin crawl` of a Medium export, an X archive and a .docx (detected from their content),
+    a second import changing nothing, then `twin index` and `twin search` finding each piece and
+    none of what was dropped."""
+    import zipfile
+
+    import docx
+
+    from tests.unit.test_archives import medium_post, tweet
+
+    medium = tmp_path / "medium.zip"
+    with zipfile.ZipFile(medium, "w") as z:
+        z.writestr("posts/2023-04-01_Sourdough-starters-1a.html", medium_post(
+            "Sourdough starters", "<p>A sourdough starter wants flour, water and patience every morning.</p>",
+            "2023-04-01T10:00:00Z", "https://medium.com/@ada/sourdough-1a"))
+        z.writestr("posts/draft_Secret-plans-2b.html", medium_post(
+            "Secret plans", "<p>Zeppelin harbour blueprints stay private.</p>", "2023-05-01T10:00:00Z", ""))
+        z.writestr("claps/claps.html", "<html><body><p>Zeppelin harbour blueprints clapped.</p></body></html>")
+    x = tmp_path / "x.zip"
+    with zipfile.ZipFile(x, "w") as z:
+        z.writestr("data/tweets.js", "window.YTD.tweets.part0 = " + json.dumps([
+            tweet("10", "Tomato seedlings need light from day one."),
+            tweet("11", "RT @other: Zeppelin harbour rumours")]))
+        z.writestr("data/account.js", 'window.YTD.account.part0 = [{"account": {"accountId": "1"}}]')
+    document = docx.Document()
+    document.add_heading("Beekeeping in winter", level=1)
+    document.add_paragraph("Bees cluster to keep the queen warm through the winter months.")
+    word = tmp_path / "bees.docx"
+    document.save(word)
+    data = tmp_path / "twin"
+    for path in (medium, x, word):
+        done = twin(data, "crawl", str(path), "--author", "Ada Writer")
+        assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("1 stored"), done.stdout
+        again = twin(data, "crawl", str(path), "--author", "Ada Writer")
+        assert again.stdout.strip().splitlines()[-1] == "0 stored, 0 updated, 1 unchanged, 0 failed", again.stdout
+    assert twin(data, "index").returncode == 0
+    for question, title in (("how do I feed a sourdough starter?", "Sourdough starters"),
+                            ("what do tomato seedlings need?", "Tomato seedlings need light from day one."),
+                            ("how do bees survive winter?", "Beekeeping in winter")):
+        found = json.loads(twin(data, "search", question, "--author", "Ada Writer", "--top-k", "1", "--json").stdout)
+        assert found[0]["title"] == title
+    every = json.loads(twin(data, "search", "Zeppelin harbour blueprints", "--author", "Ada Writer", "--top-k", "5",
+                            "--json").stdout)
+    assert all("Zeppelin" not in r["text"] for r in every)
