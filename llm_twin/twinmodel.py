@@ -144,6 +144,8 @@ class LinkedInExport(Section):
 
 
 HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+# An export or a document in object storage, copied into the job before it is read.
+ArchiveUri = Annotated[str, Field(pattern=r"^(s3|gs|file)://\S+$", max_length=2048)]
 # git is cloned over https only: ssh/git remotes reach hosts the crawler's address guard cannot pin.
 HttpsGitUrl = Annotated[str, Field(pattern=r"^https://[^/\s]+/\S+$", max_length=2048)]
 
@@ -152,17 +154,21 @@ class Sources(Section):
     """Where the author's writing is crawled from."""
 
     model_config = ConfigDict(json_schema_extra=_cel((
-        "size(self.feeds) + size(self.pages) + size(self.repositories) > 0 || has(self.linkedinExport)",
-        "give at least one source (feeds, pages, repositories or linkedinExport)")))
+        "size(self.feeds) + size(self.pages) + size(self.repositories) + size(self.archives) > 0 "
+        "|| has(self.linkedinExport)",
+        "give at least one source (feeds, pages, repositories, archives or linkedinExport)")))
     feeds: list[HttpUrl] = Field([], max_length=100, description="RSS/Atom feeds: every entry's page is crawled.")
     pages: list[HttpUrl] = Field([], max_length=1000, description="Article pages or sitemaps.")
     repositories: list[HttpsGitUrl] = Field([], max_length=100,
                                             description="Git repositories (https:// clone URLs only).")
     linkedin_export: LinkedInExport | None = None
+    archives: list[ArchiveUri] = Field(
+        [], max_length=100, description="Exports and documents in object storage (s3://, gs://, file://): Medium, "
+        "Substack and X archives, PDF, DOCX; each copied into the job and recognised from its content.")
 
     def targets(self) -> list[tuple[str, list[str]]]:
         """(crawler source type, targets) per kind of source, in crawl order."""
-        groups = [("feed", self.feeds), ("auto", self.pages), ("git", self.repositories)]
+        groups = [("feed", self.feeds), ("auto", self.pages), ("git", self.repositories), ("archive", self.archives)]
         if self.linkedin_export:
             groups.append(("linkedin-export", [self.linkedin_export.uri]))
         return [(kind, list(items)) for kind, items in groups if items]
@@ -182,7 +188,8 @@ class Author(Section):
     @model_validator(mode="after")
     def _has_sources(self):
         if not self.sources.targets():
-            raise ValueError("spec.author.sources needs at least one of feeds, pages, repositories, linkedinExport")
+            raise ValueError("spec.author.sources needs at least one of feeds, pages, repositories, archives, "
+                             "linkedinExport")
         return self
 
 

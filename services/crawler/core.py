@@ -149,11 +149,12 @@ class Crawler:
     def crawl_sources(self, sources: Sources, author: str,
                       on_outcome: Callable[[Outcome], None] = lambda o: None) -> CrawlReport:
         """A TwinModel's sources, each kind with its own source type (feeds as feeds, repositories
-        as git); a LinkedIn export in object storage is copied locally first."""
+        as git); exports and documents in object storage (a LinkedIn export, ``archives``) are
+        copied locally first, archives then recognised from their content."""
         report = CrawlReport()
         for kind, targets in sources.targets():
-            if kind == "linkedin-export":
-                with tempfile.TemporaryDirectory(prefix="twin-linkedin-") as tmp:
+            if kind in ("linkedin-export", "archive"):
+                with tempfile.TemporaryDirectory(prefix="twin-archive-") as tmp:
                     for uri in targets:
                         try:
                             local = _local_copy(uri, tmp)
@@ -161,7 +162,8 @@ class Crawler:
                             report.outcomes.append(Outcome(uri, "failed", exc.reason, source=kind))
                             on_outcome(report.outcomes[-1])
                             continue
-                        report.outcomes += self.crawl([local], author, kind, on_outcome).outcomes
+                        source = "auto" if kind == "archive" else kind
+                        report.outcomes += self.crawl([local], author, source, on_outcome).outcomes
             else:
                 report.outcomes += self.crawl(targets, author, kind, on_outcome).outcomes
         return report

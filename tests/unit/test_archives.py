@@ -275,3 +275,18 @@ def test_a_markdown_vault_reads_front_matter_and_wiki_links(tmp_path):
 
 def test_running_lines_need_most_pages():
     assert clean_pages(["Intro\nbody one", "Other\nbody two"]) == "Intro\nbody one\nOther\nbody two"
+
+
+def test_a_twinmodels_archives_are_copied_from_object_storage_and_recognised(tmp_path, medium, x_archive):
+    """What the RayJob's pipeline does with ``author.sources.archives``: each URI copied into the job,
+    then read by the source its content calls for; one that cannot be read is one failed line."""
+    from llm_twin.twinmodel import Sources
+
+    sources = Sources(archives=[medium.as_uri(), x_archive.as_uri(), (tmp_path / "missing.zip").as_uri()])
+    settings = Settings(data_dir=tmp_path / "twin")
+    report = Crawler.from_settings(settings).crawl_sources(sources, AUTHOR)
+    assert sorted(o.status for o in report.outcomes) == ["failed"] + ["stored"] * 4
+    assert "missing.zip" in next(o.target for o in report.outcomes if o.status == "failed")
+    stored = list(Warehouse(settings.resolved_warehouse_uri).documents())
+    assert sorted(d.platform for d in stored) == ["medium.com", "medium.com", "x.com", "x.com"]
+    assert Sources.model_validate({"archives": ["s3://b/medium.zip"]}).targets() == [("archive", ["s3://b/medium.zip"])]

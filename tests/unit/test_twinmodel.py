@@ -24,7 +24,8 @@ FULL = {
     "suspend": True,
     "author": {"name": "Ada Writer", "sources": {
         "feeds": ["https://ada.test/feed.xml"], "pages": ["https://ada.test/sitemap.xml", "https://ada.test/p"],
-        "repositories": ["https://git.test/ada/tools.git"], "linkedinExport": {"uri": "s3://exports/ada.zip"}}},
+        "repositories": ["https://git.test/ada/tools.git"], "linkedinExport": {"uri": "s3://exports/ada.zip"},
+        "archives": ["s3://exports/ada-medium.zip", "gs://docs/talk.pdf"]}},
     "storage": {"warehouseUri": "s3://b/warehouse", "artifactUri": "gs://b/artifacts"},
     "vectorStore": {"milvusUri": "http://milvus.db:19531", "collection": "ada_chunks",
                     "tokenSecretRef": {"name": "milvus-auth", "key": "token"}},
@@ -92,6 +93,7 @@ def destinations(spec: dict) -> dict:
         "author.sources.feeds": p.sources.feeds, "author.sources.pages": p.sources.pages,
         "author.sources.repositories": p.sources.repositories,
         "author.sources.linkedinExport.uri": p.sources.linkedin_export.uri,
+        "author.sources.archives": p.sources.archives,
         "storage.warehouseUri": p.storage.warehouse_uri == args["warehouse_uri"] and p.storage.warehouse_uri,
         "storage.artifactUri": p.storage.artifact_uri == args["artifact_uri"] and p.storage.artifact_uri,
         "vectorStore.milvusUri": p.storage.milvus_uri == args["milvus_uri"] and p.storage.milvus_uri,
@@ -174,6 +176,7 @@ def test_print_config_shows_the_resolved_pipeline_config_and_does_nothing(tmp_pa
     assert shown["pipeline"] == PipelineConfig.from_twinmodel(rendered(FULL)).model_dump(mode="json")
     assert shown["pipeline"]["train"]["dpo"]["enabled"] is False
     assert shown["pipeline"]["sources"]["linkedin_export"]["uri"] == "s3://exports/ada.zip"
+    assert shown["pipeline"]["sources"]["archives"] == ["s3://exports/ada-medium.zip", "gs://docs/talk.pdf"]
     assert shown["storage"]["milvus_uri"] == "http://milvus.db:19531"
     assert shown["secrets"] == {"teacher_key": False, "milvus_token": False, "judge_key": False}
     assert not (tmp_path / "data").exists(), "--print-config must do no work"
