@@ -1,6 +1,8 @@
 """`make bench`: speed and quality figures, each as a ratio against a baseline measured in the same run.
 
 - extraction: this extractor's F1 / trafilatura's default F1 on the article-extraction benchmark;
+- archives (twin_cli/bench_archives.py): each archive format's pieces kept, text F1 and dropped
+  items leaked, on archives built from the formats' documented shapes;
 - retrieval (twin_cli/bench_retrieval.py): every stage per kind of question on the three handbook
   question sets, the default's MRR@10 / plain chunk RRF's on the hard set, and first-stage latency
   / dense-only latency;
@@ -19,7 +21,7 @@
 - pii: masking time of pathological inputs at the request size limit (TWIN_MAX_REQUEST_CHARS) and
   at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
-`python -m twin_cli.bench [data] [generation] [structured] [serving] [training] [pii]` runs some
+`python -m twin_cli.bench [data] [archives] [generation] [structured] [serving] [training] [pii]` runs some
 (`make bench BENCH="data"`); all by default. Each part's output replaces its section of
 docs/benchmarks.md (bench_report.py).
 """
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "generation", "structured", "serving", "training", "pii")
+PARTS = ("data", "archives", "generation", "structured", "serving", "training", "pii")
 # Inputs that made a backtracking pattern rescan the rest of the text from every position.
 PII_PATHOLOGICAL = ("a.", "a-", "1.", "1 ", "eyJ-", "-----BEGIN A-----", "a@", "aB/", "a:", "+1(", "sk-", "a.a@")
 
@@ -47,7 +49,8 @@ def main(parts: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     parts = parts or list(PARTS)
-    runs = {"data": data_plane, "generation": _part("bench_generation"), "structured": _part("bench_structured"),
+    runs = {"data": data_plane, "archives": _part("bench_archives"), "generation": _part("bench_generation"),
+            "structured": _part("bench_structured"),
             "serving": _part("bench_serving"),
             "training": _part("bench_training"), "pii": pii_masking}
     for part in parts:

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "benchmarks.md"
 TITLES = {"data": "Data: extraction, indexing, retrieval", "generation": "Generation",
-          "structured": "Structured generation", "serving": "Serving",
+          "archives": "Archives", "structured": "Structured generation", "serving": "Serving",
           "training": "Training", "pii": "PII masking"}
 
 

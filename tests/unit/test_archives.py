@@ -18,6 +18,7 @@ from services.crawler.core import Crawler
 from services.crawler.errors import CrawlError, ParseError
 from services.crawler.sources import SOURCES
 from services.crawler.sources.office import clean_pages
+from twin_cli.bench_archives import text_pdf as _pdf
 
 AUTHOR = "Mara Quill"
 
@@ -180,38 +181,6 @@ def test_a_zip_bomb_and_broken_files_are_refused_each_on_its_own_line(tmp_path):
     assert any("no h-entry" in str(i) for i in items if isinstance(i, CrawlError))
 
 
-def _pdf(pages: list[list[str]], title: str = "") -> bytes:
-    """A small PDF with one text line per entry, made by hand (pypdf reads what it writes)."""
-    objects, kids = [], []
-    font = 3
-    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(None)  # the pages tree, filled in below
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    for lines in pages:
-        ops = ["BT /F1 11 Tf 72 760 Td 14 TL"] + [f"({line}) Tj T*" for line in lines] + ["ET"]
-        stream = "\n".join(ops).encode()
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        content = len(objects)
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
-                       b"/Resources << /Font << /F1 %d 0 R >> >> >>" % (content, font))
-        kids.append(len(objects))
-    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % k for k in kids), len(kids))
-    info = None
-    if title:
-        objects.append(b"<< /Title (%s) /CreationDate (D:20240315120000Z) >>" % title.encode())
-        info = len(objects)
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    trailer = b"<< /Size %d /Root 1 0 R%s >>" % (len(objects) + 1, b" /Info %d 0 R" % info if info else b"")
-    out += b"trailer\n" + trailer + b"\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
-
-
 def test_a_pdf_keeps_its_text_in_order_without_running_headers_and_hyphens(tmp_path):
     pages = [["Quarterly Notes", "Retrieval systems need care-", "ful evaluation before launch.", "1"],
              ["Quarterly Notes", "Chunk boundaries follow the reader.", "2"],
@@ -290,3 +259,17 @@ def test_a_twinmodels_archives_are_copied_from_object_storage_and_recognised(tmp
     stored = list(Warehouse(settings.resolved_warehouse_uri).documents())
     assert sorted(d.platform for d in stored) == ["medium.com", "medium.com", "x.com", "x.com"]
     assert Sources.model_validate({"archives": ["s3://b/medium.zip"]}).targets() == [("archive", ["s3://b/medium.zip"])]
+
+
+def test_the_same_post_from_an_export_and_from_the_blogs_feed_is_one_document(medium):
+    """The existing near-duplicate step: a Medium export's post and the same post crawled from the
+    blog (its page has the site's chrome around it) index as one document."""
+    from llm_twin.documents import RawDocument
+    from llm_twin.features.clean import clean_corpus
+
+    exported = next(d for d in crawled("medium-export", medium) if d.title.startswith("Chunking"))
+    from_feed = RawDocument.create(author=AUTHOR, category="article", source="https://mara.blog/chunking",
+                                   link="https://mara.blog/chunking", title=exported.title,
+                                   text=exported.text + "\n\nSubscribe to get new posts by email.")
+    kept, dropped = clean_corpus([exported, from_feed])
+    assert len(kept) == 1 and len(dropped) == 1
