@@ -258,3 +258,10 @@ def test_the_json_mirror_takes_the_schema_as_an_object(platform):
     reply = httpx.post(f"{platform.http}/v1/generate", timeout=120, json={
         "messages": [{"role": "user", "content": "Is water wet?"}], "json_schema": schema, "max_tokens": 20}).json()
     assert isinstance(json.loads(reply["text"])["ok"], bool)
+
+
+def test_completions_take_n_and_a_schema_too(client):
+    reply = client.completions.create(model="base", prompt="A colour, as JSON:", n=2, max_tokens=40, temperature=0.9,
+                                      seed=3, extra_body={"response_format": {"type": "json_object"}})
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert all(isinstance(json.loads(c.text), dict) for c in reply.choices)
