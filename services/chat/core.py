@@ -70,7 +70,8 @@ class Chat:
         relevant = [r for r in results if r.similarity >= self.min_similarity]
         yield Sources(relevant)
         if not relevant:
-            yield Delta(prompts.NO_SOURCES_ANSWER, "no_sources")
+            for index in range(params.n):  # every choice says so
+                yield Delta(prompts.NO_SOURCES_ANSWER, "no_sources", index=index)
             return
         passages = [prompts.Passage(r.title, r.text, r.link) for r in relevant]
         messages = prompts.chat_messages(relevant[0].author, conversation, passages)

@@ -199,6 +199,11 @@ def test_nothing_relevant_is_said_not_invented(client):
     http_api.http.state.plane = make_plane(similarity=0.01)
     body = client.post("/v1/chat/completions", json=ask()).json()
     assert body["sources"] == [] and body["choices"][0]["message"]["content"] == prompts.NO_SOURCES_ANSWER
+    several = client.post("/v1/chat/completions", json=ask(n=3)).json()
+    assert [c["message"]["content"] for c in several["choices"]] == [prompts.NO_SOURCES_ANSWER] * 3
+    structured = client.post("/v1/chat/completions", json=ask(response_format={"type": "json_object"})).json()
+    assert structured["choices"][0]["message"]["content"] is None
+    assert structured["choices"][0]["message"]["refusal"] == prompts.NO_SOURCES_ANSWER
 
 
 @pytest.mark.parametrize("request_body, status, fragment", [
