@@ -192,11 +192,18 @@ async def completions(body: oa.CompletionRequest, dp: DataPlane = allowed("gener
                                                for i, (text, last, logprobs) in enumerate(joined)],
                                   joined[0][1].prompt_tokens, sum(last.completion_tokens for _, last, _ in joined))
 
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
     async def events():
+        last: dict[int, object] = {}
         async for d in deltas:
+            last[d.index] = d
             if d.text or d.finish_reason:
                 yield oa.text_chunk(cid, model, d.text, d.finish_reason, d.logprobs if want_logprobs else None,
                                     d.index)
+        if include_usage and last:
+            yield oa.usage_event(cid, model, next(iter(last.values())).prompt_tokens,
+                                 sum(d.completion_tokens for d in last.values()), "text_completion")
 
     return StreamingResponse(_sse(events(), deltas), media_type="text/event-stream", headers=SSE_HEADERS)
 

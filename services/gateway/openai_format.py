@@ -282,8 +282,10 @@ def _legacy_logprobs(items) -> dict | None:
             "top_logprobs": [{tok: round(lp, 6) for tok, lp in t.top} for t in items]}
 
 
-def usage_event(cid: str, model: str, prompt_tokens: int, completion_tokens: int) -> str:
-    return sse({"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+def usage_event(cid: str, model: str, prompt_tokens: int, completion_tokens: int,
+                obj: str = "chat.completion.chunk") -> str:
+    """The last event of a stream whose request set ``stream_options.include_usage``."""
+    return sse({"id": cid, "object": obj, "created": int(time.time()), "model": model,
                 "choices": [], "usage": usage_json(prompt_tokens, completion_tokens)})
 
 

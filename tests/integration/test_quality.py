@@ -97,8 +97,10 @@ def test_penalties_and_sampling_top_k_are_honoured(client):
 def test_text_completions_with_stop_and_streaming(client):
     full = client.completions.create(model="base", prompt="Hybrid search combines", max_tokens=12).choices[0]
     assert full.text and full.finish_reason == "length"
-    stream = list(client.completions.create(model="base", prompt="Hybrid search combines", max_tokens=12, stream=True))
-    assert "".join(c.choices[0].text for c in stream) == full.text
+    stream = list(client.completions.create(model="base", prompt="Hybrid search combines", max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in stream if c.choices) == full.text
+    assert stream[-1].choices == [] and stream[-1].usage.completion_tokens == 12  # include_usage is honoured
     with pytest.raises(openai.BadRequestError, match="echo"):
         client.completions.create(model="base", prompt="x", echo=True)
 
