@@ -37,10 +37,14 @@ def content_hash(title: str, text: str) -> str:
 
 
 def web_link(link: str | None) -> str:
-    """``link`` when it is an http(s) URL, else "": a document's link is shown to readers as a
-    link to follow, so a file:, javascript: or data: URL (from a feed, a sitemap, an export or a
-    local path) is never stored as one, whichever crawler made the document."""
+    """``link`` when it is an http(s) URL or a stable ``archive://<service>/<id>`` name (a piece
+    from an export with no public address), else "": a document's link is shown to readers, so a
+    file:, javascript: or data: URL (from a feed, a sitemap, an export or a local path) is never
+    stored as one, whichever crawler made the document. Readers get a link to follow only for
+    http(s) (the chat page shows an archive:// name as text)."""
     link = (link or "").strip()
+    if re.match(r"^archive://[a-z0-9-]+/[^\s]+$", link):
+        return link
     return link if re.match(r"^https?://[^\s/?#]+", link, re.IGNORECASE) else ""
 
 

@@ -124,7 +124,7 @@ def test_a_substack_export_gives_its_published_posts_and_never_the_subscribers(s
     items = crawled("substack-export", substack)
     assert sorted(d.title for d in items) == ["GPU costs are design", "Why evals come first"]
     evals = next(d for d in items if d.title.startswith("Why"))
-    assert evals.link == "" and evals.source == "archive://substack/101.why-evals-first"
+    assert evals.link == evals.source == "archive://substack/101.why-evals-first"
     assert evals.text.startswith("Write the test set before the model") and "- Gold links" in evals.text
     assert evals.published.startswith("2024-01-05")
     assert "DRAFT-ONLY" not in text_of(items) and "reader@example.com" not in text_of(items)

@@ -79,7 +79,7 @@ class MediumExportSource(LocalSource):
         canonical = root.xpath("//a[contains(@class, 'p-canonical')]/@href")
         link = canonical[0].strip() if canonical else ""
         source = link or archive_link("medium", PurePosixPath(name).stem)
-        return RawDocument.create(author=author, category="article", source=source, link=link, title=title,
+        return RawDocument.create(author=author, category="article", source=source, link=source, title=title,
                                   text=text, published=published[0] if published else None, platform="medium.com")
 
 

@@ -67,6 +67,6 @@ class SubstackExportSource(LocalSource):
             raise ParseError(f"{archive.name}#{member}", "the post has no body text")
         title = (row.get("title") or "").strip() or post_id
         category = "post" if (row.get("type") or "").strip().lower() in ("thread", "note") else "article"
-        return RawDocument.create(author=author, category=category, source=archive_link("substack", post_id),
-                                  link="", title=title, text=text, published=(row.get("post_date") or None),
-                                  platform="substack")
+        source = archive_link("substack", post_id)
+        return RawDocument.create(author=author, category=category, source=source, link=source, title=title,
+                                  text=text, published=(row.get("post_date") or None), platform="substack")

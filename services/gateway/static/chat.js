@@ -84,11 +84,14 @@ function showSources(div, sources) {
   list.setAttribute("aria-label", "Sources");
   for (const s of sources) {
     const item = document.createElement("li");
-    const link = document.createElement("a");
-    link.href = s.link;
+    // Only http(s) links are followed; a piece from an export (archive://...) or a local file is named.
+    const link = document.createElement(/^https?:\/\//i.test(s.link || "") ? "a" : "span");
+    if (link.tagName === "A") {
+      link.href = s.link;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+    }
     link.textContent = s.title || s.link;
-    link.target = "_blank";
-    link.rel = "noopener noreferrer";
     item.append(link);
     list.append(item);
   }
