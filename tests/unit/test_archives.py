@@ -140,6 +140,12 @@ def test_an_x_archive_gives_own_tweets_and_threads_joined(x_archive):
     assert thread.link == "https://x.com/i/web/status/200" and thread.published.startswith("2018-10-10")
     (post,) = by_category["post"]
     assert post.text == "Retrieval beats memorisation."  # the t.co link is not the author's words
+    older = x_archive.with_name("older.zip")  # archives before 2022 name the file tweet.js
+    with zipfile.ZipFile(x_archive) as z, zipfile.ZipFile(older, "w") as o:
+        o.writestr("data/tweet.js", z.read("data/tweets.js").replace(b"YTD.tweets", b"YTD.tweet"))
+        o.writestr("data/account.js", z.read("data/account.js"))
+    assert SOURCES["x-archive"].claims(str(older), older)
+    assert sorted(d.text for d in crawled("x-archive", older)) == sorted(d.text for d in items)
     for dropped in ("SOMEONE-ELSES", "OTHER-CONVERSATION", "LIKED"):
         assert dropped not in text_of(items)
 

@@ -54,7 +54,7 @@ class XArchiveSource(LocalSource):
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
-        return any(PurePosixPath(n).name == "tweets.js" for n in zip_names(path))
+        return any(PurePosixPath(n).name in ("tweets.js", "tweet.js") for n in zip_names(path))
 
     def __init__(self, max_bytes: int = 200 * 1024 * 1024):
         self.max_bytes = max_bytes
@@ -62,7 +62,8 @@ class XArchiveSource(LocalSource):
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         with BoundedZip(target, self.max_bytes, WHAT) as archive:
             names = archive.names()
-            files = sorted(n for n in names if re.fullmatch(r"tweets(-part\d+)?\.js", PurePosixPath(n).name))
+            # tweets.js (tweet.js in archives before 2022), split into -partN files past a size
+            files = sorted(n for n in names if re.fullmatch(r"tweets?(-part\d+)?\.js", PurePosixPath(n).name))
             if not files:
                 raise ParseError(target, f"the zip has no data/tweets.js: not {WHAT}")
             owner = self._owner(archive, names)
