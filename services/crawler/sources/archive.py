@@ -13,8 +13,23 @@ import zipfile
 from pathlib import Path
 
 from ..errors import InvalidTarget, ParseError
+from .base import CrawlContext, LocalSource
 
 MAX_MEMBERS = 100_000  # an export holds a few thousand files; a million entries is a zip bomb's table
+
+
+class ArchiveSource(LocalSource):
+    """Defaults of a source that reads one local file (an export or a document) within
+    TWIN_MAX_ARCHIVE_BYTES; never offered over the API (it reads the server's files)."""
+
+    over_api = False
+
+    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def build(cls, ctx: CrawlContext):
+        return cls(ctx.max_archive_bytes)
 
 
 class BoundedZip:

@@ -13,8 +13,8 @@ from llm_twin.documents import RawDocument
 
 from ..errors import CrawlError, ParseError
 from ..extract import extract_article
-from .archive import BoundedZip
-from .base import CrawlContext, Item, LocalSource
+from .archive import ArchiveSource, BoundedZip
+from .base import Item
 
 
 def is_linkedin_export(path: Path) -> bool:
@@ -29,23 +29,15 @@ def is_linkedin_export(path: Path) -> bool:
 WHAT = "the zip LinkedIn's 'Get a copy of your data' sends"
 
 
-class LinkedInExportSource(LocalSource):
+class LinkedInExportSource(ArchiveSource):
     """Every member is read with its size bounded (archive.BoundedZip)."""
 
     name = "linkedin-export"
     summary = "a LinkedIn data export zip: posts and articles (CLI, or a TwinModel's linkedinExport)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> LinkedInExportSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
         return path is not None and path.is_file() and zipfile.is_zipfile(path) and is_linkedin_export(path)
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         with BoundedZip(target, self.max_bytes, WHAT) as archive:

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 from llm_twin.documents import RawDocument
 
 from ..errors import CrawlError, ParseError
-from .archive import BoundedZip, archive_link, html_text, zip_names
-from .base import CrawlContext, Item, LocalSource
+from .archive import ArchiveSource, BoundedZip, archive_link, html_text, zip_names
+from .base import Item
 
 WHAT = "Medium's export zip (Settings -> Download your information)"
 
@@ -25,22 +25,14 @@ def _post_files(names: list[str]) -> list[str]:
     return sorted(n for n in names if PurePosixPath(n).parent.name == "posts" and n.lower().endswith(".html"))
 
 
-class MediumExportSource(LocalSource):
+class MediumExportSource(ArchiveSource):
     name = "medium-export"
     summary = "a Medium export zip: published posts (drafts, claps, bookmarks and highlights left out; CLI only)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> MediumExportSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
         names = zip_names(path)  # posts/*.html without Substack's posts.csv beside them
         return bool(_post_files(names)) and not any(PurePosixPath(n).name == "posts.csv" for n in names)
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         with BoundedZip(target, self.max_bytes, WHAT) as archive:

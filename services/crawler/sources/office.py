@@ -16,8 +16,8 @@ from pathlib import Path
 from llm_twin.documents import RawDocument
 
 from ..errors import InvalidTarget, ParseError
-from .archive import zip_names
-from .base import CrawlContext, Item, LocalSource
+from .archive import ArchiveSource, zip_names
+from .base import Item
 
 _HYPHENATED = re.compile(r"(\w)-\n(\w)")
 _PAGE_NUMBER = re.compile(r"^\W*(page\s*)?\d+(\s*(of|/)\s*\d+)?\W*$", re.IGNORECASE)
@@ -52,14 +52,9 @@ def clean_pages(pages: list[str]) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-class PdfSource(LocalSource):
+class PdfSource(ArchiveSource):
     name = "pdf"
     summary = "a PDF file (a talk, paper or report): its text in page order (CLI only)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> PdfSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
@@ -67,9 +62,6 @@ class PdfSource(LocalSource):
             return False
         with path.open("rb") as f:
             return f.read(5) == b"%PDF-"
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         from pypdf import PdfReader
@@ -94,21 +86,13 @@ class PdfSource(LocalSource):
                                  title=title, text=text, published=published, platform="local")
 
 
-class DocxSource(LocalSource):
+class DocxSource(ArchiveSource):
     name = "docx"
     summary = "a Word document (.docx): its text with headings kept (CLI only)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> DocxSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
         return "word/document.xml" in zip_names(path)
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         import zipfile

@@ -12,27 +12,19 @@ from pathlib import Path, PurePosixPath
 from llm_twin.documents import RawDocument
 
 from ..errors import CrawlError, ParseError
-from .archive import BoundedZip, archive_link, html_text, zip_names
-from .base import CrawlContext, Item, LocalSource
+from .archive import ArchiveSource, BoundedZip, archive_link, html_text, zip_names
+from .base import Item
 
 WHAT = "Substack's export zip (Settings -> Export your data)"
 
 
-class SubstackExportSource(LocalSource):
+class SubstackExportSource(ArchiveSource):
     name = "substack-export"
     summary = "a Substack export zip: published posts (drafts and the subscriber list left out; CLI only)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> SubstackExportSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
         return any(PurePosixPath(n).name == "posts.csv" for n in zip_names(path))
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         with BoundedZip(target, self.max_bytes, WHAT) as archive:

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 from llm_twin.documents import RawDocument
 
 from ..errors import ParseError
-from .archive import BoundedZip, zip_names
-from .base import CrawlContext, Item, LocalSource
+from .archive import ArchiveSource, BoundedZip, zip_names
+from .base import Item
 
 WHAT = "X's archive zip (Settings -> Download an archive of your data)"
 _ASSIGNMENT = re.compile(r"^\s*window\.YTD\.[\w.]+\s*=\s*", re.ASCII)
@@ -43,21 +43,13 @@ def _date(created_at: str) -> str | None:
         return None
 
 
-class XArchiveSource(LocalSource):
+class XArchiveSource(ArchiveSource):
     name = "x-archive"
     summary = "an X (Twitter) archive zip: the author's tweets and threads (retweets, replies to others left out)"
-    over_api = False
-
-    @classmethod
-    def build(cls, ctx: CrawlContext) -> XArchiveSource:
-        return cls(ctx.max_archive_bytes)
 
     @classmethod
     def claims(cls, target: str, path: Path | None) -> bool:
         return any(PurePosixPath(n).name in ("tweets.js", "tweet.js") for n in zip_names(path))
-
-    def __init__(self, max_bytes: int = 200 * 1024 * 1024):
-        self.max_bytes = max_bytes
 
     def crawl(self, target: str, author: str) -> Iterator[Item]:
         with BoundedZip(target, self.max_bytes, WHAT) as archive:

@@ -181,8 +181,3 @@ class JsonTail:
     def state(self) -> int | None:
         """0 outside a string, 1 inside one, None right after a backslash inside one."""
         return None if self.escaped else int(self.inside)
-
-
-def string_state(text: str) -> int | None:
-    """Where a JSON text ends (see JsonTail.state)."""
-    return JsonTail().update(text).state()
