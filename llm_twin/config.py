@@ -190,12 +190,19 @@ class RetrievalSettings(Section):
         None, description="Second retrieval stage: a local cross-encoder model folder, or `sentence` for "
                           "sentence-level "
         "late interaction with the embedder; unset: none (on the handbook sets neither beat the first stage alone).")
+    min_relevance: float = Field(
+        0.5, ge=0, le=1,
+        description="Calibrated probability that the twin's writing covers a question (services/retrieval/"
+        "relevance.py; docs/evaluation.md has the false refusal and false answer rates it gives); below it the "
+        "twin says it has not written about that instead of inventing an answer. Higher: fewer answers in the "
+        "author's name, more refusals. Calibrate for another embedder with `twin eval relevance --calibrate`.")
     min_source_similarity: float = Field(
         0.25,
         ge=-1,
         le=1,
-        description="Cosine similarity a passage needs to count as a source; when none has it the "
-        "twin says it has not written about the question instead of inventing an answer.",
+        description="Cosine similarity a passage needs to be given to an answer as a source (the best one always "
+        "is); with an embedder that has no relevance calibration, also the whole decision: when no passage has "
+        "it the twin declines.",
     )
 
 

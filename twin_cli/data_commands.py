@@ -206,6 +206,48 @@ def eval_retrieval(ctx: click.Context, questions, strategy, rewrite, self_query,
         click.echo(f"  not in top 10: {question}")
 
 
+@eval_group.command("relevance")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--calibrate", is_flag=True, help="Fit the decision for the configured embedder on these files "
+              "and keep it under <data_dir>/relevance/ (it then wins over the shipped one).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def eval_relevance(ctx: click.Context, files, calibrate, as_json) -> None:
+    """False refusals and false answers of the answer-or-decline decision on labelled question
+    files (per kind), run as the chat path runs it. FILES: labelled JSONL ({"question", "twin",
+    "answerable", "kind", "conversation"}) or retrieval question files (answerable, each asked to
+    its gold document's twin). With --calibrate the figures printed are on the files fitted on:
+    measure on other files for figures that mean something."""
+    from llm_twin.evaluation.retrieval import QuestionFileError
+    from services.retrieval.errors import RetrievalError
+    from services.retrieval.relevance import calibration_path
+
+    from . import relevance_eval as rv
+
+    settings = settings_of(ctx)
+    try:
+        retriever = _retriever(settings)
+        rows = rv.load_files(files, retriever.store)
+        if calibrate:
+            model = rv.fit(retriever, rows, settings.embedding.model, ", ".join(f.name for f in files))
+            path = calibration_path(settings.data_dir, settings.embedding.model)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(model.to_dict(), indent=1) + "\n", encoding="utf-8")
+            retriever.relevance = model
+            if not as_json:
+                click.echo(f"calibration for {model.embedding_model} written to {path}")
+        elif retriever.relevance is None and not as_json:
+            click.echo(f"no relevance calibration for embedder {settings.embedding.model or 'default'}: the "
+                       f"similarity cut ({settings.retrieval.min_source_similarity}) decides; run with --calibrate")
+        rates = rv.report(rows, rv.decide(rv.chat_for(retriever, settings), rows))
+    except (QuestionFileError, RetrievalError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(rates))
+        return
+    click.echo("\n".join(rv.format_rates("decision", rates)))
+
+
 @eval_group.command("extraction")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -14,7 +14,7 @@ from typing import Protocol
 from llm_twin import prompts
 from llm_twin.documents import author_slug
 from services.generation.api import Delta, SamplingParams
-from services.retrieval.query import contextual_query
+from services.retrieval.query import contextual_query, with_topic
 
 from .errors import InvalidChatRequest
 
@@ -22,7 +22,8 @@ MAX_TOP_K = 20
 
 
 class SourceSearch(Protocol):
-    async def search(self, query: str, twin: str, top_k: int) -> list: ...  # retrieval Results
+    async def answer_search(self, query: str, question: str, twin: str, top_k: int):
+        """-> retrieval.core.Retrieval: results, evidence, calibrated relevance (or None)."""
 
 
 class TextStream(Protocol):
@@ -39,11 +40,42 @@ class Sources:
 
 class Chat:
     def __init__(self, retriever: SourceSearch, generator: TextStream, *, top_k: int = 4,
-                 min_similarity: float = 0.25):
+                 min_similarity: float = 0.25, min_relevance: float = 0.5):
         self.retriever = retriever
         self.generator = generator
         self.top_k = top_k
         self.min_similarity = min_similarity
+        self.min_relevance = min_relevance
+
+    def answers(self, found) -> bool:
+        """Does the twin's writing cover the question? The calibrated probability against
+        ``min_relevance``; without a calibration for the embedder, the best passage's similarity
+        against ``min_similarity``."""
+        if found.relevance is not None:
+            return found.relevance >= self.min_relevance
+        return any(r.similarity >= self.min_similarity for r in found.results)
+
+    async def find_sources(self, twin: str, conversation: Sequence[dict], top_k: int | None = None):
+        """-> (the Retrieval decided on, whether it answers). A question that the decision
+        declines on its own is tried once more with the question it follows in front (a follow-up
+        with no word pointing back); its own words still have to be covered for that to answer."""
+        query, top_k = self.question(twin, conversation, top_k)
+        own = str(conversation[-1]["content"]).strip()
+        found = await self.retriever.answer_search(query, own, twin=twin, top_k=top_k)
+        if self.answers(found):
+            return found, True
+        joined = with_topic(conversation)
+        if joined and joined != query:
+            retried = await self.retriever.answer_search(joined, own, twin=twin, top_k=top_k)
+            if self.answers(retried):
+                return retried, True
+        return found, False
+
+    def sources(self, found, answers: bool) -> list:
+        """The passages an answer is given: those similar enough, and the best one at least."""
+        if not answers:
+            return []
+        return [r for n, r in enumerate(found.results) if n == 0 or r.similarity >= self.min_similarity]
 
     def question(self, twin: str, conversation: Sequence[dict], top_k: int | None) -> tuple[str, int]:
         """-> (the text to search with, sources to retrieve); raises InvalidChatRequest."""
@@ -65,9 +97,8 @@ class Chat:
                      top_k: int | None = None) -> AsyncIterator[Sources | Delta]:
         """Yields Sources once, then Deltas; the last Delta has finish_reason ('no_sources' when
         nothing the twin wrote is relevant: then it says so instead of inventing an answer)."""
-        query, top_k = self.question(twin, conversation, top_k)
-        results = await self.retriever.search(query, twin=twin, top_k=top_k)
-        relevant = [r for r in results if r.similarity >= self.min_similarity]
+        found, answers = await self.find_sources(twin, conversation, top_k)
+        relevant = self.sources(found, answers)
         yield Sources(relevant)
         if not relevant:
             for index in range(params.n):  # every choice says so

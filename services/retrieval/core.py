@@ -35,6 +35,8 @@ from llm_twin.documents import CATEGORIES, author_slug
 from .errors import InvalidQuery, UnknownAuthor
 from .keywords import keyword_text
 from .query import self_query as understand
+from .relevance import TOP_RESULTS, Evidence, RelevanceModel, gather
+from .relevance import load as load_relevance
 from .rerank import CrossEncoderReranker, Reranker, SentenceReranker
 
 STRATEGIES = ("rrf", "hybrid", "dense", "keyword")
@@ -84,11 +86,21 @@ class Result:
                    similarity=similarity)
 
 
+@dataclass(frozen=True)
+class Retrieval:
+    """What a chat answer is given: the results, the evidence that they cover the question, and
+    the calibrated probability that they do (None without a relevance model for the embedder)."""
+
+    results: list[Result]
+    evidence: Evidence
+    relevance: float | None
+
+
 class Retriever:
     def __init__(self, store: ChunkStore, embedder: QueryEmbedder, *, candidates: int = 50,
                  dense_weight: float = 1.0, keyword_weight: float = 1.0, reranker: Reranker | None = None,
                  rerank_depth: int = 10, rerank_chunks: int = 2, first_stage_weight: float = 1.0,
-                 strategy: str = "rrf"):
+                 strategy: str = "rrf", relevance: RelevanceModel | None = None):
         self.store = store
         self.strategy = strategy
         self.embedder = embedder
@@ -99,6 +111,7 @@ class Retriever:
         self.rerank_depth = rerank_depth
         self.rerank_chunks = rerank_chunks
         self.first_stage_weight = first_stage_weight
+        self.relevance = relevance
         self._authors_cache: tuple[float, dict] | None = None
 
     @classmethod
@@ -117,7 +130,8 @@ class Retriever:
         elif settings.retrieval.reranker_model:
             reranker = CrossEncoderReranker(settings.retrieval.reranker_model, settings.embedding.device)
         return cls(MilvusStore.from_settings(settings, dimension), embedder, reranker=reranker,
-                   strategy=settings.retrieval.strategy)
+                   strategy=settings.retrieval.strategy,
+                   relevance=load_relevance(settings.embedding.model, settings.data_dir))
 
     def validate(self, query: str, author: str | None, category: str | None, top_k: int,
                  strategy: str) -> tuple[str, str | None]:
@@ -146,6 +160,24 @@ class Retriever:
     def search(self, query: str, *, author: str | None = None, category: str | None = None,
                top_k: int = 5, strategy: str | None = None, vector: Sequence[float] | None = None,
                self_query: bool | None = None, rerank: bool | None = None) -> list[Result]:
+        return self._search(query, author=author, category=category, top_k=top_k, strategy=strategy, vector=vector,
+                            self_query=self_query, rerank=rerank)[0]
+
+    def answer_search(self, query: str, question: str | None = None, *, author: str | None = None, top_k: int = 4,
+                      vector: Sequence[float] | None = None) -> Retrieval:
+        """A search for a chat answer: the results and the evidence that the author's writing
+        covers ``question`` (the user's own words; ``query`` may carry the conversation before it),
+        with the calibrated probability when a relevance model is set."""
+        results, dense, keyword, searched = self._search(query, author=author, top_k=max(top_k, TOP_RESULTS),
+                                                         vector=vector)
+        evidence = gather(question or query, searched, results, dense, keyword)
+        probability = self.relevance.probability(evidence) if self.relevance is not None else None
+        return Retrieval(results[:top_k], evidence, probability)
+
+    def _search(self, query: str, *, author: str | None, category: str | None = None, top_k: int,
+                strategy: str | None = None, vector: Sequence[float] | None = None,
+                self_query: bool | None = None, rerank: bool | None = None):
+        """-> (results, dense hits, keyword hits, the text searched)."""
         """``vector``: the query's embedding when the caller already has it (the Serve deployment
         gets it from the embedding service); otherwise the embedder passed in computes it.
         ``self_query`` (default: on when no author is given) reads an author named in the
@@ -173,9 +205,10 @@ class Retriever:
         for hit in dense:
             similarity.setdefault(hit.fields["doc_id"], float(hit.score))  # hits come best first
         if strategy == "dense":
-            return self._per_document([(h.fields, h.score) for h in dense], top_k, similarity)
+            return self._per_document([(h.fields, h.score) for h in dense], top_k, similarity), dense, keyword, query
         if strategy == "keyword":
-            return self._per_document([(h.fields, h.score) for h in keyword], top_k, similarity)
+            return (self._per_document([(h.fields, h.score) for h in keyword], top_k, similarity), dense, keyword,
+                    query)
 
         chunk_score: dict[str, float] = defaultdict(float)
         fields: dict[str, dict] = {}
@@ -204,7 +237,7 @@ class Retriever:
                       for d in order[:self.rerank_depth]]
         if self.reranker is not None and (rerank if rerank is not None else True):
             ranked = self._rerank(query, vector, ranked, chunk_score, fields)
-        return ranked[:top_k]
+        return ranked[:top_k], dense, keyword, query
 
     def search_expanded(self, queries: Sequence[str], *, top_k: int = 5, **options) -> list[Result]:
         """Several phrasings of one question, each searched, the document rankings fused by

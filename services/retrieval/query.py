@@ -52,12 +52,25 @@ def contextual_query(messages: Sequence[dict]) -> str:
     question = users[-1]
     if len(users) == 1 or not is_follow_up(question):
         return question
-    # The nearest earlier question that stands on its own gives the topic (a chain of follow-ups
-    # keeps pointing at it).
+    return f"{topic_before(users)} {question}"
+
+
+def topic_before(users: Sequence[str]) -> str:
+    """The nearest earlier user question that stands on its own (a chain of follow-ups keeps
+    pointing at it); "" when the last question is the first."""
     for earlier in reversed(users[:-1]):
         if not is_follow_up(earlier) or earlier is users[0]:
-            return f"{earlier} {question}"
-    return question
+            return earlier
+    return ""
+
+
+def with_topic(messages: Sequence[dict]) -> str:
+    """The last question with the topic it may follow in front, whatever its wording: for a
+    follow-up with no word pointing back ("Why keep the overlap small?" after a question on
+    chunking), tried when the question alone finds nothing. "" without an earlier question."""
+    users = [u for u in (str(m.get("content") or "").strip() for m in messages if m.get("role") == "user") if u]
+    topic = topic_before(users) if len(users) > 1 else ""
+    return f"{topic} {users[-1]}" if topic else ""
 
 
 @dataclass(frozen=True)

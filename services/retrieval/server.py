@@ -77,6 +77,22 @@ class RetrievalDeployment:
             s.set_attribute("retrieval.results", len(results))
         return results
 
+    async def answer_search(self, query: str, question: str, twin: str, top_k: int = 4):
+        """For a chat answer: results, evidence and calibrated relevance (retrieval.core.Retrieval)."""
+        with span("retrieval.answer_search", **{"db.system.name": "milvus", "twin.id": twin,
+                                                "retrieval.top_k": top_k}) as s:
+            query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin, None, top_k,
+                                               self.retriever.strategy)
+            vector = None
+            if self.retriever.strategy != "keyword":
+                vector = (await self.embedding.embed.remote([query]))["vectors"][0]
+            found = await asyncio.to_thread(self._locked, self.retriever.answer_search, query, question,
+                                            author=twin, top_k=top_k, vector=vector)
+            s.set_attribute("retrieval.results", len(found.results))
+            if found.relevance is not None:
+                s.set_attribute("retrieval.relevance", round(found.relevance, 4))
+        return found
+
     async def twins(self) -> dict:
         return await asyncio.to_thread(self._locked, self.store.twins)
 

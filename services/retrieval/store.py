@@ -185,6 +185,10 @@ class MilvusStore:
         return {slug: {"name": e["name"], "documents": len(e["docs"]), "chunks": e["chunks"]}
                 for slug, e in sorted(found.items())}
 
+    def link_authors(self) -> dict[str, str]:
+        """document link -> author name, for everything indexed (labelling questions by their gold links)."""
+        return {row["link"]: row["author_name"] for row in self._rows(["link", "author_name"])}
+
     def count(self) -> int:
         result = self.client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"]) if result else 0

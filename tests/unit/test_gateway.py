@@ -112,6 +112,13 @@ class FakeRetrieval:
                        title=f"Post {i}", link=f"https://mara.test/{i}", author="Mara Quill", category="article",
                        chunk_no=0, similarity=self.similarity) for i in range(top_k)]
 
+    async def answer_search(self, query, question, twin, top_k=4):
+        from services.retrieval.core import Retrieval
+        from services.retrieval.relevance import Evidence
+
+        results = await self.search(query, twin, None, top_k)
+        return Retrieval(results, Evidence(self.similarity, 0, 0, 0, 0, 0), None)
+
     async def twins(self):
         return TWINS
 

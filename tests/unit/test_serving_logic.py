@@ -17,8 +17,9 @@ from services.gateway import openai_format as oa
 from services.gateway.status import status_for
 from services.generation.api import Delta, sampling_params
 from services.generation.errors import InvalidGenerationRequest, ModelUnavailable
-from services.retrieval.core import Result
+from services.retrieval.core import Result, Retrieval
 from services.retrieval.errors import InvalidQuery, UnknownAuthor
+from services.retrieval.relevance import Evidence
 
 
 def result(title: str, similarity: float) -> Result:
@@ -30,12 +31,14 @@ def result(title: str, similarity: float) -> Result:
 class ListedResults:
     """Retrieval answers given by the test (the real retrieval is tested in integration)."""
 
-    def __init__(self, results):
-        self.results, self.calls = results, []
+    def __init__(self, results, relevance=None):
+        self.results, self.relevance, self.calls = results, relevance, []
 
-    async def search(self, query, twin, top_k):
+    async def answer_search(self, query, question, twin, top_k):
         self.calls.append((query, twin, top_k))
-        return self.results[:top_k]
+        best = max((r.similarity for r in self.results), default=0.0)
+        relevance = self.relevance(query, question) if callable(self.relevance) else self.relevance
+        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance)
 
 
 class EchoGenerator:
@@ -156,3 +159,38 @@ def test_faithfulness_rewards_answers_that_stay_with_their_source(embedder):
     faithful = faithfulness(embedder, ["I chunk prose by paragraph and by sentence."], [source])
     invented = faithfulness(embedder, ["Bananas are rich in potassium and grow in the tropics."], [source])
     assert faithful > invented + 0.3
+
+
+def test_chat_follows_the_calibrated_decision_not_the_similarity_cut():
+    """An off-topic question whose words land on a passage (similarity over the cut) is declined
+    when the calibrated relevance says so; a paraphrase under the cut is answered when it says so."""
+    generator = EchoGenerator()
+    events = run(Chat(ListedResults([result("Training", 0.41)], relevance=0.1), generator))
+    assert events[0].items == [] and events[1].finish_reason == "no_sources" and generator.messages is None
+    events = run(Chat(ListedResults([result("Chunking", 0.2), result("Other", 0.1)], relevance=0.8), generator))
+    assert [r.title for r in events[0].items] == ["Chunking"]  # the best passage, and those over the cut
+
+
+def test_a_follow_up_without_pointer_words_is_tried_with_the_question_it_follows():
+    """"Why keep the overlap small?" after a question on chunking: declined alone, answered when
+    searched with the conversation; the retry still asks about the user's own words."""
+    asked = []
+
+    def relevance(query, question):
+        asked.append((query, question))
+        return 0.9 if "chunks" in query else 0.2
+
+    retriever = ListedResults([result("Chunking", 0.5)], relevance=relevance)
+    conversation = [{"role": "user", "content": "How should I cut documents into chunks?"},
+                    {"role": "assistant", "content": "In small pieces."},
+                    {"role": "user", "content": "Why keep the overlap small?"}]
+    events = run(Chat(retriever, EchoGenerator()), messages=conversation)
+    assert [r.title for r in events[0].items] == ["Chunking"]
+    assert asked == [("Why keep the overlap small?", "Why keep the overlap small?"),
+                     ("How should I cut documents into chunks? Why keep the overlap small?",
+                      "Why keep the overlap small?")]
+    # Declined either way: stays declined, after the one retry.
+    asked.clear()
+    retriever.relevance = lambda query, question: asked.append(query) or 0.1
+    events = run(Chat(retriever, EchoGenerator()), messages=conversation)
+    assert events[0].items == [] and len(asked) == 2

@@ -1,0 +1,105 @@
+"""The answer-or-decline decision's parts: the evidence read from one search, the calibrated
+model (fit, save, load order), and the labelled files and error rates it is measured with."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from llm_twin.evaluation.relevance import error_rates, load_labelled
+from llm_twin.evaluation.retrieval import QuestionFileError
+from services.retrieval import relevance
+from services.retrieval.core import Result
+from services.retrieval.relevance import Evidence, RelevanceModel, gather
+
+
+@dataclass
+class Hit:
+    score: float
+    fields: dict
+
+
+def hit(doc: str, score: float, text: str) -> Hit:
+    return Hit(score, {"doc_id": doc, "text": text, "title": f"Post {doc}"})
+
+
+def result(doc: str, similarity: float, text: str) -> Result:
+    return Result(chunk_id=doc, doc_id=doc, score=0.0, text=text, title=f"Post {doc}", link="", author="A",
+                  category="article", chunk_no=0, similarity=similarity)
+
+
+def test_evidence_counts_the_users_own_words_in_the_passages():
+    dense = [hit("a", 0.61, "chunk overlap keeps context"), *[hit(f"d{i}", 0.30, "filler") for i in range(5)]]
+    keyword = [hit("a", 7.5, "chunk overlap keeps context"), hit("k", 3.0, "marathon? no")]
+    results = [result("a", 0.61, "chunk overlap keeps context"), result("d0", 0.30, "filler")]
+    e = gather("Why keep the overlap small?", "cut documents into chunks Why keep the overlap small?",
+               results, dense, keyword)
+    assert e.similarity == pytest.approx(0.61) and e.dense_margin == pytest.approx(0.31)
+    assert e.coverage_top == pytest.approx(2 / 3)  # keep, overlap of keep/overlap/small
+    assert e.agreement == 1.0 and e.keyword_per_term == pytest.approx(7.5 / 6)  # per term of the text searched
+    assert gather("marathon plan", "marathon plan", [], [], []).vector() == [0.0] * 6
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[list[Evidence], list[bool]]:
+    rng = random.Random(seed)
+    rows, labels = [], []
+    for i in range(n):
+        yes = i % 3 != 0
+        base = 0.55 if yes else 0.30
+        rows.append(Evidence(base + rng.gauss(0, 0.06), rng.random() * 0.1, rng.random(), 0.9 if yes else 0.6,
+                             rng.random() * 4, float(rng.random() < 0.5)))
+        labels.append(yes)
+    return rows, labels
+
+
+def test_a_fitted_model_separates_what_it_was_fitted_to_separate_and_round_trips():
+    train, labels = synthetic(300)
+    model = RelevanceModel.fit(train, labels, "tiny-embedder")
+    test, truth = synthetic(200, seed=1)
+    accuracy = sum((model.probability(e) >= 0.5) == y for e, y in zip(test, truth, strict=True)) / len(test)
+    assert accuracy > 0.9
+    assert RelevanceModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+    with pytest.raises(ValueError, match="both answerable and unanswerable"):
+        RelevanceModel.fit(train[:5], [True] * 5, "tiny-embedder")
+    stale = {**model.to_dict(), "features": ["similarity"]}
+    with pytest.raises(ValueError, match="twin eval relevance --calibrate"):
+        RelevanceModel.from_dict(stale)
+
+
+def test_calibrations_load_own_first_then_beside_the_model_then_shipped(tmp_path):
+    shipped = relevance.load(None)
+    assert shipped is not None and shipped.embedding_model == relevance.DEFAULT_EMBEDDER
+    assert relevance.load(str(tmp_path / "unknown-model"), tmp_path) is None  # no calibration: similarity cut
+    model_dir = tmp_path / "adapted"
+    model_dir.mkdir()
+    beside = RelevanceModel.fit(*synthetic(60), str(model_dir), fitted_on="beside")
+    (model_dir / relevance.BESIDE_MODEL).write_text(json.dumps(beside.to_dict()))
+    assert relevance.load(str(model_dir), tmp_path).fitted_on == "beside"
+    own = RelevanceModel.fit(*synthetic(60, seed=3), str(model_dir), fitted_on="own")
+    path = relevance.calibration_path(tmp_path, str(model_dir))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(own.to_dict()))
+    assert relevance.load(str(model_dir), tmp_path).fitted_on == "own"
+
+
+def test_labelled_files_and_error_rates_per_kind(tmp_path):
+    f = tmp_path / "labelled.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "How do I chunk?", "gold_links": ["https://a.test/1"], "kind": "paraphrase"},
+        {"question": "Marathon plan?", "twin": "Mara Quill", "answerable": False, "kind": "off-topic"},
+        {"question": "Guitar tuning?", "twin": "Mara Quill", "answerable": False, "kind": "off-topic"},
+    ]))
+    rows = load_labelled(f, {"https://a.test/1": "Mara Quill"}.get)
+    assert [(r.twin, r.answerable, r.kind) for r in rows] == [
+        ("Mara Quill", True, "answerable: paraphrase"), ("Mara Quill", False, "off-topic"),
+        ("Mara Quill", False, "off-topic")]
+    rates = error_rates(rows, [False, True, False])
+    assert rates["false_refusal"] == 1.0 and rates["false_answer"] == 0.5
+    assert rates["kinds"]["off-topic"] == {"n": 2, "errors": 1, "answerable": False, "rate": 0.5}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Who?", "gold_links": ["https://elsewhere.test/"]}))
+    with pytest.raises(QuestionFileError, match="name the twin"):
+        load_labelled(bad, {}.get)
