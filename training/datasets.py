@@ -153,7 +153,14 @@ def passages(warehouse: Warehouse, author: str, min_words: int = 40, max_words: 
     out: list[Passage] = []
     for doc in sorted(documents, key=lambda d: d.id):
         buffer: list[str] = []
-        for paragraph in [*paragraphs(doc.text), None]:
+        pieces: list[str] = []
+        for paragraph in paragraphs(doc.text):
+            # One paragraph over the limit (a code dump, a page with no breaks) becomes pieces of
+            # max_words: a passage is what a question is written for, and it must fit the prompt.
+            words = paragraph.split()
+            pieces += [paragraph] if len(words) <= max_words else [
+                " ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+        for paragraph in [*pieces, None]:
             words = sum(len(p.split()) for p in buffer)
             if paragraph is None or (buffer and words + len(paragraph.split()) > max_words):
                 if words >= min_words:
@@ -220,20 +227,11 @@ def dataset_key(author: str, items: Sequence[Passage], teacher: Teacher, base_mo
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher, base: LocalTeacher, *,
-          test_fraction: float = 0.2, max_examples: int = 2000, batch_size: int = 8, rejected_max_tokens: int = 160,
-          progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
-    """Build (or reuse) the dataset; returns its manifest (with ``path``)."""
-    items = passages(warehouse, author)[:max_examples]
-    if not items:
-        raise ValueError(f"no passages of {author!r} in the warehouse: crawl their writing first (twin crawl ...)")
-    key = dataset_key(author, items, teacher, base.name, test_fraction)
-    path = f"{artifact_uri.rstrip('/')}/datasets/{author_slug(author)}/{key}"
-    fs, root = fsspec.core.url_to_fs(path)
-    if fs.exists(f"{root}/manifest.json"):
-        with fs.open(f"{root}/manifest.json") as f:
-            return {**json.load(f), "path": path, "reused": True}
-
+def write_instructions(author: str, items: Sequence[Passage], teacher: Teacher, batch_size: int = 8,
+                       progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+                       ) -> tuple[list[Example], dict[str, int]]:
+    """A question for each passage by the teacher (through QUESTION_SCHEMA), kept when it passes
+    ``question_problem`` and is not a repeat -> (examples, {why dropped: count})."""
     instructions: list[str | None] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
@@ -255,6 +253,24 @@ def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher
             continue
         seen.add(key_text)
         examples.append(Example(passage.doc_id, passage.passage_id, instruction, passage.text))
+    return examples, dropped
+
+
+def build(author: str, warehouse: Warehouse, artifact_uri: str, teacher: Teacher, base: LocalTeacher, *,
+          test_fraction: float = 0.2, max_examples: int = 2000, batch_size: int = 8, rejected_max_tokens: int = 160,
+          progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
+    """Build (or reuse) the dataset; returns its manifest (with ``path``)."""
+    items = passages(warehouse, author)[:max_examples]
+    if not items:
+        raise ValueError(f"no passages of {author!r} in the warehouse: crawl their writing first (twin crawl ...)")
+    key = dataset_key(author, items, teacher, base.name, test_fraction)
+    path = f"{artifact_uri.rstrip('/')}/datasets/{author_slug(author)}/{key}"
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.exists(f"{root}/manifest.json"):
+        with fs.open(f"{root}/manifest.json") as f:
+            return {**json.load(f), "path": path, "reused": True}
+
+    examples, dropped = write_instructions(author, items, teacher, batch_size, progress)
     if len(examples) < 2:
         raise ValueError(f"only {len(examples)} usable instructions from {len(items)} passages: use a stronger "
                          "teacher (TWIN_TEACHER_URL) or add more of the author's writing")

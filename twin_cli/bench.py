@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "archives", "generation", "structured", "serving", "training", "pii")
+PARTS = ("data", "relevance", "archives", "generation", "structured", "serving", "training", "pii")
 # Inputs that made a backtracking pattern rescan the rest of the text from every position.
 PII_PATHOLOGICAL = ("a.", "a-", "1.", "1 ", "eyJ-", "-----BEGIN A-----", "a@", "aB/", "a:", "+1(", "sk-", "a.a@")
 
@@ -49,7 +49,8 @@ def main(parts: list[str]) -> None:
     if unknown:
         sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     parts = parts or list(PARTS)
-    runs = {"data": data_plane, "archives": _part("bench_archives"), "generation": _part("bench_generation"),
+    runs = {"data": data_plane, "relevance": _part("bench_relevance"),
+            "archives": _part("bench_archives"), "generation": _part("bench_generation"),
             "structured": _part("bench_structured"),
             "serving": _part("bench_serving"),
             "training": _part("bench_training"), "pii": pii_masking}

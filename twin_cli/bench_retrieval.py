@@ -47,7 +47,7 @@ def local_completer(settings):
     return complete
 
 
-def run(store, embedder, settings, sets: tuple[str, ...] = SETS) -> dict:
+def run(store, embedder, settings, sets: tuple[str, ...] = SETS, stages: tuple[str, ...] | None = None) -> dict:
     from llm_twin.evaluation.retrieval import evaluate, load_questions
     from services.retrieval.core import Retriever
     from services.retrieval.query import contextual_query, expansions
@@ -59,7 +59,7 @@ def run(store, embedder, settings, sets: tuple[str, ...] = SETS) -> dict:
         questions = load_questions(ROOT / "tests" / "data" / name)
         results[name] = {}
         for stage, strategy, rewrite, self_query, reranker in STAGES:
-            if reranker and name not in RERANK_SETS:
+            if (reranker and name not in RERANK_SETS) or (stages is not None and stage not in stages):
                 continue
             retriever = Retriever(store, embedder, strategy=strategy,
                                   reranker=SentenceReranker(embedder) if reranker == "sentence" else None)

@@ -253,6 +253,36 @@ def pipeline(ctx: click.Context, config_path, author, base_model, qlora, no_ray,
         sys.exit(4)
 
 
+@click.group("embedder")
+def embedder_group() -> None:
+    """The embedding model adapted to the twins' own writing."""
+
+
+@embedder_group.command("adapt")
+@click.option("--author", "authors", multiple=True, help="Only these twins' datasets (slug; default: all).")
+@click.option("--epochs", type=click.IntRange(1, 20), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(4, 256), default=32, show_default=True,
+              help="Questions per batch (each is contrasted with every other passage of its batch).")
+@click.pass_context
+def embedder_adapt(ctx: click.Context, authors, epochs, batch_size) -> None:
+    """Train the embedder on the (question, passage) pairs of the datasets `twin dataset build` /
+    `twin pipeline` wrote, into a versioned folder under <data_dir>/embedders/."""
+    from services.retrieval.relevance import calibration_path
+    from training.embedder import AdaptConfig, adapt, pairs_from_datasets
+
+    settings = settings_of(ctx)
+    pairs = pairs_from_datasets(settings.resolved_artifact_uri, authors or None)
+    try:
+        out = adapt(pairs, settings.data_dir / "embedders", settings.embedding.model,
+                    AdaptConfig(epochs=epochs, batch_size=batch_size), progress=click.echo)
+    except ValueError as exc:
+        fail(str(exc))
+    own = calibration_path(settings.data_dir, str(out))
+    click.echo(f"to use it: TWIN_EMBEDDING__MODEL={out} twin index   (re-embeds every document once), then\n"
+               f"  twin eval relevance --calibrate LABELLED.jsonl   (writes {own}; until then a similarity cut "
+               "decides what the twin declines)")
+
+
 @click.command("mask-pii")
 @click.option("--show-map", is_flag=True, help="Also print the placeholder map (to stderr).")
 def mask_pii(show_map) -> None:
@@ -265,4 +295,4 @@ def mask_pii(show_map) -> None:
         click.echo(json.dumps(mapping, indent=1), err=True)
 
 
-COMMANDS = [dataset_group, train, models_group, pipeline, mask_pii]
+COMMANDS = [dataset_group, train, models_group, pipeline, embedder_group, mask_pii]

@@ -90,8 +90,12 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     status = browser.find_element("id", "status").text
     assert "mara-quill" in status and "tokens/s" in status and "first token after" in status
     assert "adapter: test-adapter" in status  # the registered adapter answers for this twin
-    send(browser, "And what about the overlap between chunks?")
-    wait(browser, lambda b: len(answers(b)) == 2, "the follow-up's answer")
+    # A follow-up with no word pointing back: answered from the post it follows, not declined.
+    send(browser, "Why keep the overlap small?")
+    follow_up = wait(browser, lambda b: len(answers(b)) == 2 and answers(b)[1], "the follow-up's answer")
+    assert "nothing" not in follow_up.get_attribute("class")
+    assert [a.text for a in follow_up.find_elements("css selector", ".sources a")][:1] == \
+        [a.text for a in links][:1], "answered from the chunking post"
     sent = browser.execute_script("return window.sent")
     chats = [body for body in sent if "messages" in body]
     assert chats[0]["messages"] == [{"role": "user", "content": "How should I cut documents\ninto chunks?"}]
@@ -110,7 +114,8 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
                                       if r["id"] == rid and r["feedback"]], "the feedback in the record")[0]
     assert record["question"] == "How should I cut documents\ninto chunks?" and record["feedback"][0]["score"] == 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "chat-page.png"))
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    browser.save_screenshot(str(ARTIFACTS / "chat-page.png"))  # docs/chat-page.png: the follow-up answered
 
     send(browser, "What do you think about the best pizza in Naples?")
     nothing = wait(browser, lambda b: len(answers(b)) == 3 and answers(b)[2], "an answer about nothing relevant")

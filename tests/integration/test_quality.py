@@ -52,6 +52,35 @@ def test_a_follow_up_retrieves_the_passage_of_the_question_it_follows(client, pl
 
 
 # -- an honest OpenAI API ------------------------------------------------------------------------------
+@pytest.mark.parametrize("question", ["How should I train for my first marathon?",
+                                      "Which strings should I buy to tune my guitar?"])
+def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client, platform, question):
+    """"training", "first" and "tune" appear in the twin's posts; the decision is about the topic."""
+    reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
+                                           messages=[{"role": "user", "content": question}])
+    assert reply.choices[0].finish_reason == "no_sources" and reply.model_extra["sources"] == []
+    with grpc.insecure_channel(platform.grpc) as channel:
+        chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
+            twin="mara-quill", messages=[common_pb2.ChatMessage(role="user", content=question)]))
+    assert chat.finish_reason == "no_sources" and not chat.sources
+
+
+def test_a_follow_up_with_no_pointer_word_is_answered_from_the_post_it_follows(client, platform):
+    conversation = [{"role": "user", "content": "How should I cut documents into chunks?"},
+                    {"role": "assistant", "content": "By paragraphs, with a small overlap."},
+                    {"role": "user", "content": "Why keep the overlap small?"}]
+    reply = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation)
+    assert reply.choices[0].finish_reason != "no_sources"
+    assert reply.model_extra["sources"][0]["link"] == "https://mara.example/chunking-is-a-product-decision"
+    # Alone, with nothing before it, the same words are not enough to speak in the author's name.
+    alone = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation[-1:])
+    assert alone.choices[0].finish_reason == "no_sources"
+    with grpc.insecure_channel(platform.grpc) as channel:
+        chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
+            twin="mara-quill", messages=[common_pb2.ChatMessage(**m) for m in conversation]))
+    assert chat.finish_reason != "no_sources" and chat.sources[0].link == reply.model_extra["sources"][0]["link"]
+
+
 def test_stop_strings_cut_the_answer_across_token_boundaries_plain_and_streamed(client):
     messages = [{"role": "user", "content": "Why combine BM25 with embeddings?"}]
     full = client.chat.completions.create(model="mara-quill", messages=messages,
