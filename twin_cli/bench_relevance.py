@@ -63,6 +63,8 @@ def corpus_pairs(settings) -> list[tuple[str, str]]:
 
 
 def decision_figures(retriever, settings, name: str) -> dict:
+    from llm_twin.evaluation.relevance import error_rates
+
     from . import relevance_eval as rv
 
     dev = rv.load_files([DATA / f for f in DEV], retriever.store)
@@ -72,7 +74,7 @@ def decision_figures(retriever, settings, name: str) -> dict:
     out = {}
     for label, model in (("similarity cut 0.25 (old rule)", None), ("calibrated (default)", fitted)):
         retriever.relevance = model
-        rates = rv.report(held, rv.decide(chat, held))
+        rates = error_rates(held, rv.decide(chat, held))
         out[label] = rates
         print("\n".join(rv.format_rates(f"{name}, {label}, held-out", rates)))
     return {"fitted": fitted, "rates": out}

@@ -218,6 +218,7 @@ def eval_relevance(ctx: click.Context, files, calibrate, as_json) -> None:
     "answerable", "kind", "conversation"}) or retrieval question files (answerable, each asked to
     its gold document's twin). With --calibrate the figures printed are on the files fitted on:
     measure on other files for figures that mean something."""
+    from llm_twin.evaluation.relevance import error_rates
     from llm_twin.evaluation.retrieval import QuestionFileError
     from services.retrieval.errors import RetrievalError
     from services.retrieval.relevance import calibration_path
@@ -239,7 +240,7 @@ def eval_relevance(ctx: click.Context, files, calibrate, as_json) -> None:
         elif retriever.relevance is None and not as_json:
             click.echo(f"no relevance calibration for embedder {settings.embedding.model or 'default'}: the "
                        f"similarity cut ({settings.retrieval.min_source_similarity}) decides; run with --calibrate")
-        rates = rv.report(rows, rv.decide(rv.chat_for(retriever, settings), rows))
+        rates = error_rates(rows, rv.decide(rv.chat_for(retriever, settings), rows))
     except (QuestionFileError, RetrievalError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if as_json:

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from llm_twin.config import Settings
-from llm_twin.evaluation.relevance import LabelledQuestion, error_rates, load_labelled
+from llm_twin.evaluation.relevance import LabelledQuestion, load_labelled
 from services.chat.core import Chat
 from services.retrieval.core import Retriever
 from services.retrieval.query import contextual_query
@@ -69,10 +69,6 @@ def author_resolver(link_authors: dict[str, str]):
 def load_files(paths: Sequence[Path], store) -> list[LabelledQuestion]:
     author_of = author_resolver(store.link_authors())
     return [row for path in paths for row in load_labelled(path, author_of)]
-
-
-def report(rows: Sequence[LabelledQuestion], answered: Sequence[bool]) -> dict:
-    return error_rates(rows, answered)
 
 
 def format_rates(name: str, rates: dict) -> list[str]:

@@ -12,13 +12,12 @@ kind prefixed "answerable: ".
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .retrieval import QuestionFileError, _conversation
+from .retrieval import QuestionFileError, _conversation, records
 
 
 @dataclass(frozen=True)
@@ -36,19 +35,8 @@ class LabelledQuestion:
 
 def load_labelled(path: Path, author_of: Callable[[str], str | None] | None = None) -> list[LabelledQuestion]:
     """``author_of(link)``: the twin a gold link belongs to, for rows that name none."""
-    if not path.is_file():
-        raise QuestionFileError(f"{path}: no such file")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise QuestionFileError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict) or not str(record.get("question") or "").strip():
-            raise QuestionFileError(f"{where}: needs a non-empty \"question\" string")
+    for where, record in records(path):
         answerable = record.get("answerable", True)
         if not isinstance(answerable, bool):
             raise QuestionFileError(f"{where}: \"answerable\" must be true or false")

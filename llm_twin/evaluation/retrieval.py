@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +45,10 @@ def _conversation(value, where: str) -> tuple[dict, ...]:
     return tuple({"role": m["role"], "content": m["content"]} for m in value)
 
 
-def load_questions(path: Path) -> list[Question]:
+def records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, record) for each line of a question file: an object with a non-empty "question"."""
     if not path.is_file():
         raise QuestionFileError(f"{path}: no such file")
-    questions = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -60,6 +60,12 @@ def load_questions(path: Path) -> list[Question]:
         if not isinstance(record, dict) or not isinstance(record.get("question"),
                                                           str) or not record["question"].strip():
             raise QuestionFileError(f"{where}: needs a non-empty \"question\" string")
+        yield where, record
+
+
+def load_questions(path: Path) -> list[Question]:
+    questions = []
+    for where, record in records(path):
         gold = record.get("gold_links")
         if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):
             raise QuestionFileError(f"{where}: needs \"gold_links\": a non-empty list of URLs")

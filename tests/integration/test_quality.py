@@ -52,15 +52,14 @@ def test_a_follow_up_retrieves_the_passage_of_the_question_it_follows(client, pl
 
 
 # -- an honest OpenAI API ------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="found at the end of the session (issue 27 left open): the served platform "
-                   "answers these while the same decision in process declines them on the sample corpus")
 @pytest.mark.parametrize("question", ["How should I train for my first marathon?",
                                       "Which strings should I buy to tune my guitar?"])
 def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client, platform, question):
     """"training", "first" and "tune" appear in the twin's posts; the decision is about the topic."""
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
                                            messages=[{"role": "user", "content": question}])
-    assert reply.choices[0].finish_reason == "no_sources" and reply.model_extra["sources"] == []
+    # OpenAI's wire has no "no_sources": a decline is a normal stop, with no sources and the twin saying so.
+    assert reply.model_extra["sources"] == [] and "haven't written" in reply.choices[0].message.content
     with grpc.insecure_channel(platform.grpc) as channel:
         chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
             twin="mara-quill", messages=[common_pb2.ChatMessage(role="user", content=question)]))
@@ -72,8 +71,10 @@ def test_a_follow_up_with_no_pointer_word_is_answered_from_the_post_it_follows(c
                     {"role": "assistant", "content": "By paragraphs, with a small overlap."},
                     {"role": "user", "content": "Why keep the overlap small?"}]
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation)
-    assert reply.choices[0].finish_reason != "no_sources"
     assert reply.model_extra["sources"][0]["link"] == "https://mara.example/chunking-is-a-product-decision"
+    # Alone, with nothing before it, the same words are not enough to speak in the author's name.
+    alone = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation[-1:])
+    assert alone.model_extra["sources"] == [] and "haven't written" in alone.choices[0].message.content
     with grpc.insecure_channel(platform.grpc) as channel:
         chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
             twin="mara-quill", messages=[common_pb2.ChatMessage(**m) for m in conversation]))
