@@ -296,6 +296,12 @@ class Settings(BaseSettings):
         description="fsspec URI of the artifact store (datasets, model registry), e.g. s3://bucket/artifacts. "
         "Default: <data_dir>/artifacts.",
     )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server (training runs, the twins' registered versions, prompt traces), e.g. "
+        "http://mlflow:5000. Default: MLFLOW_TRACKING_URI, else a local server on loopback over "
+        "<data_dir>/mlflow.db that `twin serve` and `twin pipeline` start.",
+    )
     milvus_token: str | None = Field(None, description="Token for a Milvus server, if it needs one "
                                      "(on Kubernetes: from the Secret named by spec.vectorStore.tokenSecretRef).")
     collection: str = Field("twin_chunks", description="Milvus collection holding the chunks.")

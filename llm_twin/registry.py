@@ -1,5 +1,12 @@
 """The model registry: trained adapters (and merged models) with their metadata, in the artifact
-store under ``models/<author>/<version>/``."""
+store under ``models/<author>/<version>/`` (where serving loads them from), each a version of the
+twin's registered model in MLflow (``twin-<slug>``, llm_twin.tracking).
+
+Which version serves is one fact: the registered model's ``serving`` alias (moved by a pipeline whose
+model passed the gate, or by hand in MLflow's UI to roll back). Without any tracking server (a
+library user, a bare folder) the newest servable folder serves. `twin serve` and `twin models sync`
+register folders that MLflow does not know yet (registries from before MLflow, `twin train`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from datetime import UTC, datetime
 
 import fsspec
 
+from llm_twin import tracking
 from llm_twin.documents import author_slug
 
 
@@ -73,3 +81,114 @@ def local_adapter(model: dict, cache_dir: str) -> str:
     if not os.path.exists(os.path.join(target, "adapter_config.json")):
         fs.get(root, target, recursive=True)
     return target
+
+
+def register_version(client, author: str, model: dict, *, source: str, run_id: str | None, servable: bool,
+                     why: str, move_alias: bool = True) -> str:
+    """A registry folder's model as a version of ``twin-<slug>``; idempotent by the folder's version
+    name (one already registered gets the new verdict, not a second version). -> the version number."""
+    from mlflow.exceptions import MlflowException
+
+    name = tracking.twin_name(author)
+    try:
+        client.create_registered_model(name, tags={"twin": author},
+                                       description=f"{author}'s twin: LoRA adapters over the base model.")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    existing = _versions(client, name, model["version"])
+    if existing:
+        number = existing[0].version
+        client.set_model_version_tag(name, number, "servable", str(servable).lower())
+        client.set_model_version_tag(name, number, "gate", why[:5000])
+    else:
+        number = client.create_model_version(
+            name, source=source, run_id=run_id, description=f"base {model.get('base_model')}; gate: {why}"[:5000],
+            tags={"twin.version": model["version"], "twin.path": model["path"], "servable": str(servable).lower(),
+                  "gate": why[:5000], "base_model": str(model.get("base_model"))}).version
+    if servable and move_alias:
+        client.set_registered_model_alias(name, tracking.SERVING_ALIAS, number)
+    return str(number)
+
+
+def _versions(client, name: str, version: str) -> list:
+    if "'" in version:  # version names are slugs and hashes; a quote would break the filter
+        raise ValueError(f"version {version!r}: quotes are not allowed")
+    return client.search_model_versions(f"name = '{name}' and tag.`twin.version` = '{version}'")
+
+
+def serving_version(client, author: str, pinned: str | None = None) -> str | None:
+    """The folder version name that serves ``author``: the pinned one (a folder version name, or an
+    MLflow version number) if registered and servable, else the one the ``serving`` alias names."""
+    from mlflow.exceptions import MlflowException
+
+    name = tracking.twin_name(author)
+    try:
+        if pinned:
+            found = _versions(client, name, pinned)
+            if not found and pinned.isdigit():
+                found = [client.get_model_version(name, pinned)]
+        else:
+            found = [client.get_model_version_by_alias(name, tracking.SERVING_ALIAS)]
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None  # no registered model, no alias yet, or no such version
+        raise
+    found = [v for v in found if v.tags.get("servable") == "true" and v.tags.get("twin.version")]
+    return found[0].tags["twin.version"] if found else None
+
+
+def serving(settings, author: str, pinned: str | None = None) -> dict | None:
+    """The registered model (its folder's metadata) that serves ``author``, or None."""
+    uri = tracking.resolve_uri(settings)
+    if uri is None:
+        return latest(settings.resolved_artifact_uri, author, True, pinned)
+    version = serving_version(tracking.client(uri), author, pinned)
+    return latest(settings.resolved_artifact_uri, author, True, version) if version else None
+
+
+def sync(settings, uri: str, say=print) -> list[str]:
+    """Register in MLflow every folder model it does not know (oldest first, each with a run holding
+    its adapter and figures); a twin with no ``serving`` alias gets it on its newest servable model.
+    Idempotent. -> the "author version" pairs registered."""
+    client = tracking.client(uri)
+    done = []
+    for model in sorted(list_models(settings.resolved_artifact_uri), key=lambda m: m.get("registered", "")):
+        name = tracking.twin_name(model["author"])
+        if _versions(client, name, model["version"]):
+            continue
+        run = client.create_run(tracking.experiment_id(client, model["author"]), run_name=f"import {model['version']}",
+                                tags={"twin": model["author"], "mlflow.source.name": "twin models sync"})
+        _log_imported(client, run.info.run_id, model, settings)
+        servable = bool(model.get("servable"))
+        register_version(client, model["author"], model, source=f"runs:/{run.info.run_id}/adapter",
+                         run_id=run.info.run_id, servable=servable,
+                         why="imported from the folder registry", move_alias=False)
+        client.set_terminated(run.info.run_id)
+        done.append(f"{model['author']} {model['version']}")
+        say(f"registered {model['author']} {model['version']} in MLflow")
+    for author in {m["author"] for m in list_models(settings.resolved_artifact_uri)}:
+        name = tracking.twin_name(author)
+        try:
+            client.get_model_version_by_alias(name, tracking.SERVING_ALIAS)
+        except Exception:  # noqa: BLE001 - no alias (or no model): give it the newest servable folder
+            newest = latest(settings.resolved_artifact_uri, author)
+            found = _versions(client, name, newest["version"]) if newest else []
+            if found:
+                client.set_registered_model_alias(name, tracking.SERVING_ALIAS, found[0].version)
+    return done
+
+
+def _log_imported(client, run_id: str, model: dict, settings) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"train.{k}", float(v), now, 0) for k, v in (model.get("metrics") or {}).items()
+               if isinstance(v, int | float) and not isinstance(v, bool)]
+    metrics += [Metric(f"eval.{k}", float(v), now, 0) for k, v in (model.get("evaluation") or {}).items()
+                if isinstance(v, int | float) and not isinstance(v, bool)]
+    client.log_batch(run_id, metrics=metrics[:1000], synchronous=True)
+    client.log_artifacts(run_id, local_adapter(model, os.path.join(str(settings.data_dir), "cache", "adapters")),
+                         "adapter")

@@ -242,3 +242,15 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     while ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_processes() - before, "twin serve --stop left Ray processes behind"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite + local artifacts) on loopback, once per test session,
+    started the way `twin serve` starts its own; -> its address."""
+    from llm_twin import tracking
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri, pid = tracking.start_local(folder, say=lambda _: None)
+    yield uri
+    tracking.stop_local(folder, pid)

@@ -21,6 +21,8 @@ class TrainConfig(TrainSettings):
     output_dir: str = Field(min_length=1, description="Where the adapter (and the merged model) are written.")
     merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
     seed: int = Field(0, ge=0, description="Seed for data order and initialisation.")
+    tracking_uri: str | None = Field(None, description="MLflow server rank 0 logs the SFT and DPO steps to.")
+    tracking_run: str | None = Field(None, description="The MLflow run (a pipeline's) those step runs belong to.")
 
     @model_validator(mode="after")
     def _no_merge_into_4bit(self):

@@ -97,6 +97,21 @@ def four_bit_config(cfg: TrainConfig, on_gpu: bool, loaded: bool = False):
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
+def _report_to(cfg: TrainConfig, rank: int) -> list[str]:
+    """Rank 0 logs each trainer's steps through transformers' own MLflow integration, as a child run
+    (``sft``, ``dpo``) of the pipeline's run; the other ranks and untracked runs log nowhere."""
+    if not cfg.tracking_uri or rank != 0:
+        return []
+    from llm_twin.tracking import twin_name
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # a run id would make each trainer resume that run instead
+    os.environ.update({"MLFLOW_TRACKING_URI": cfg.tracking_uri, "MLFLOW_EXPERIMENT_NAME": twin_name(cfg.author),
+                       "MLFLOW_TAGS": json.dumps({"twin": cfg.author, **({"mlflow.parentRunId": cfg.tracking_run}
+                                                                           if cfg.tracking_run else {})}),
+                       "MLFLOW_FLATTEN_PARAMS": "1", "MLFLOW_NESTED_RUN": "0", "HF_MLFLOW_LOG_ARTIFACTS": "0"})
+    return ["mlflow"]
+
+
 def train(config: dict, model=None, tokenizer=None) -> dict:
     """One worker's training run. ``config`` is a TrainConfig as a dict (Ray passes plain data);
     ``model``/``tokenizer`` may be given already loaded (the GPU check builds a random 8B model
@@ -134,14 +149,15 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
-    common = {"report_to": [], "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no", "seed": cfg.seed,
-              "bf16": on_gpu, "dataloader_num_workers": 0,
+    common = {"report_to": _report_to(cfg, rank), "use_cpu": not on_gpu, "logging_steps": 1, "save_strategy": "no",
+              "seed": cfg.seed, "bf16": on_gpu, "dataloader_num_workers": 0,
               "remove_unused_columns": True,
               "include_num_input_tokens_seen": True, "disable_tqdm": True}
 
     started = time.perf_counter()
     sft_rows = load(cfg.dataset_dir, "train.jsonl")
-    sft_args = SFTConfig(output_dir=str(output / "sft"), num_train_epochs=cfg.sft.epochs, max_steps=cfg.sft.max_steps,
+    sft_args = SFTConfig(output_dir=str(output / "sft"), run_name="sft", num_train_epochs=cfg.sft.epochs,
+                         max_steps=cfg.sft.max_steps,
                          learning_rate=cfg.sft.learning_rate, per_device_train_batch_size=cfg.sft.batch_size,
                          max_length=cfg.sft.max_length, completion_only_loss=True,
                          deepspeed=cfg.deepspeed.as_dict(cfg.sft.batch_size) if cfg.deepspeed else None, **common)
@@ -163,7 +179,7 @@ def train(config: dict, model=None, tokenizer=None) -> dict:
         pairs = load(cfg.dataset_dir, "preference.jsonl")
         if pairs:
             started_dpo = time.perf_counter()
-            dpo_args = DPOConfig(output_dir=str(output / "dpo"), num_train_epochs=cfg.dpo.epochs,
+            dpo_args = DPOConfig(output_dir=str(output / "dpo"), run_name="dpo", num_train_epochs=cfg.dpo.epochs,
                                  max_steps=cfg.dpo.max_steps, learning_rate=cfg.dpo.learning_rate,
                                  per_device_train_batch_size=cfg.dpo.batch_size, max_length=cfg.dpo.max_length,
                                  beta=cfg.dpo.beta,

@@ -1,8 +1,9 @@
 """`twin serve`: the platform on this machine (a local Ray cluster that lives as long as the command).
 
 The process that runs `twin serve` owns the cluster: it starts Ray, deploys the application, prints
-the endpoints and waits; Ctrl-C, SIGTERM or `twin serve --stop` (which signals it through the pid
-file under the data folder) shuts Serve and Ray down, leaving no processes behind.
+the endpoints and waits (a local MLflow server beside it unless one is configured); Ctrl-C, SIGTERM
+or `twin serve --stop` (which signals it through the pid file under the data folder) shuts Serve,
+Ray and that MLflow server down, leaving no processes behind.
 
 Ray 2.60 turns token authentication on by default: the local cluster is created with a token
 under ~/.ray and this process, its only driver, uses it. Nothing else needs to connect to Ray:
@@ -21,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from llm_twin import tracking
 from llm_twin.config import Settings
 from llm_twin.telemetry import serve_tracing_env
 from services.gateway.proxy_guard import proxy_env
@@ -141,7 +143,9 @@ def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written before starting so that `--stop` works while the platform is still coming up.
     path.write_text(json.dumps({"pid": os.getpid(), "ready": False}))
+    tracking_pid = None
     try:
+        settings, tracking_pid = start_tracking(settings)
         endpoints = start(settings, trace_sampling_ratio=trace_sampling_ratio)
         # ray.init installs its own fatal-signal handler, which would kill this process before it
         # could stop the cluster: take the signals back.
@@ -152,14 +156,35 @@ def run(settings: Settings, *, trace_sampling_ratio: float = 1.0) -> None:
         _say(f"ready: gRPC {endpoints['grpc']} (twin.v1, reflection, grpc.health.v1) · HTTP {endpoints['http']} "
              f"(OpenAI API at {endpoints['http']}/v1) · stop with Ctrl-C or `twin serve --stop`")
         _say(f"chat page: {endpoints['http']}/ (open it in a browser)")
+        _say(f"MLflow: {settings.tracking_uri} (runs, the twins' registered versions, chats as traces)")
         _say(access_line(settings))
         while not stop.wait(1.0):
             pass
     finally:
         _say("shutting down")
-        stop_local()
+        try:
+            stop_local()
+        finally:
+            if tracking_pid is not None:
+                tracking.stop_local(settings.data_dir, tracking_pid)
         path.unlink(missing_ok=True)
         _say("stopped")
+
+
+def start_tracking(settings: Settings) -> tuple[Settings, int | None]:
+    """The MLflow server this platform logs to: the configured one, or a local one started for as long
+    as `twin serve` runs (-> its pid, to stop). Registry folders MLflow does not know yet are
+    registered (llm_twin.registry.sync), so the serving alias is the one answer to what serves."""
+    from llm_twin import registry
+
+    uri, pid = tracking.configured_uri(settings), None
+    if uri is None:
+        uri, pid = tracking.start_local(settings.data_dir, _say)
+    try:
+        registry.sync(settings, uri, _say)
+    except Exception as exc:  # noqa: BLE001 - serving goes on; the message says what to run
+        _say(f"warning: registering older models in MLflow failed ({exc}); retry with `twin models sync`")
+    return settings.with_overrides(tracking_uri=uri), pid
 
 
 def _alive(pid) -> bool:

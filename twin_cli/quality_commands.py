@@ -88,8 +88,10 @@ def eval_rag(ctx: click.Context, questions, url, key, twin, judge_url, judge_mod
 def monitor(ctx: click.Context, twin, since, follow, interval, as_json, records) -> None:
     """Requests answered by the served twins: rate, latency and time to first token (p50/p95),
     tokens/s, "nothing relevant" share, feedback and judge scores, slowest and worst-judged ids."""
+    from llm_twin import tracking
     from llm_twin.documents import author_slug
-    from llm_twin.monitoring import load, parse_since, summarize
+    from llm_twin.monitoring import parse_since, summarize
+    from llm_twin.prompt_traces import load
 
     settings = settings_of(ctx)
     if not settings.monitoring.enabled:
@@ -100,9 +102,16 @@ def monitor(ctx: click.Context, twin, since, follow, interval, as_json, records)
     except ValueError as exc:
         fail(str(exc))
     window = time.time() - start
+    try:
+        uri = tracking.resolve_uri(settings)
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+    if uri is None:
+        fail(f"no MLflow server holds the records: `twin serve` (data folder {settings.data_dir}) starts one, or "
+             "set TWIN_TRACKING_URI / MLFLOW_TRACKING_URI to yours")
     while True:
         start = time.time() - window  # with --follow, a sliding window
-        found = load(settings.resolved_artifact_uri, start, slug)
+        found = load(uri, start, slug)
         summary = summarize(found, window)
         if as_json:
             click.echo(json.dumps({**summary, "since": start, **({"records": found} if records else {})}))
@@ -131,7 +140,7 @@ def _print_summary(s: dict, since: str, twin: str | None) -> None:
         for r in items[:3]:
             click.echo(f"  {title}: {r['id']}  {r['latency_s']} s  {r['question']!r}")
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        click.echo("  (an id is the request's trace id: search it in Tempo/Grafana)")
+        click.echo("  (a record's mlflow_trace_id, tr-<id>, is its trace id in Tempo/Grafana too)")
 
 
 COMMANDS = [monitor]

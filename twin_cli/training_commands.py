@@ -181,13 +181,36 @@ def models_group() -> None:
 @models_group.command("list")
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
+    from llm_twin import registry, tracking
     from llm_twin.registry import list_models
 
-    found = list_models(settings_of(ctx).resolved_artifact_uri)
+    settings = settings_of(ctx)
+    found = list_models(settings.resolved_artifact_uri)
     if not found:
         click.echo("no models yet: `twin dataset build` then `twin train`")
+    uri = tracking.resolve_uri(settings)
+    serving = {}
+    if uri:  # the versions the serving aliases name (MLflow, when a server runs or is configured)
+        client = tracking.client(uri)
+        serving = {a: registry.serving_version(client, a) for a in {m["author"] for m in found}}
     for m in found:
-        click.echo(f"{m['author']}  {m['version']}  base {m['base_model']}  {m['registered']}  {m['path']}")
+        mark = "  SERVING" if serving.get(m["author"]) == m["version"] else ""
+        click.echo(f"{m['author']}  {m['version']}  base {m['base_model']}  {m['registered']}  {m['path']}{mark}")
+
+
+@models_group.command("sync")
+@click.pass_context
+def models_sync(ctx: click.Context) -> None:
+    """Register in MLflow the registry folders it does not know (older registries, `twin train`)."""
+    from llm_twin import registry, tracking
+
+    settings = settings_of(ctx)
+    try:
+        with tracking.server(settings, lambda m: click.echo(m, err=True)) as uri:
+            done = registry.sync(settings, uri, lambda m: click.echo(m, err=True))
+    except tracking.TrackingError as exc:
+        fail(str(exc))
+    click.echo(f"{len(done)} model(s) registered" if done else "MLflow already knows every registered model")
 
 
 def resolved_config(settings: Settings, config: PipelineConfig) -> dict:

@@ -1,6 +1,7 @@
-"""Watching answers: every chat/generate request leaves a prompt-monitoring record (its trace
-id, tokens, time to first token, latency, sources, the caller's key name), updates the Serve
-metrics, and a sampled share of chat answers is judged in the background when a judge is set.
+"""Watching answers: every chat/generate request leaves a prompt-monitoring record (an MLflow
+trace, llm_twin.prompt_traces: tokens, time to first token, latency, sources, the caller's key
+name), updates the Serve metrics, and a sampled share of chat answers is judged in the background
+when a judge is set.
 
 Transport-free: the prompt log, the metrics and the judge are passed in (none of them: nothing
 is recorded)."""
@@ -17,7 +18,8 @@ from contextvars import ContextVar
 from opentelemetry import trace
 
 from llm_twin.keys import Caller
-from llm_twin.monitoring import PromptLog, PromptRecord
+from llm_twin.monitoring import PromptRecord
+from llm_twin.prompt_traces import PromptTraces
 from services.generation.api import Delta
 
 from .response_ids import ResponseIds
@@ -33,8 +35,8 @@ def trace_id() -> str | None:
 
 
 class Observer:
-    def __init__(self, prompt_log: PromptLog | None = None, metrics=None, judge=None, judge_sample_ratio: float = 0.0,
-                 ids: ResponseIds | None = None):
+    def __init__(self, prompt_log: PromptTraces | None = None, metrics=None, judge=None,
+                 judge_sample_ratio: float = 0.0, ids: ResponseIds | None = None):
         self.ids = ids or ResponseIds.random()
         self.prompt_log = prompt_log
         self.metrics = metrics
@@ -82,7 +84,7 @@ class Observer:
             if self.metrics is not None:
                 self.metrics.observe(record)
             if self.prompt_log is not None and self.prompt_log.sampled():
-                self.prompt_log.record(record)
+                self.prompt_log.record(record, base["passages"])
                 if (self.judge is not None and record.operation == "chat" and base["passages"]
                         and random.random() < self.judge_sample_ratio):
                     self._judge_later(record, base["passages"], base["author"])

@@ -12,7 +12,7 @@ from ray import serve
 
 from llm_twin.config import Settings
 from llm_twin.evaluation.judge import LLMJudge
-from llm_twin.monitoring import PromptLog
+from llm_twin.prompt_traces import PromptTraces
 from services.crawler.server import CrawlerDeployment
 from services.embedding.server import EmbeddingDeployment
 from services.generation.server import GenerationDeployment
@@ -34,7 +34,7 @@ from .response_ids import ResponseIds
 class Gateway(GrpcApi):
     def __init__(self, settings: dict, crawler, retrieval, embedding, generation):
         settings = Settings(**settings)
-        observer = Observer(PromptLog.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
+        observer = Observer(PromptTraces.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
                             settings.judge.sample_ratio, ResponseIds.from_settings(settings))
         self.plane = DataPlane(settings, crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
                                embedding=HandleClient(embedding), generation=GenerationClient(generation),

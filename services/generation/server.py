@@ -34,7 +34,7 @@ class _LoadedAdapter:
 
 @serve.deployment(name="Generation", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
 class GenerationDeployment:
-    """One base model; each twin's newest servable LoRA adapter from the model registry is loaded on
+    """One base model; each twin's serving LoRA adapter (llm_twin.registry.serving) is loaded on
     demand (Ray Serve model multiplexing: requests for a twin go to a replica that has it) and
     applied per row in the shared decode batch."""
 
@@ -49,7 +49,8 @@ class GenerationDeployment:
         import asyncio
 
         pinned = self.settings.generation.pinned_models.get(twin)
-        model = await asyncio.to_thread(registry.latest, self.settings.resolved_artifact_uri, twin, True, pinned)
+        # The version the twin's registered model marks `serving` in MLflow (or the pinned one).
+        model = await asyncio.to_thread(registry.serving, self.settings, twin, pinned)
         if model is None and pinned:
             raise ModelUnavailable(f"twin {twin!r} is pinned to version {pinned}, which the registry at "
                                    f"{self.settings.resolved_artifact_uri} does not hold as servable")

@@ -79,8 +79,10 @@ class RetrievalDeployment:
 
     async def answer_search(self, query: str, question: str, twin: str, top_k: int = 4):
         """For a chat answer: results, evidence and calibrated relevance (retrieval.core.Retrieval)."""
-        with span("retrieval.answer_search", **{"db.system.name": "milvus", "twin.id": twin,
-                                                "retrieval.top_k": top_k}) as s:
+        # The same span name as search(): one search per chat hop, whichever call made it.
+        with span("retrieval.search", **{"db.system.name": "milvus", "twin.id": twin, "retrieval.purpose": "answer",
+                                         "retrieval.strategy": self.retriever.strategy,
+                                         "retrieval.top_k": top_k}) as s:
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin, None, top_k,
                                                self.retriever.strategy)
             vector = None

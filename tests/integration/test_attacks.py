@@ -338,15 +338,16 @@ def test_a_key_flooding_the_platform_leaves_room_for_another(platform, keys, man
 
 
 def test_http_records_carry_the_callers_key_name(platform, keys):
-    from llm_twin.monitoring import load
+    from llm_twin import tracking
+    from llm_twin.prompt_traces import load
 
+    uri = tracking.running_local(platform.data_dir)
     reply = httpx.post(f"{platform.http}/v1/chat/completions", json=chat_body(), headers=bearer(keys["chat"]),
                        timeout=120)
     rid = reply.json()["id"].removeprefix("chatcmpl-")
     deadline, record = time.monotonic() + 30, None
     while record is None and time.monotonic() < deadline:
-        record = next((r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid),
-                      None)
+        record = next((r for r in load(uri, time.time() - 600) if r["id"] == rid), None)
         time.sleep(0.3)
     assert record is not None and record["key"] == "attack-chat" and record["transport"] == "http"
 

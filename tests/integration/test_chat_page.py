@@ -106,12 +106,13 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     wait(browser, lambda b: first.find_element("css selector", ".feedback").get_attribute("data-sent") == "1",
          "the feedback to be recorded")
     feedback = [body for body in browser.execute_script("return window.sent") if "score" in body]
-    from llm_twin.config import Settings
-    from llm_twin.monitoring import load
+    from llm_twin import tracking
+    from llm_twin.prompt_traces import load
 
     rid = feedback[0]["response_id"].removeprefix("chatcmpl-")
-    record = wait(browser, lambda b: [r for r in load(Settings(data_dir=platform.data_dir).resolved_artifact_uri, 0)
-                                      if r["id"] == rid and r["feedback"]], "the feedback in the record")[0]
+    uri = tracking.running_local(platform.data_dir)  # the MLflow server `twin serve` started
+    record = wait(browser, lambda b: [r for r in load(uri, 0) if r["id"] == rid and r["feedback"]],
+                  "the feedback as an assessment on the answer's trace")[0]
     assert record["question"] == "How should I cut documents\ninto chunks?" and record["feedback"][0]["score"] == 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")

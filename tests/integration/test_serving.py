@@ -337,10 +337,13 @@ def _span_names(otlp, trace_id: str, needed: set[str]) -> set[str]:
 
 
 def _record(platform, rid: str) -> dict:
-    from llm_twin.monitoring import load
+    from llm_twin import tracking
+    from llm_twin.prompt_traces import load
+
+    uri = tracking.running_local(platform.data_dir)  # the MLflow server `twin serve` started
 
     def found():
-        records = [r for r in load(str(platform.data_dir / "artifacts"), time.time() - 600) if r["id"] == rid]
+        records = [r for r in load(uri, time.time() - 600) if r["id"] == rid]
         return records[0] if records else None
 
     return wait_for(found, 30, f"the monitoring record of {rid}")
@@ -362,8 +365,17 @@ def test_one_chat_request_is_one_trace_across_processes(platform, channel, otlp,
         rid = chat_pb2_grpc.ChatServiceStub(channel).Chat(
             chat_pb2.ChatRequest(twin="mara-quill", messages=ask(QUESTION), sampling=sampling(4)),
             metadata=[("traceparent", traceparent)], timeout=120).id
-    trace_id = _record(platform, rid)["trace_id"]
+    record = _record(platform, rid)
+    trace_id = record["trace_id"]
     assert trace_id and trace_id != client_trace and rid != client_trace
+    # The MLflow trace of the prompt is the same trace: one id leads to Tempo and to MLflow.
+    assert record["mlflow_trace_id"] == f"tr-{trace_id}" and record["transport"] == transport
+    from llm_twin import tracking
+
+    prompt = tracking.client(tracking.running_local(platform.data_dir)).get_trace(f"tr-{trace_id}")
+    retrieval = next(s for s in prompt.data.spans if s.name == "retrieval")
+    assert retrieval.outputs and all(d["metadata"]["doc_uri"].startswith("https://") for d in retrieval.outputs)
+    assert prompt.info.tags["twin"] == "mara-quill" and prompt.info.tags["transport"] == transport
     needed = {"twin.chat", "retrieval.search", "embeddings", "chat SmolLM2"}
     names = _span_names(otlp, trace_id, needed)
     spans = otlp.trace(trace_id)

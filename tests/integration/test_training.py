@@ -107,21 +107,24 @@ def test_training_configs_are_validated_before_any_work():
         check_resources(TrainConfig(**base, workers=2, gpus_per_worker=1), {"CPU": 2})
 
 
-def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registry(dataset, tmp_path, embedder):
-    from llm_twin import registry
+def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registry(dataset, tmp_path, embedder,
+                                                                                  mlflow_server):
+    from llm_twin import registry, tracking
     from llm_twin.twinmodel import Gate
     from training import trainer
     from training.evaluate import evaluate, gate
+    from training.experiment import PipelineRun
     from training.tiny import build_tiny_model
 
     manifest, artifacts = dataset
     texts = [" ".join(p) for _, p in POSTS.values()]
     base = build_tiny_model(tmp_path / "tiny", texts)
+    run = PipelineRun.start(mlflow_server, AUTHOR, {"train": {"sft": {"max_steps": 4}}, "base_model": str(base)})
     cfg = TrainConfig(author=AUTHOR, base_model=str(base), dataset_dir=manifest["path"],
                       output_dir=str(tmp_path / "out"), workers=2, threads_per_worker=1,
                       sft={"max_steps": 4, "batch_size": 2, "learning_rate": 1e-3},
                       dpo={"max_steps": 2, "batch_size": 2}, lora={"r": 4, "alpha": 8},
-                      deepspeed={"zero_stage": 2})
+                      deepspeed={"zero_stage": 2}, **run.trainer_env())
     metrics = trainer.run(cfg, str(tmp_path / "ray"))
     assert metrics["stage"] == "dpo" and metrics["sft_steps"] == 4 and metrics["dpo_steps"] == 2
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").exists()
@@ -146,6 +149,28 @@ def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registr
                              {"base_model": str(base), "dataset_digest": manifest["digest"], "metrics": metrics})
     listed = registry.list_models(artifacts)
     assert listed[0]["path"] == path and listed[0]["dataset_digest"] == manifest["digest"]
+
+    # In MLflow: the Ray Train worker of rank 0 logged each trainer's steps as a child run of the
+    # pipeline's run (one loss value per step), and the adapter became the serving version.
+    client = tracking.client(mlflow_server)
+    children = {r.info.run_name: r for r in client.search_runs(
+        [run.experiment_id], f"tags.mlflow.parentRunId = '{run.run_id}'")}
+    assert set(children) == {"sft", "dpo"}
+    assert [m.step for m in client.get_metric_history(children["sft"].info.run_id, "loss")] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(children["dpo"].info.run_id, "loss")) == 2
+    assert children["sft"].data.params["learning_rate"] == "0.001"
+    run.log(metrics={f"eval.{k}": v for k, v in result.items() if k != "samples"})
+    run.artifact_dir(str(tmp_path / "out" / "adapter"), "adapter")
+    number = run.register(registry.update(path, servable=True), True, "passed")
+    run.finish(True)
+    logged = client.get_run(run.run_id).data
+    assert logged.params["train.sft.max_steps"] == "4"
+    assert logged.metrics["eval.perplexity_twin"] == pytest.approx(result["perplexity_twin"])
+    assert logged.tags["registered_version"] == number and logged.tags["gate"] == "PASS"
+    serving = client.get_model_version_by_alias(tracking.twin_name(AUTHOR), tracking.SERVING_ALIAS)
+    assert serving.version == number and serving.run_id == run.run_id and serving.tags["twin.version"] == "v1"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {
+        a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.run_id, "adapter")}
 
 
 def test_lora_sft_of_smollm2_lowers_its_loss(dataset, smol_model, tmp_path):

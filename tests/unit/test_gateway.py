@@ -519,12 +519,12 @@ def test_sources_top_k_sets_the_number_of_sources_and_top_k_is_sampling(client):
     assert len(body["sources"]) == 2
 
 
-def test_feedback_names_a_recorded_answer(client, tmp_path):
-    from llm_twin.monitoring import PromptLog, load
+def test_feedback_names_a_recorded_answer(client, mlflow_server):
+    from llm_twin.prompt_traces import PromptTraces, load
     from services.gateway.observe import Observer
 
     plane = make_plane()
-    plane.observer = Observer(PromptLog(str(tmp_path)))
+    plane.observer = Observer(PromptTraces(mlflow_server))
     http_api.http.state.plane = plane
     answer = client.post("/v1/chat/completions", json=ask()).json()
     assert answer["id"].startswith("chatcmpl-") and len(answer["id"]) == len("chatcmpl-") + 32
@@ -535,16 +535,16 @@ def test_feedback_names_a_recorded_answer(client, tmp_path):
         reply = client.post("/v1/feedback", json=body)
         assert reply.status_code == status, reply.text
     plane.observer.prompt_log.flush()
-    (record,) = load(str(tmp_path), 0)
+    (record,) = [r for r in load(mlflow_server, 0) if r["id"] == answer["id"].removeprefix("chatcmpl-")]
     assert record["id"] == answer["id"].removeprefix("chatcmpl-") and record["feedback"] == [{"score": 1,
                                                                                               "comment": "good"}]
     assert record["question"] == "How do I chunk?" and record["answer"] == answer["choices"][0]["message"]["content"]
     assert record["completion_tokens"] > 0 and record["ttft_s"] <= record["latency_s"] and len(record["sources"]) == 4
 
 
-def test_a_sampled_share_of_answers_is_judged_in_the_background(client, tmp_path):
+def test_a_sampled_share_of_answers_is_judged_in_the_background(client, mlflow_server):
     from llm_twin.evaluation.judge import Verdict
-    from llm_twin.monitoring import PromptLog, load
+    from llm_twin.prompt_traces import PromptTraces, load
     from services.gateway.observe import Observer
 
     class Judge:
@@ -559,14 +559,14 @@ def test_a_sampled_share_of_answers_is_judged_in_the_background(client, tmp_path
 
     judge = Judge()
     plane = make_plane()
-    plane.observer = Observer(PromptLog(str(tmp_path)), judge=judge, judge_sample_ratio=1.0)
+    plane.observer = Observer(PromptTraces(mlflow_server), judge=judge, judge_sample_ratio=1.0)
     http_api.http.state.plane = plane
     answer = client.post("/v1/chat/completions", json=ask()).json()
     rid = answer["id"].removeprefix("chatcmpl-")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         plane.observer.prompt_log.flush()
-        found = {r["id"]: r for r in load(str(tmp_path), 0)}
+        found = {r["id"]: r for r in load(mlflow_server, 0)}
         if rid in found and found[rid]["judge"]:
             break
         time.sleep(0.05)

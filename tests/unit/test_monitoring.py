@@ -1,13 +1,15 @@
-"""Prompt monitoring records, the judge's reply parsing, stop strings across deltas."""
+"""Prompt monitoring records (MLflow traces on a real server), the judge's reply parsing, stop strings across deltas."""
 
 import asyncio
 import json
 import time
+import uuid
 
 import pytest
 
 from llm_twin.evaluation.judge import JudgeReplyError, context_scores, parse_reply
-from llm_twin.monitoring import PromptLog, PromptRecord, load, parse_since, summarize
+from llm_twin.monitoring import PromptRecord, parse_since, summarize
+from llm_twin.prompt_traces import PromptTraces, load
 from services.generation.api import Delta, TokenLogprob
 from services.generation.streams import stop_at
 
@@ -19,39 +21,62 @@ def record(rid: str, **kw) -> PromptRecord:
     return PromptRecord(**{**values, **kw})
 
 
-def test_records_are_partitioned_by_day_append_only_and_joined_with_feedback_and_judge(tmp_path):
-    log = PromptLog(str(tmp_path))
-    log.record(record("a" * 32))
+def test_records_are_traces_in_the_twins_experiment_with_feedback_and_judge_as_assessments(mlflow_server):
+    from llm_twin import tracking
+
+    twin = f"mara-{uuid.uuid4().hex[:8]}"
+    traced, plain = uuid.uuid4().hex, uuid.uuid4().hex
+    log = PromptTraces(mlflow_server)
+    log.feedback(plain, -1, "late")  # before its trace is written: kept and retried
     log.flush()
-    log.record(record("b" * 32, finish_reason="no_sources", latency_s=2.0))
-    log.feedback("a" * 32, 1, "nice")
-    log.judged("a" * 32, {"style": 3, "faithfulness": 0.9}, "llm:j")
+    log.record(record(plain, twin=twin, finish_reason="no_sources", latency_s=2.0, key="ops"))
+    log.record(record(traced, twin=twin, trace_id="ab" * 16, sources=[
+        {"id": "c1", "link": "https://mara.example/chunking", "similarity": 0.61}]), passages=["Chunk by headings."])
+    log.feedback(traced, 1, "nice")
+    log.judged(traced, {"style": 3, "faithfulness": 0.9}, "llm:j")
     log.flush()
-    parts = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jsonl"))
-    day = time.strftime("%Y-%m-%d", time.gmtime())
-    assert len(parts) == 4 and all(p.startswith("monitoring/") and f"date={day}/part-" in p for p in parts)
-    found = {r["id"]: r for r in load(str(tmp_path), time.time() - 60)}
-    assert found["a" * 32]["feedback"] == [{"score": 1, "comment": "nice"}]
-    assert found["a" * 32]["judge"] == {"style": 3, "faithfulness": 0.9}
+    found = {r["id"]: r for r in load(mlflow_server, time.time() - 60, twin)}
+    assert set(found) == {traced, plain}
+    assert found[traced]["mlflow_trace_id"] == "tr-" + "ab" * 16  # the OpenTelemetry trace id
+    assert found[plain]["mlflow_trace_id"] == f"tr-{plain}"  # untraced: the response id
+    assert found[traced]["feedback"] == [{"score": 1, "comment": "nice"}]
+    assert found[plain]["feedback"] == [{"score": -1, "comment": "late"}]
+    assert found[traced]["judge"] == {"style": 3, "faithfulness": 0.9} and found[plain]["judge"] is None
     summary = summarize(list(found.values()), 60)
     assert summary["requests"] == 2 and summary["no_sources_share"] == 0.5 and summary["feedback"]["up"] == 1
-    assert summary["slowest"][0]["id"] == "b" * 32 and summary["worst_judged"][0]["id"] == "a" * 32
-    assert load(str(tmp_path), time.time() - 60, twin="someone-else") == []
+    assert summary["slowest"][0]["id"] == plain and summary["worst_judged"][0]["id"] == traced
+    assert load(mlflow_server, time.time() - 60, twin="someone-else") == []
+
+    client = tracking.client(mlflow_server)
+    trace = client.get_trace("tr-" + "ab" * 16)
+    assert trace.info.experiment_id == client.get_experiment_by_name(f"twin-{twin}").experiment_id
+    assert {"twin": twin, "transport": "http", "operation": "chat", "response_id": traced}.items() <= \
+        trace.info.tags.items()
+    by_name = {s.name: s for s in trace.data.spans}
+    assert set(by_name) == {"chat", "retrieval", "generation"}
+    assert by_name["retrieval"].outputs == [{"page_content": "Chunk by headings.", "metadata": {
+        "doc_uri": "https://mara.example/chunking", "chunk_id": "c1", "score": 0.61}}]
+    assert by_name["generation"].get_attribute("mlflow.chat.tokenUsage") == {
+        "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    assert by_name["chat"].inputs["question"] == "q?" and by_name["chat"].outputs["answer"] == "a."
 
 
-def test_masking_sampling_and_retention(tmp_path):
-    log = PromptLog(str(tmp_path), mask_pii=True, sample_ratio=0.0, retention_days=7)
-    log.record(record("c" * 32, question="mail ada@example.com", answer="call +44 20 7946 0958 or ada@example.com"))
-    log.flush()
-    (row,) = load(str(tmp_path), 0)
-    assert "ada@example.com" not in json.dumps(row) and row["question"].startswith("mail ")
+def test_masking_sampling_and_retention(mlflow_server):
+    twin = f"ada-{uuid.uuid4().hex[:8]}"
+    old, new = uuid.uuid4().hex, uuid.uuid4().hex
+    log = PromptTraces(mlflow_server, mask_pii=True, sample_ratio=0.0, retention_days=7)
+    log.record(record(new, twin=twin, question="mail ada@example.com",
+                      answer="call +44 20 7946 0958 or ada@example.com"))
+    log.record(record(old, twin=twin, time=time.time() - 9 * 86400))
+    log.flush()  # the first flush also deletes what is past retention (then hourly)
+    found = {r["id"]: r for r in load(mlflow_server, 0, twin)}
+    assert set(found) == {new}  # the 9-day-old trace is gone, today's stays
+    assert "ada@example.com" not in json.dumps(found[new]) and found[new]["question"].startswith("mail ")
     assert not log.sampled()
-    old = tmp_path / "monitoring" / "requests" / "date=2020-01-01"
-    old.mkdir(parents=True)
-    (old / "part-1.jsonl").write_text("{}\n")
-    removed = log.cleanup()
-    assert [p.rsplit("/", 1)[-1] for p in removed] == ["date=2020-01-01"] and not old.exists()
-    assert load(str(tmp_path), 0)  # today's partition stays
+    keeper = PromptTraces(mlflow_server, retention_days=30)  # 9 days is within its retention
+    keeper.record(record(old, twin=twin, time=time.time() - 9 * 86400))
+    keeper.flush()
+    assert len(load(mlflow_server, 0, twin)) == 2 and log.cleanup() == 1
 
 
 def test_parse_since():
