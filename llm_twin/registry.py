@@ -30,7 +30,7 @@ def register(artifact_uri: str, author: str, version: str, output_dir: str, meta
         if os.path.isdir(source):
             fs.put(source, f"{root}/{part}", recursive=True)
     record = {**metadata, "author": author, "version": version, "path": path,
-              "registered": datetime.now(UTC).isoformat(timespec="seconds")}
+              "registered": datetime.now(UTC).isoformat(timespec="microseconds")}
     with fs.open(f"{root}/metadata.json", "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=str)
     return path

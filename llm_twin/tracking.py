@@ -79,15 +79,19 @@ def _healthy(uri: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def running_local(data_dir) -> str | None:
-    """The address of this data folder's local server when one runs and answers."""
+def local_state(data_dir) -> dict | None:
+    """{"pid", "uri"} of this data folder's local server when one runs and answers."""
     try:
         state = json.loads(_state_path(data_dir).read_text())
     except (OSError, ValueError):
         return None
-    if _alive(state.get("pid")) and _healthy(state["uri"]):
-        return state["uri"]
-    return None
+    return state if _alive(state.get("pid")) and _healthy(state["uri"]) else None
+
+
+def running_local(data_dir) -> str | None:
+    """The address of this data folder's local server when one runs and answers."""
+    state = local_state(data_dir)
+    return state["uri"] if state else None
 
 
 def _free_port() -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +186,13 @@ def ray_processes() -> set[int]:
     return {int(p) for p in out.split()}
 
 
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     """`twin serve` in its own process over a small index of the sample corpus, with real Ray Serve,
@@ -234,6 +242,7 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     p.grpc, p.http, p.data_dir, p.author, p.model = server.grpc, server.http, data_dir, AUTHOR, "mara-quill"
     yield p
 
+    mlflow_pid = json.loads((data_dir / "mlflow-server.json").read_text())["pid"]  # `twin serve` started it
     stopped = server.stop()
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
     assert server.process.returncode == 0
@@ -242,6 +251,8 @@ def platform(tmp_path_factory, smol_model, smol_adapter, otlp):
     while ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ray_processes() - before, "twin serve --stop left Ray processes behind"
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _process_group(int(pid)) == mlflow_pid]
+    assert not left, f"twin serve --stop left the MLflow server's processes behind: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -122,6 +122,12 @@ def ask_http(base: str, model: str) -> None:
             print(f"   {reply.choices[0].message.content.strip()}")
             show_sources(reply.model_extra.get("sources", []))
             print(f"   ({time.perf_counter() - started:.1f} s, {reply.usage.completion_tokens} tokens)")
+            if i == 0:  # a thumbs up, as the chat page sends it: an assessment on the answer's MLflow trace
+                import httpx
+
+                sent = httpx.post(f"{base}/v1/feedback", json={"response_id": reply.id, "score": 1,
+                                                                "comment": "the demo liked it"}, timeout=30)
+                print(f"   feedback +1 on {reply.id}: HTTP {sent.status_code}")
             continue
         sources, first_token_s = [], None
         print("   ", end="")
@@ -183,7 +189,9 @@ def main() -> None:
         platform.stop()
     step(f"done in {time.perf_counter() - demo_started:.0f} s. Chat with the twin in your browser:")
     print(f"   TWIN_DATA_DIR={data_dir} .venv/bin/twin serve --http-port {http_port}\n"
-          f"   then open http://127.0.0.1:{http_port}/  (the chat page; Ctrl-C stops the server)", flush=True)
+          f"   then open http://127.0.0.1:{http_port}/  (the chat page; Ctrl-C stops the server), and the MLflow\n"
+          "   address it prints: the demo's training run (loss curves, parameters, gate), the registered version\n"
+          "   that serves, and the chats above as traces with their passages, tokens and feedback", flush=True)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,9 @@ def start_tracking(settings: Settings) -> tuple[Settings, int | None]:
 
     uri, pid = tracking.configured_uri(settings), None
     if uri is None:
-        uri, pid = tracking.start_local(settings.data_dir, _say)
+        # One left running by a `twin serve` that was killed is taken over (and stopped with this one).
+        left = tracking.local_state(settings.data_dir)
+        uri, pid = (left["uri"], left["pid"]) if left else tracking.start_local(settings.data_dir, _say)
     try:
         registry.sync(settings, uri, _say)
     except Exception as exc:  # noqa: BLE001 - serving goes on; the message says what to run

@@ -99,21 +99,28 @@ def ray_pod(containers: list[dict], volumes: list[dict], name: str) -> dict:
     return {"metadata": {"labels": {f"{GROUP}/ray": "true", LABEL: name}}, "spec": spec}
 
 
-def _container(spec: TwinModelSpec, *, gpus: int, cpu: str = "4", memory: str = "16Gi") -> dict:
+def tracking_env(tracking_uri: str) -> list[dict]:
+    """The MLflow server the pipeline's run, the registry and the prompt traces go to (the chart's
+    tracking.uri or its own server); none: the pipeline starts a throwaway local one in its pod."""
+    return [{"name": "TWIN_TRACKING_URI", "value": tracking_uri}] if tracking_uri else []
+
+
+def _container(spec: TwinModelSpec, *, gpus: int, cpu: str = "4", memory: str = "16Gi",
+               tracking_uri: str = "") -> dict:
     limits = {"cpu": cpu, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     container = {"image": spec.training.image, "resources": {"limits": limits, "requests": dict(limits)}}
-    env = secret_env(spec, teacher=True)
+    env = secret_env(spec, teacher=True) + tracking_env(tracking_uri)
     return {**container, "env": env} if env else container
 
 
-def ray_job(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
+def ray_job(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str], tracking_uri: str = "") -> dict:
     """Ingest + dataset + training + evaluation in one KubeRay RayJob whose entrypoint is the CLI."""
     training = spec.training
-    head = {**_container(spec, gpus=0), "name": "ray-head",
+    head = {**_container(spec, gpus=0, tracking_uri=tracking_uri), "name": "ray-head",
             "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
-    worker = {**_container(spec, gpus=training.gpus_per_worker), "name": "ray-worker",
+    worker = {**_container(spec, gpus=training.gpus_per_worker, tracking_uri=tracking_uri), "name": "ray-worker",
               "volumeMounts": [{"name": "config", "mountPath": "/etc/llm-twin"}]}
     volumes = [{"name": "config", "configMap": {"name": f"{name}-config"}}]
     return {
@@ -165,7 +172,8 @@ def platform_serve_config(name: str, spec: TwinModelSpec, hashes: dict[str, str]
                                                 "target_ongoing_requests": serving.target_ongoing_requests})
 
 
-def ray_service(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str]) -> dict:
+def ray_service(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str, str],
+                tracking_uri: str = "") -> dict:
     """The twin's RayService. A new model changes serveConfigV2 in place; with canaryPercent the
     upgrade moves traffic in steps of that size to the new cluster (KubeRay incremental upgrade)."""
     serving = spec.serving
@@ -177,7 +185,7 @@ def ray_service(name: str, namespace: str, spec: TwinModelSpec, hashes: dict[str
     image = spec.training.image
     # Who may call: the keys file from serving.apiKeysSecret; without one every call is refused (require_keys).
     env = {"env": [{"name": "TWIN_API_KEYS_FILE", "value": f"{KEYS_DIR}/api-keys.json"},
-                   *proxy_environment(), *secret_env(spec, teacher=False)]}
+                   *proxy_environment(), *secret_env(spec, teacher=False), *tracking_env(tracking_uri)]}
     volumes, mounts = [], {}
     if serving.api_keys_secret:
         volumes = [{"name": "api-keys", "secret": {"secretName": serving.api_keys_secret}}]

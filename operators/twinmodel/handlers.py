@@ -194,7 +194,7 @@ def _train(name, namespace, spec: TwinModelSpec, hashes, body, state: _Status, l
     job_name = builders.job_name(name, hashes)
     job = _get(*RAY, "rayjobs", namespace, job_name)
     if job is None:
-        _apply_custom("rayjobs", builders.ray_job(name, namespace, spec, hashes), body)
+        _apply_custom("rayjobs", builders.ray_job(name, namespace, spec, hashes, POLICY.tracking_uri), body)
         logger.info(f"started RayJob {job_name}")
         job = {"status": {}}
     outcome = builders.job_outcome(job)
@@ -220,7 +220,8 @@ def _train(name, namespace, spec: TwinModelSpec, hashes, body, state: _Status, l
 
 
 def _serve(name, namespace, spec: TwinModelSpec, hashes, body, state: _Status) -> None:
-    service = _apply_custom("rayservices", builders.ray_service(name, namespace, spec, hashes), body)
+    service = _apply_custom("rayservices", builders.ray_service(name, namespace, spec, hashes, POLICY.tracking_uri),
+                            body)
     ready, why = builders.service_ready(service)
     state.patch.status["serving"] = {"rayService": name, **builders.endpoints(name, namespace),
                                      "version": hashes["evaluation"],

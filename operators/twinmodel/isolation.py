@@ -51,6 +51,7 @@ class ClusterPolicy:
     serving_namespaces: tuple[str, ...] = ()  # besides the twin's own
     prometheus_namespace: str = ""
     storage_root: str = "s3://llm-twin"
+    tracking_uri: str = ""  # the MLflow server twins' jobs and services log to (the chart's tracking)
 
     @classmethod
     def from_env(cls, environ=os.environ) -> ClusterPolicy:
@@ -58,7 +59,8 @@ class ClusterPolicy:
         return cls(kuberay_namespace=environ.get("TWIN_OPERATOR_KUBERAY_NAMESPACE", cls.kuberay_namespace),
                    serving_namespaces=tuple(names),
                    prometheus_namespace=environ.get("TWIN_OPERATOR_PROMETHEUS_NAMESPACE", ""),
-                   storage_root=environ.get("TWIN_OPERATOR_STORAGE_ROOT", cls.storage_root))
+                   storage_root=environ.get("TWIN_OPERATOR_STORAGE_ROOT", cls.storage_root),
+                   tracking_uri=environ.get("TWIN_OPERATOR_TRACKING_URI", ""))
 
 
 def _namespace(name: str) -> dict:

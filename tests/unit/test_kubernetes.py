@@ -418,3 +418,38 @@ def test_metrics_pod_monitor_and_its_network_rule_are_opt_in(chart):
     ray_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ray"))
     scrape = [r for r in ray_policy["spec"]["ingress"] if r.get("ports") == [{"protocol": "TCP", "port": 8080}]]
     assert scrape[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}]
+
+
+def test_the_chart_runs_mlflow_from_a_database_secret_and_everything_points_at_it(chart):
+    documents = render(chart, "tracking.server.enabled=true", "tracking.server.backendStoreSecret=mlflow-db",
+                       "platform.enabled=true", "auth.apiKeysSecret=k")
+    by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    server = by[("Deployment", "twin-llm-twin-mlflow")]["spec"]["template"]["spec"]
+    container = server["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "uri"}
+    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in container["args"]
+    assert "--artifacts-destination=s3://llm-twin/mlflow" in container["args"]
+    assert server["automountServiceAccountToken"] is False and server["securityContext"]["runAsNonRoot"] is True
+    uri = "http://twin-llm-twin-mlflow.llm-twin.svc:5000"
+    host = uri.removeprefix("http://")
+    assert any(a.startswith("--allowed-hosts=") and host in a.split("=", 1)[1].split(",") for a in container["args"])
+    policy = by[("NetworkPolicy", "twin-llm-twin-mlflow")]["spec"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 5000}]}]
+    operator = by[("Deployment", "twin-llm-twin-operator")]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TWIN_OPERATOR_TRACKING_URI", "value": uri} in operator["env"]
+    head = by[("RayService", "twin-llm-twin-platform")]["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert {"name": "TWIN_TRACKING_URI", "value": uri} in head["template"]["spec"]["containers"][0]["env"]
+    # The operator hands the same server to each twin's training job and serving cluster.
+    spec = TwinModelSpec.parse(normalise(example()["spec"]))
+    hashes = stage_hashes(normalise(example()["spec"]))
+    for built in (builders.ray_job("m", "t", spec, hashes, uri)["spec"]["rayClusterSpec"],
+                  builders.ray_service("m", "t", spec, hashes, uri)["spec"]["rayClusterConfig"]):
+        for group in (built["headGroupSpec"], *built["workerGroupSpecs"]):
+            assert {"name": "TWIN_TRACKING_URI", "value": uri} in group["template"]["spec"]["containers"][0]["env"]
+    assert not any(e["name"] == "TWIN_TRACKING_URI" for e in builders.ray_job("m", "t", spec, hashes)["spec"][
+        "rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].get("env", []))
+    refused = helm("template", "twin", str(chart), "--set", "tracking.server.enabled=true")
+    assert refused.returncode != 0 and "tracking.server.backendStoreSecret" in refused.stderr
+    bad = helm("template", "twin", str(chart), "--set", "tracking.uri=sqlite:///x.db")
+    assert bad.returncode != 0 and "tracking" in bad.stderr

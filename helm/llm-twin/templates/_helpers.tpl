@@ -37,11 +37,19 @@ only loopback clients are answered) and where traces go. */}}
 {{- /* Read by Serve's proxies (services/gateway/proxy_guard.py): gRPC refuses a message over the HTTP body limit. */}}
 - {name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, value: "1048576"}
 - {name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, value: "services.gateway.proxy_guard:middlewares"}
+{{- with include "llm-twin.trackingUri" . }}
+- {name: TWIN_TRACKING_URI, value: {{ . | quote }}}
+{{- end }}
 {{- if .Values.tracing.enabled }}
 - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: "http://{{ include "llm-twin.fullname" . }}-otel-collector:4318"}
 - {name: RAY_SERVE_TRACING_EXPORTER_IMPORT_PATH, value: "llm_twin.telemetry:span_processors"}
 - {name: RAY_SERVE_TRACING_SAMPLING_RATIO, value: {{ .Values.tracing.samplingRatio | quote }}}
 {{- end }}
+{{- end -}}
+
+{{/* The MLflow server everything logs to: the chart's own, or tracking.uri (empty: none). */}}
+{{- define "llm-twin.trackingUri" -}}
+{{- if .Values.tracking.server.enabled -}}http://{{ include "llm-twin.fullname" . }}-mlflow.{{ .Release.Namespace }}.svc:5000{{- else -}}{{ .Values.tracking.uri }}{{- end -}}
 {{- end -}}
 
 {{- define "llm-twin.kuberayNamespace" -}}
