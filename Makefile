@@ -30,6 +30,13 @@ $(STAMP): pyproject.toml
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo ">> chromium and chromium-driver are missing: sudo apt-get install chromium chromium-driver (the browser test needs them)"; fi; \
 	fi
+	# MLflow's server on PostgreSQL (the database a cluster uses) is tested against Debian's postgresql.
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo ">> installing postgresql (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo ">> postgresql is missing: sudo apt-get install postgresql (the MLflow-on-PostgreSQL test needs it)"; fi; \
+	fi
 	@touch $@
 
 # Regenerate twin/ (Python code for protos/twin/v1); tests fail when it is stale.

@@ -100,16 +100,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local(data_dir, say: Callable[[str], None] = print, timeout_s: float = 120) -> tuple[str, int]:
-    """Start a local MLflow server for ``data_dir`` on loopback; -> (address, pid)."""
+def start_local(data_dir, say: Callable[[str], None] = print, timeout_s: float = 120,
+                backend_store_uri: str | None = None) -> tuple[str, int]:
+    """Start a local MLflow server for ``data_dir`` on loopback (over ``<data_dir>/mlflow.db``, or a
+    database by ``backend_store_uri``: the PostgreSQL path a cluster uses); -> (address, pid)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     log = open(data_dir / "mlflow-server.log", "ab")  # noqa: SIM115 - the child keeps writing it
-    say(f"starting the MLflow tracking server over {data_dir / 'mlflow.db'} (a few seconds)")
+    store = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
+    say(f"starting the MLflow tracking server over {store.split('@')[-1]} (a few seconds)")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{data_dir / 'mlflow.db'}",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
          "--artifacts-destination", str(data_dir / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         env={**os.environ, **SERVER_ENV}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

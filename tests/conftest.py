@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -265,3 +266,60 @@ def mlflow_server(tmp_path_factory):
     uri, pid = tracking.start_local(folder, say=lambda _: None)
     yield uri
     tracking.stop_local(folder, pid)
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium through Selenium (the chat page, MLflow's UI)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium and chromedriver are missing: `make setup` installs them (apt-get install chromium "
+                    "chromium-driver)")
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(arg)
+    driver_ = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    driver_.set_page_load_timeout(60)
+    yield driver_
+    driver_.quit()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server (Debian's, installed by `make setup`) on loopback; -> a database
+    URI. Run as the `postgres` user when the tests run as root (PostgreSQL refuses root)."""
+    import glob
+    import subprocess
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        message = "PostgreSQL is missing: `make setup` installs it (apt-get install postgresql)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    bindir = Path(found[-1]).parent
+    folder = tmp_path_factory.mktemp("postgres")
+    data = folder / "data"
+    as_user = []
+    if os.getuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(folder, 0o777)
+        for parent in folder.parents:  # the postgres user must reach its folder
+            if str(parent).startswith(str(tmp_path_factory.getbasetemp().parent)):
+                os.chmod(parent, os.stat(parent).st_mode | 0o711)
+    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "twin", "--auth=trust")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "postgres.log"), "-w", "start", "-o",
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "twin", "mlflow")
+        yield f"postgresql://twin@127.0.0.1:{port}/mlflow"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")

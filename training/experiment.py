@@ -58,7 +58,9 @@ class PipelineRun:
 
         client = tracking.client(uri)
         experiment = tracking.experiment_id(client, author)
-        run = client.create_run(experiment, run_name=run_name,
+        import time
+
+        run = client.create_run(experiment, run_name=run_name or time.strftime("pipeline-%Y%m%d-%H%M%S"),
                                 tags={"twin": author, "mlflow.source.name": "twin pipeline",
                                       "mlflow.source.type": "JOB"})
         self = cls(uri, client, author, run.info.run_id, experiment)

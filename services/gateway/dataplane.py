@@ -125,11 +125,13 @@ class DataPlane:
         self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
         self._tool_format: tuple[str] | None = None  # read once: the model does not change under a replica
 
-    async def serving(self) -> tuple[str, dict]:
+    async def serving(self, twin: str | None = None) -> tuple[str, dict]:
         """The generation model's id and the adapter version each twin is served with, read from
-        the generation deployment at most every 30 s (for monitoring records)."""
+        the generation deployment at most every 30 s (for monitoring records), or every second while
+        ``twin`` has none yet (its adapter loads on its first request)."""
         now = time.monotonic()
-        if self._serving is None or now - self._serving[0] > 30:
+        age = now - self._serving[0] if self._serving else None
+        if age is None or age > 30 or (twin and twin not in self._serving[2] and age > 1):
             try:
                 stats = await self.generation.stats()
                 self._serving = (now, await self.generation.model_id(), dict(stats.get("adapters") or {}))
@@ -178,7 +180,7 @@ class DataPlane:
                                        first.items)
             head = await anext(events, None)
         model = self.twin_id(twin)
-        engine, adapters = await self.serving()
+        engine, adapters = await self.serving(model)
         base["adapter_version"] = adapters.get(model)
         return ChatStart(model, first.items, self.observer.watch(base, _chained(head, events), engine), base["id"])
 

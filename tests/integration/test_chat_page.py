@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,25 +18,6 @@ from llm_twin.keys import KeyStore
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TWIN_TEST_ARTIFACTS", ROOT / ".test-artifacts"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-@pytest.fixture
-def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium and chromedriver are missing: `make setup` installs them (apt-get install chromium "
-                    "chromium-driver)")
-    os.environ.setdefault("SE_AVOID_STATS", "true")
-    from selenium import webdriver
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,900"):
-        options.add_argument(arg)
-    driver_ = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-    driver_.set_page_load_timeout(60)
-    yield driver_
-    driver_.quit()
 
 
 def wait(browser, condition, what: str, timeout_s: float = 240):

@@ -108,7 +108,7 @@ def test_training_configs_are_validated_before_any_work():
 
 
 def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registry(dataset, tmp_path, embedder,
-                                                                                  mlflow_server):
+                                                                                  mlflow_server, browser):
     from llm_twin import registry, tracking
     from llm_twin.twinmodel import Gate
     from training import trainer
@@ -171,6 +171,16 @@ def test_tiny_model_sft_dpo_on_ray_train_two_workers_zero2_then_eval_and_registr
     assert serving.version == number and serving.run_id == run.run_id and serving.tags["twin.version"] == "v1"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {
         a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run.run_id, "adapter")}
+
+    # MLflow's UI shows the SFT loss curve and the pipeline run's figures (screenshots for the docs).
+    from tests.integration.test_mlflow import _page
+
+    sft = children["sft"].info.run_id
+    _page(browser, f"{mlflow_server}/#/experiments/{run.experiment_id}/runs/{sft}/model-metrics", "loss",
+          "mlflow-sft-run.png")
+    text = _page(browser, f"{mlflow_server}/#/experiments/{run.experiment_id}/runs/{run.run_id}", "gate",
+                 "mlflow-pipeline-run.png")
+    assert "PASS" in text
 
 
 def test_lora_sft_of_smollm2_lowers_its_loss(dataset, smol_model, tmp_path):
