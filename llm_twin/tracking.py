@@ -33,6 +33,9 @@ STATE_FILE = "mlflow-server.json"
 # The server's background job runner (scheduled LLM judges of MLflow's own) is two more processes
 # that nothing here uses.
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# MLflow reports usage to its makers by default; nothing here talks to the internet unasked
+# (the server, the pipeline's workers and the replicas inherit this).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 class TrackingError(RuntimeError):

@@ -41,7 +41,7 @@ def _page(browser, url: str, text: str, shot: str) -> str:
     for label in ("Got it",):  # MLflow's feature tour
         for button in browser.find_elements("xpath", f"//button[normalize-space()='{label}']"):
             button.click()
-    for close in browser.find_elements("css selector", "[aria-label='Close assistant'], [aria-label='Close']"):
+    for close in browser.find_elements("css selector", "[aria-label='Close'], [aria-label='Close guidance']"):
         try:
             close.click()
         except Exception:  # noqa: BLE001, S110 - a hidden close button: nothing to close
