@@ -154,17 +154,9 @@ def sync(settings, uri: str, say=print) -> list[str]:
     client = tracking.client(uri)
     done = []
     for model in sorted(list_models(settings.resolved_artifact_uri), key=lambda m: m.get("registered", "")):
-        name = tracking.twin_name(model["author"])
-        if _versions(client, name, model["version"]):
+        if _versions(client, tracking.twin_name(model["author"]), model["version"]):
             continue
-        run = client.create_run(tracking.experiment_id(client, model["author"]), run_name=f"import {model['version']}",
-                                tags={"twin": model["author"], "mlflow.source.name": "twin models sync"})
-        _log_imported(client, run.info.run_id, model, settings)
-        servable = bool(model.get("servable"))
-        register_version(client, model["author"], model, source=f"runs:/{run.info.run_id}/adapter",
-                         run_id=run.info.run_id, servable=servable,
-                         why="imported from the folder registry", move_alias=False)
-        client.set_terminated(run.info.run_id)
+        publish(settings, uri, model, "imported from the folder registry", move_alias=False)
         done.append(f"{model['author']} {model['version']}")
         say(f"registered {model['author']} {model['version']} in MLflow")
     for author in {m["author"] for m in list_models(settings.resolved_artifact_uri)}:
@@ -177,6 +169,24 @@ def sync(settings, uri: str, say=print) -> list[str]:
             if found:
                 client.set_registered_model_alias(name, tracking.SERVING_ALIAS, found[0].version)
     return done
+
+
+def publish(settings, uri: str, model: dict, why: str, move_alias: bool = True) -> str:
+    """A folder model made outside a pipeline run (`twin train`, `twin eval model`, an older registry)
+    in MLflow: a run holding its adapter and figures the first time, its verdict every time, and the
+    serving alias when it is servable (and ``move_alias``). -> the version number."""
+    client = tracking.client(uri)
+    name = tracking.twin_name(model["author"])
+    known = _versions(client, name, model["version"])
+    run_id = known[0].run_id if known else None
+    if not known:
+        run_id = client.create_run(tracking.experiment_id(client, model["author"]),
+                                   run_name=f"import {model['version']}",
+                                   tags={"twin": model["author"], "mlflow.source.name": "twin models"}).info.run_id
+        _log_imported(client, run_id, model, settings)
+        client.set_terminated(run_id)
+    return register_version(client, model["author"], model, source=f"runs:/{run_id}/adapter", run_id=run_id,
+                            servable=bool(model.get("servable")), why=why, move_alias=move_alias)
 
 
 def _log_imported(client, run_id: str, model: dict, settings) -> None:

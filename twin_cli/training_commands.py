@@ -156,7 +156,14 @@ def eval_model(ctx: click.Context, model_path, dataset_dir, as_json, **flags) ->
     ok, why = gate(result, rules)
     result.update(gate_passed=ok, gate=why)
     (Path(model_path) / "evaluation.json").write_text(json.dumps(result, indent=2))
-    registry.update(model_path, evaluation={k: v for k, v in result.items() if k != "samples"}, servable=ok)
+    model = registry.update(model_path, evaluation={k: v for k, v in result.items() if k != "samples"}, servable=ok)
+    from llm_twin import tracking
+
+    uri = tracking.resolve_uri(settings_of(ctx))  # the verdict in MLflow too; a pass moves the serving alias
+    if uri:
+        number = registry.publish(settings_of(ctx), uri, model, why)
+        click.echo(f"MLflow: {tracking.twin_name(model['author'])} version {number}"
+                   + (f" ({tracking.SERVING_ALIAS})" if ok else ""), err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

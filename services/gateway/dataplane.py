@@ -202,7 +202,8 @@ class DataPlane:
             raise InvalidRequest(f"comment has {len(comment)} characters; the limit is {MAX_COMMENT_CHARS}")
         log = self.observer.prompt_log
         if log is None:
-            raise NotFound("prompt monitoring is off (TWIN_MONITORING_ENABLED=false): feedback is not recorded")
+            raise NotFound("prompt monitoring is off (TWIN_MONITORING_ENABLED=false, or no MLflow server: "
+                           "TWIN_TRACKING_URI): feedback is not recorded")
         # The id is checked by its signature and age alone (response_ids.py): nothing is read for it.
         if not self.observer.ids.valid(rid, FEEDBACK_WINDOW_S):
             raise NotFound(f"response_id: no answer {response_id[:80]!r} from this server in the last two days "

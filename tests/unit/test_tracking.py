@@ -43,6 +43,12 @@ def test_the_serving_alias_not_the_newest_folder_decides_what_serves(tmp_path, m
     assert registry.serving(settings, author, pinned="v3-failed") is None  # held back by the gate
     assert registry.serving(settings, author, pinned="nope") is None
     assert registry.serving(settings, "Nobody Yet") is None
+    # `twin eval model` passing a held-back model: its verdict in MLflow, and the alias moves to it.
+    held = registry.latest(settings.resolved_artifact_uri, author, servable_only=False, version="v3-failed")
+    number = registry.publish(settings, mlflow_server, registry.update(held["path"], servable=True), "re-evaluated")
+    assert registry.serving(settings, author)["version"] == "v3-failed"
+    assert client.get_model_version(name, number).tags["gate"] == "re-evaluated"
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3  # the same version, not a fourth
 
 
 def test_tracking_uri_must_be_a_server_and_the_local_one_lives_as_long_as_its_block(tmp_path, monkeypatch):
