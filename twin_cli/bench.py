@@ -19,11 +19,14 @@
   streaming in process, and 8 concurrent chat clients against one;
 - tracing (twin_cli/bench_tracing.py): chat throughput with every request an MLflow trace against
   monitoring off, and the cost of one traced request's logging;
+- peer (twin_cli/bench_peer.py): llama.cpp (built once from PyPI's source distribution) against the
+  platform on the same model file: in process and server against server, 1 and 8 streams;
 - training (twin_cli/bench_training.py): Ray Train samples/s against plain TRL's;
 - pii: masking time of pathological inputs at the request size limit (TWIN_MAX_REQUEST_CHARS) and
   at a tenth of it: the ratio is ~10 when masking is linear (it was ~100 for several patterns).
 The data-plane parts need ../shared (the benchmark pages and the corpus); says so and stops where it is absent.
-`python -m twin_cli.bench [data] [archives] [generation] [structured] [serving] [tracing] [training] [pii]` runs some
+`python -m twin_cli.bench [data] [archives] [generation] [structured] [serving] [tracing] [peer] [training]
+[pii]` runs some
 (`make bench BENCH="data"`); all by default. Each part's output replaces its section of
 docs/benchmarks.md (bench_report.py).
 """
@@ -41,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
-PARTS = ("data", "relevance", "archives", "generation", "structured", "serving", "tracing", "training", "pii")
+PARTS = ("data", "relevance", "archives", "generation", "structured", "serving", "tracing", "peer", "training",
+         "pii")
 # Inputs that made a backtracking pattern rescan the rest of the text from every position.
 PII_PATHOLOGICAL = ("a.", "a-", "1.", "1 ", "eyJ-", "-----BEGIN A-----", "a@", "aB/", "a:", "+1(", "sk-", "a.a@")
 
@@ -54,7 +58,7 @@ def main(parts: list[str]) -> None:
     runs = {"data": data_plane, "relevance": _part("bench_relevance"),
             "archives": _part("bench_archives"), "generation": _part("bench_generation"),
             "structured": _part("bench_structured"),
-            "serving": _part("bench_serving"), "tracing": _part("bench_tracing"),
+            "serving": _part("bench_serving"), "tracing": _part("bench_tracing"), "peer": _part("bench_peer"),
             "training": _part("bench_training"), "pii": pii_masking}
     for part in parts:
         with report.captured(part):

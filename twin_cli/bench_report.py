@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "benchmarks.md"
 TITLES = {"data": "Data: extraction, indexing, retrieval", "generation": "Generation",
           "archives": "Archives", "structured": "Structured generation", "serving": "Serving",
-          "tracing": "Tracing (MLflow)",
+          "tracing": "Tracing (MLflow)", "peer": "Against llama.cpp",
           "training": "Training", "pii": "PII masking"}
 
 

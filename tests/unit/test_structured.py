@@ -244,3 +244,33 @@ def test_an_external_teacher_asks_through_the_schema_and_falls_back():
         endpoint.server.shutdown()
     assert [clean_instruction(r) for r in replies] == ["Why cache embeddings?"] * 2
     assert "response_format" in endpoint.bodies[0] and "response_format" not in endpoint.bodies[-1]
+
+
+def test_building_the_grammar_tables_leaves_no_helper_threads_behind(smol_model):
+    """The closers' vocabulary-sized torch ops run in a thread of their own: the calling thread (a
+    replica's main or event-loop thread) must not keep OpenMP helpers, or libgomp stops spinning for
+    the decode thread's team and every decode step pays futex wake-ups (served decode ran at half
+    speed). Threads are counted, not timed."""
+    import os
+    import threading
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from services.generation.engines.transformers.guided import Guides
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(str(smol_model))
+    guides = Guides(tokenizer, len(tokenizer))
+    counts = []
+
+    def long_lived_caller() -> None:  # a fresh thread, as an event loop's worker is: no helpers of its own yet
+        counts.append(len(os.listdir("/proc/self/task")))
+        guides.warm()
+        guides.matcher('{"type": "object", "properties": {"n": {"type": "integer"}}}')
+        counts.append(len(os.listdir("/proc/self/task")))
+
+    caller = threading.Thread(target=long_lived_caller)
+    caller.start()
+    caller.join()
+    assert counts[0] == counts[1], "the caller kept OpenMP helper threads"
