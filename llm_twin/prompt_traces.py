@@ -158,6 +158,7 @@ class PromptTraces:
         with self._lock:
             append()
             del self._records[:-MAX_BUFFERED]
+            del self._assessments[:-MAX_BUFFERED]
             if self._flusher is None:  # a quiet server still writes its last records within a second
                 self._flusher = threading.Thread(target=self._flush_forever, name="prompt-traces", daemon=True)
                 self._flusher.start()

@@ -143,7 +143,11 @@ def serving(settings, author: str, pinned: str | None = None) -> dict | None:
     uri = tracking.resolve_uri(settings)
     if uri is None:
         return latest(settings.resolved_artifact_uri, author, True, pinned)
-    version = serving_version(tracking.client(uri), author, pinned)
+    try:
+        version = serving_version(tracking.client(uri), author, pinned)
+    except Exception as exc:  # noqa: BLE001 - an unreachable or failing server: say so, never a bare error
+        raise tracking.TrackingError(f"the MLflow server at {uri} could not say which version of {author!r} serves "
+                                     f"({type(exc).__name__}: {str(exc)[:200]}); check that it runs") from exc
     return latest(settings.resolved_artifact_uri, author, True, version) if version else None
 
 

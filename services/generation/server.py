@@ -14,6 +14,7 @@ from ray import serve
 from llm_twin import registry
 from llm_twin.config import Settings
 from llm_twin.telemetry import tracer
+from llm_twin.tracking import TrackingError
 
 from .api import Delta, SamplingParams
 from .core import Generator
@@ -50,7 +51,10 @@ class GenerationDeployment:
 
         pinned = self.settings.generation.pinned_models.get(twin)
         # The version the twin's registered model marks `serving` in MLflow (or the pinned one).
-        model = await asyncio.to_thread(registry.serving, self.settings, twin, pinned)
+        try:
+            model = await asyncio.to_thread(registry.serving, self.settings, twin, pinned)
+        except TrackingError as exc:  # the client gets 503 / UNAVAILABLE naming the server, not a 500
+            raise ModelUnavailable(str(exc)) from exc
         if model is None and pinned:
             raise ModelUnavailable(f"twin {twin!r} is pinned to version {pinned}, which the registry at "
                                    f"{self.settings.resolved_artifact_uri} does not hold as servable")

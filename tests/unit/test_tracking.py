@@ -84,3 +84,10 @@ def test_a_pipeline_config_becomes_flat_params_and_numeric_metrics():
     assert flatten({"train": {"sft": {"learning_rate": 0.0002}, "lora": {"target_modules": ["q", "v"]}}}) == {
         "train.sft.learning_rate": "0.0002", "train.lora.target_modules": '["q", "v"]'}
     assert numeric({"a": 1, "b": True, "c": float("nan"), "d": {"e": 2.5}, "f": "x"}) == {"a": 1.0, "d.e": 2.5}
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_for_serving(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = Settings(data_dir=tmp_path, tracking_uri="http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(tracking.TrackingError, match="MLflow server at http://127.0.0.1:9 could not say"):
+        registry.serving(settings, "Ada")
