@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+import torch
 
 from services.generation.api import SamplingParams
 from services.generation.core import Generator
@@ -177,11 +178,11 @@ def test_a_request_that_fails_while_decoding_fails_alone(backend, monkeypatch):
     assert all(c.completion_tokens == 6 or c.finish_reason == "stop" for c in asyncio.run(both()))
 
 
-async def greedy(backend, text: str, max_tokens: int = 24) -> list:
+async def greedy(backend, text: str, max_tokens: int = 24, adapter: str | None = None) -> list:
     """The greedy tokens of an answer, each with the two likeliest choices it was picked from."""
     tokens = []
     async for delta in backend.stream(backend.template.render(user(text)), SamplingParams(max_tokens=max_tokens,
-                                                                                          logprobs=2)):
+                                                                                          logprobs=2), adapter):
         tokens.extend(delta.logprobs)
     return tokens
 
@@ -260,6 +261,46 @@ def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
     finally:
         native.close()
         torchs.close()
+
+
+@pytest.mark.skipif(bool(__import__("services.generation.engines.transformers.int8_kernel",
+                                    fromlist=["x"]).missing_cpu_flags()),
+                    reason="this CPU lacks AVX512-BF16: the native library (and its fused decode) is refused there")
+def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_model, smol_adapter):
+    """Decode steps through the native library's fused operations (RMSNorm, SiLU, rotation + cache +
+    attention: decode_ops.cpp) against the same engine's torch operations: the same greedy tokens but
+    at near-ties (float32 sums in another order), alone, in a batch of 8 of different lengths, and with
+    a twin's adapter on some rows of the batch."""
+    engine = TransformersEngine(str(smol_model), quantization="int8", max_batch_size=8, batch_wait_s=0.05)
+    try:
+        lean = engine.lean.engine
+        assert lean.ops is not None, "the fused decode is the default with the native kernel"
+        engine.load_adapter("mara-quill", str(smol_adapter))
+        prompts = ["Name a colour.", "Write one sentence about the sea.", "What is a LoRA adapter?", "2+2=",
+                   "Give me a tip for sleeping well, and explain why it works for most people.",
+                   "Why is the sky blue?", "Say hello in French.", "Count to five."]
+        adapters = [None, "mara-quill"] * 4
+
+        async def together():
+            return await asyncio.gather(*(greedy(engine, p, 32, a) for p, a in zip(prompts, adapters, strict=True)))
+
+        calls = []
+        fused_attention = lean.ops.decode_attention
+        lean.ops = type("Counting", (), {name: getattr(torch.ops.twin_int8, name) for name in
+                                         ("rms_norm", "add_rms_", "silu_mul")})()
+        lean.ops.decode_attention = lambda *a: calls.append(a[0].shape[0]) or fused_attention(*a)
+        fused = asyncio.run(together())
+        fused_alone = asyncio.run(greedy(engine, prompts[4], 32, "mara-quill"))
+        assert max(calls) == 8 and 1 in calls, "the batch and the lone request both decoded through the fused ops"
+        lean.ops = None
+        reference = asyncio.run(together())
+        reference_alone = asyncio.run(greedy(engine, prompts[4], 32, "mara-quill"))
+        for ours, theirs in zip(fused, reference, strict=True):
+            assert_same_but_for_near_ties(theirs, ours)
+        assert_same_but_for_near_ties(reference_alone, fused_alone)
+        assert_same_but_for_near_ties(fused_alone, fused[4])
+    finally:
+        engine.close()
 
 
 def test_int8_refuses_an_adapter_that_wraps_a_quantized_layer_and_bad_values(smol_model, tmp_path):

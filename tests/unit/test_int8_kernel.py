@@ -108,13 +108,17 @@ def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_it
     for path in (one, two):
         path.parent.mkdir()
         path.write_text("// the kernel\n")
-    folder = int8_kernel.build_folder(root, one)
-    assert int8_kernel.build_folder(root, two) == folder
-    assert (folder / int8_kernel.SOURCE.name).read_text() == "// the kernel\n"
+    folder = int8_kernel.build_folder(root, (one,))
+    assert int8_kernel.build_folder(root, (two,)) == folder
+    assert (folder / "k.cpp").read_text() == "// the kernel\n"
     two.write_text("// another kernel\n")
-    other = int8_kernel.build_folder(root, two)
-    assert other != folder and (other / int8_kernel.SOURCE.name).read_text() == "// another kernel\n"
-    assert (folder / int8_kernel.SOURCE.name).read_text() == "// the kernel\n"
+    other = int8_kernel.build_folder(root, (two,))
+    assert other != folder and (other / "k.cpp").read_text() == "// another kernel\n"
+    assert (folder / "k.cpp").read_text() == "// the kernel\n"
+    # the library is all its sources: another second source is another build
+    extra = tmp_path / "one" / "ops.cpp"
+    extra.write_text("// ops\n")
+    assert int8_kernel.build_folder(root, (one, extra)) not in (folder, other)
 
 
 def test_why_the_native_kernel_is_not_available_is_said(monkeypatch):
@@ -130,7 +134,7 @@ def test_why_the_native_kernel_is_not_available_is_said(monkeypatch):
 
     monkeypatch.setattr(int8_kernel, "build", broken)
     op, why = int8_kernel._build()
-    assert op is None and why == "building int8_bf16_mm.cpp failed: ninja: build stopped: subcommand failed."
+    assert op is None and why == "building the native kernels failed: ninja: build stopped: subcommand failed."
 
 
 def test_int8_on_a_gpu_is_refused_before_anything_is_compiled(monkeypatch):
@@ -142,3 +146,57 @@ def test_int8_on_a_gpu_is_refused_before_anything_is_compiled(monkeypatch):
     for kernel in ("auto", "native"):
         with pytest.raises(ModelUnavailable, match="int8 weight-only quantization is for CPU serving"):
             int8_op("int8", kernel, "cuda")
+
+
+@needs_cpu
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(op, batch):
+    """decode_ops.cpp against lean_llama's torch code on random values: rotation + cache write +
+    attention for rows of different lengths (rows past the batch and other positions untouched),
+    RMSNorm with the residual add in place, SiLU-and-multiply."""
+    from services.generation.engines.transformers import lean_llama
+
+    ops = torch.ops.twin_int8
+    g = torch.Generator().manual_seed(batch)
+    heads, kv_heads, dim, rows, capacity = 9, 3, 64, 8, 64
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).bfloat16()
+    cos, sin = (torch.randn(batch, dim, generator=g).bfloat16() for _ in range(2))
+    lengths = torch.tensor([5 + 17 * i % 50 for i in range(batch)])
+    cache = torch.randn(2, rows, kv_heads, capacity, dim, generator=g)
+    expected_cache = cache.clone()
+    got = ops.decode_attention(qkv, cos, sin, cache, lengths, heads, kv_heads)
+
+    q = lean_llama._rope(qkv[:, :heads * dim].view(batch, heads, dim), cos[:, None], sin[:, None])
+    k = lean_llama._rope(qkv[:, heads * dim:(heads + kv_heads) * dim].view(batch, kv_heads, dim), cos[:, None],
+                         sin[:, None])
+    v = qkv[:, (heads + kv_heads) * dim:].view(batch, kv_heads, dim)
+    line = torch.arange(batch)
+    expected_cache[0, line, :, lengths] = k.float()
+    expected_cache[1, line, :, lengths] = v.float()
+    length = int(lengths.max()) + 1
+    mask = (torch.arange(length) < (lengths + 1)[:, None])[:, None, None, :]
+    expected = lean_llama._decode_attention(q[:, :, None].float(), expected_cache[0, :batch, :, :length],
+                                            expected_cache[1, :batch, :, :length], mask).reshape(batch, -1)
+    assert torch.equal(cache, expected_cache)
+    assert got.dtype == torch.bfloat16 and got.shape == (batch, heads * dim)
+    torch.testing.assert_close(got.float(), expected.bfloat16().float(), atol=1e-2, rtol=1e-2)
+
+    x = torch.randn(batch, 576, generator=g).bfloat16()
+    delta = torch.randn(batch, 576, generator=g).bfloat16()
+    weight = torch.rand(576, generator=g).bfloat16()
+    residual = x + delta
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-5), lean_llama._rms(x, weight, 1e-5), atol=0.02, rtol=0.01)
+    normed = ops.add_rms_(x, delta, weight, 1e-5)
+    assert torch.equal(x, residual), "the residual stream is added to in place, rounded like torch's bf16 add"
+    torch.testing.assert_close(normed, lean_llama._rms(residual, weight, 1e-5), atol=0.02, rtol=0.01)
+    gate_up = torch.randn(batch, 2 * 1536, generator=g).bfloat16()
+    expected_act = torch.nn.functional.silu(gate_up[:, :1536]) * gate_up[:, 1536:]
+    torch.testing.assert_close(ops.silu_mul(gate_up), expected_act, atol=0.02, rtol=0.01)
+
+
+@needs_cpu
+def test_fused_attention_refuses_a_position_outside_the_cache(op):
+    cache = torch.zeros(2, 1, 1, 16, 16)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        torch.ops.twin_int8.decode_attention(torch.zeros(1, 48).bfloat16(), torch.zeros(1, 16).bfloat16(),
+                                             torch.zeros(1, 16).bfloat16(), cache, torch.tensor([16]), 1, 1)

@@ -1,4 +1,5 @@
-"""Which kernel multiplies int8 weights by bf16 activations: torch's, or the native one beside this.
+"""Which kernel multiplies int8 weights by bf16 activations: torch's, or the native one beside this
+(built into one library with the decode step's fused small operations, kernels/decode_ops.cpp).
 
 `torch._weight_int8pack_mm` (what torchao uses on a CPU) takes the rows four at a time and widens
 every weight to float32 once per block of four, so on 2 Zen 4 cores a decode step of 8 rows of
@@ -31,7 +32,9 @@ from ...errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 KERNELS = ("auto", "native", "torch")
-SOURCE = Path(__file__).parent / "kernels" / "int8_bf16_mm.cpp"
+KERNELS_DIR = Path(__file__).parent / "kernels"
+# One library: the multiplication, and the decode step's small operations around it (decode_ops.cpp).
+SOURCES = (KERNELS_DIR / "int8_bf16_mm.cpp", KERNELS_DIR / "decode_ops.cpp")
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fopenmp"]
 STEP = 32  # the native kernel's K granularity
@@ -59,36 +62,38 @@ def missing_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return [f for f in CPU_FLAGS if f not in flags]
 
 
-def build_folder(root: Path, source: Path = SOURCE) -> Path:
-    """The build folder for this source, these flags, this torch (version and place) and Python,
-    with the source copied in: every checkout of the same kernel finds the same build (ninja
+def build_folder(root: Path, sources: tuple[Path, ...] = SOURCES) -> Path:
+    """The build folder for these sources, these flags, this torch (version and place) and Python,
+    with the sources copied in: every checkout of the same kernel finds the same build (ninja
     rebuilds when a source path changes, and rebuilding in place would replace a library other
     processes have loaded)."""
-    code = source.read_bytes()
+    codes = [source.read_bytes() for source in sources]
     # torch's place too: its headers' paths are in the build file, so two environments sharing a
     # cache folder would rebuild each other's library in place.
     built_for = (f"{' '.join(FLAGS)} torch {torch.__version__} at {Path(torch.__file__).parent} "
                  f"python {sys.version_info[:2]}")
-    folder = root / f"twin_int8-{hashlib.sha256(code + built_for.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in codes) + built_for.encode())
+    folder = root / f"twin_int8-{digest.hexdigest()[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
-    copy = folder / SOURCE.name
-    if not copy.exists() or copy.read_bytes() != code:
-        temporary = folder / f".{SOURCE.name}.{os.getpid()}"
-        temporary.write_bytes(code)
-        temporary.replace(copy)
+    for source, code in zip(sources, codes, strict=True):
+        copy = folder / source.name
+        if not copy.exists() or copy.read_bytes() != code:
+            temporary = folder / f".{source.name}.{os.getpid()}"
+            temporary.write_bytes(code)
+            temporary.replace(copy)
     return folder
 
 
 def build() -> None:
     """Compiles (or finds compiled) and loads the kernel, whatever this CPU runs: the image build
     (`python -m services.generation.engines.transformers.int8_kernel`) does this once for every pod."""
-    if not hasattr(torch.ops.twin_int8, "int8_bf16_mm"):
+    if not hasattr(torch.ops.twin_int8, "decode_attention"):
         from torch.utils import cpp_extension
 
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
         folder = build_folder(root)
         log.info("loading the native int8 kernel (built once per machine, ~10 s the first time)")
-        cpp_extension.load(name="twin_int8", sources=[str(folder / SOURCE.name)], extra_cflags=FLAGS,
+        cpp_extension.load(name="twin_int8", sources=[str(folder / s.name) for s in SOURCES], extra_cflags=FLAGS,
                            is_python_module=False, build_directory=str(folder), verbose=False)
 
 
@@ -102,7 +107,7 @@ def _build() -> tuple[Callable | None, str]:
     try:
         build()
     except Exception as exc:  # noqa: BLE001 - a compiler or ninja problem: say which, serve with torch's kernel
-        return None, f"building {SOURCE.name} failed: {str(exc).strip().splitlines()[-1][:300]}"
+        return None, f"building the native kernels failed: {str(exc).strip().splitlines()[-1][:300]}"
     return torch.ops.twin_int8.int8_bf16_mm, ""
 
 
@@ -135,4 +140,5 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, op: Call
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     build()
-    print(f"built {SOURCE.name}; this CPU {'can' if not missing_cpu_flags() else 'cannot'} run it")
+    able = "can" if not missing_cpu_flags() else "cannot"
+    print(f"built {', '.join(s.name for s in SOURCES)}; this CPU {able} run it")
