@@ -162,7 +162,7 @@ def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(
     qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).bfloat16()
     cos, sin = (torch.randn(batch, dim, generator=g).bfloat16() for _ in range(2))
     lengths = torch.tensor([5 + 17 * i % 50 for i in range(batch)])
-    cache = torch.randn(2, rows, kv_heads, capacity, dim, generator=g)
+    cache = torch.randn(2, rows, kv_heads, capacity, dim, generator=g).bfloat16()
     expected_cache = cache.clone()
     got = ops.decode_attention(qkv, cos, sin, cache, lengths, heads, kv_heads)
 
@@ -171,12 +171,12 @@ def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(
                          sin[:, None])
     v = qkv[:, (heads + kv_heads) * dim:].view(batch, kv_heads, dim)
     line = torch.arange(batch)
-    expected_cache[0, line, :, lengths] = k.float()
-    expected_cache[1, line, :, lengths] = v.float()
+    expected_cache[0, line, :, lengths] = k
+    expected_cache[1, line, :, lengths] = v
     length = int(lengths.max()) + 1
     mask = (torch.arange(length) < (lengths + 1)[:, None])[:, None, None, :]
-    expected = lean_llama._decode_attention(q[:, :, None].float(), expected_cache[0, :batch, :, :length],
-                                            expected_cache[1, :batch, :, :length], mask).reshape(batch, -1)
+    expected = lean_llama._decode_attention(q[:, :, None].float(), expected_cache[0, :batch, :, :length].float(),
+                                            expected_cache[1, :batch, :, :length].float(), mask).reshape(batch, -1)
     assert torch.equal(cache, expected_cache)
     assert got.dtype == torch.bfloat16 and got.shape == (batch, heads * dim)
     torch.testing.assert_close(got.float(), expected.bfloat16().float(), atol=1e-2, rtol=1e-2)
@@ -196,7 +196,7 @@ def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(
 
 @needs_cpu
 def test_fused_attention_refuses_a_position_outside_the_cache(op):
-    cache = torch.zeros(2, 1, 1, 16, 16)
+    cache = torch.zeros(2, 1, 1, 16, 16, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="outside the cache"):
         torch.ops.twin_int8.decode_attention(torch.zeros(1, 48).bfloat16(), torch.zeros(1, 16).bfloat16(),
                                              torch.zeros(1, 16).bfloat16(), cache, torch.tensor([16]), 1, 1)

@@ -137,9 +137,14 @@ class LeanLlama:
         # ~250 (17.7 -> ~12 ms a step for one row here). Needs bf16 activations and the AVX-512 head
         # loop's 16-float blocks.
         self.ops = (torch.ops.twin_int8 if fused_decode and int8_op is not None and self.dtype == torch.bfloat16
-                    and self.head_dim % 16 == 0 else None)
+                    and self.head_dim % 16 == 0 and self.head_dim <= 256 else None)
+        self.cache_dtype = torch.bfloat16 if self.ops is not None else torch.float32
         self.capacity = 0
-        self.kv = None  # (layers, 2, rows, kv_heads, capacity, head_dim), float32: see _decode_attention
+        # (layers, 2, rows, kv_heads, capacity, head_dim): bf16 with the fused decode (keys and values
+        # are bf16 values already, so nothing is lost, and a batch's attention reads half the bytes:
+        # 8 rows of ~300 tokens read ~115 MB of cache a step in float32, as much as the weights),
+        # else float32 (see _decode_attention).
+        self.kv = None
         self.reserve(min(512, self.max_len))
 
     def weight_bytes(self) -> int:
@@ -161,7 +166,7 @@ class LeanLlama:
         if length > self.max_len:
             raise ValueError(f"{length} tokens exceed the model's context of {self.max_len}")
         capacity = min(self.max_len, max(length, 2 * self.capacity))
-        kv = torch.zeros(len(self.layers), 2, self.rows, self.kv_heads, capacity, self.head_dim, dtype=torch.float32)
+        kv = torch.zeros(len(self.layers), 2, self.rows, self.kv_heads, capacity, self.head_dim, dtype=self.cache_dtype)
         if self.kv is not None:
             kv[..., :self.capacity, :] = self.kv
         self.kv, self.capacity = kv, capacity
@@ -254,15 +259,17 @@ class LeanLlama:
             cache = self.kv[index]
             outputs = []
             if rows:
-                cache[0, line, :, lengths] = k[:rows].float()
-                cache[1, line, :, lengths] = v[:rows].float()
-                outputs.append(_decode_attention(q[:rows, :, None].float(), cache[0, :rows, :, :length],
-                                                 cache[1, :rows, :, :length], decode_mask).reshape(rows, h_ * d))
+                cache[0, line, :, lengths] = k[:rows].to(cache.dtype)
+                cache[1, line, :, lengths] = v[:rows].to(cache.dtype)
+                keys, values = cache[0, :rows, :, :length].float(), cache[1, :rows, :, :length].float()
+                outputs.append(_decode_attention(q[:rows, :, None].float(), keys, values, decode_mask)
+                               .reshape(rows, h_ * d))
             for row, lo, hi, start, end, mask in spans:
-                cache[0, row, :, start:end] = k[lo:hi].transpose(0, 1).float()
-                cache[1, row, :, start:end] = v[lo:hi].transpose(0, 1).float()
+                cache[0, row, :, start:end] = k[lo:hi].transpose(0, 1).to(cache.dtype)
+                cache[1, row, :, start:end] = v[lo:hi].transpose(0, 1).to(cache.dtype)
                 attn = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1)[None].float(),
-                                                      cache[0, row:row + 1, :, :end], cache[1, row:row + 1, :, :end],
+                                                      cache[0, row:row + 1, :, :end].float(),
+                                                      cache[1, row:row + 1, :, :end].float(),
                                                       attn_mask=mask, enable_gqa=True)
                 outputs.append(attn[0].transpose(0, 1).reshape(hi - lo, h_ * d))
             attn = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).to(x.dtype)
