@@ -150,6 +150,24 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    # A killed process lingers until it is reaped (the leader by us, its workers by init): wait for
+    # the whole group to be gone, so "stopped" means no process is left (a CI run once saw one).
+    deadline = time.monotonic() + 5
+    while _group(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` still in /proc (Linux; elsewhere none are seen)."""
+    members = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    members.append(int(entry))
+    return members
 
 
 def _zombie(pid: int) -> bool:
