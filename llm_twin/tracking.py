@@ -164,17 +164,23 @@ def _group(pgid: int) -> list[int]:
     members = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+            with contextlib.suppress(ValueError):
+                if int(_stat(int(entry))[2] or -1) == pgid:
                     members.append(int(entry))
     return members
 
 
-def _zombie(pid: int) -> bool:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, pgrp, ...); [""] * 3 when gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return [""] * 3
+    return fields if len(fields) >= 3 else [""] * 3
+
+
+def _zombie(pid: int) -> bool:
+    return _stat(pid)[0] == "Z"
 
 
 def stop_local(data_dir, pid: int) -> None:

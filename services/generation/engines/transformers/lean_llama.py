@@ -100,8 +100,7 @@ def _weight(module) -> torch.Tensor:
 
 
 class LeanLlama:
-    def __init__(self, model, *, int8: bool, rows: int, max_len: int | None = None, int8_op=None,
-                 fused_decode: bool = True):
+    def __init__(self, model, *, int8: bool, rows: int, max_len: int | None = None, int8_op=None):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         c = base.config
         self.dtype = torch.bfloat16 if int8 else base.model.embed_tokens.weight.dtype
@@ -136,7 +135,7 @@ class LeanLlama:
         # built with the int8 kernel: a step's ~1,500 torch calls between the multiplications become
         # ~250 (17.7 -> ~12 ms a step for one row here). Needs bf16 activations and the AVX-512 head
         # loop's 16-float blocks.
-        self.ops = (torch.ops.twin_int8 if fused_decode and int8_op is not None and self.dtype == torch.bfloat16
+        self.ops = (torch.ops.twin_int8 if int8_op is not None and self.dtype == torch.bfloat16
                     and self.head_dim % 16 == 0 and self.head_dim <= 256 else None)
         self.cache_dtype = torch.bfloat16 if self.ops is not None else torch.float32
         self.capacity = 0
@@ -259,11 +258,15 @@ class LeanLlama:
             cache = self.kv[index]
             outputs = []
             if rows:
-                cache[0, line, :, lengths] = k[:rows].to(cache.dtype)
-                cache[1, line, :, lengths] = v[:rows].to(cache.dtype)
-                keys, values = cache[0, :rows, :, :length].float(), cache[1, :rows, :, :length].float()
-                outputs.append(_decode_attention(q[:rows, :, None].float(), keys, values, decode_mask)
-                               .reshape(rows, h_ * d))
+                if self.ops is not None:  # the decode rows of a step with prompt chunks: as _decode does
+                    outputs.append(self.ops.decode_attention(qkv[:rows].contiguous(), cos[:rows, 0].contiguous(),
+                                                             sin[:rows, 0].contiguous(), cache, lengths, h_, kv))
+                else:
+                    cache[0, line, :, lengths] = k[:rows].to(cache.dtype)
+                    cache[1, line, :, lengths] = v[:rows].to(cache.dtype)
+                    outputs.append(_decode_attention(q[:rows, :, None].float(), cache[0, :rows, :, :length].float(),
+                                                     cache[1, :rows, :, :length].float(), decode_mask)
+                                   .reshape(rows, h_ * d))
             for row, lo, hi, start, end, mask in spans:
                 cache[0, row, :, start:end] = k[lo:hi].transpose(0, 1).to(cache.dtype)
                 cache[1, row, :, start:end] = v[lo:hi].transpose(0, 1).to(cache.dtype)
