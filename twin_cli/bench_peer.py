@@ -202,13 +202,18 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+# The same sampling as in process and as llama.cpp's default: no repetition penalty (`twin serve`
+# defaults to 1.15 for chat, which also ended answers sooner); each server names the field its own way.
+NO_PENALTY = {"base": {"repetition_penalty": 1.0}, "smollm2": {"repeat_penalty": 1.0}}
+
+
 def served(base: str, texts: list[str], model: str) -> tuple[float, float]:
     """All texts at once to ``base``/v1/completions -> (generated tokens/s, mean tokens per request)."""
     import httpx
 
     def one(text: str) -> int:
         reply = httpx.post(f"{base}/v1/completions", timeout=900, json={
-            "model": model, "prompt": text, "max_tokens": NEW_TOKENS, "temperature": 0})
+            "model": model, "prompt": text, "max_tokens": NEW_TOKENS, "temperature": 0, **NO_PENALTY[model]})
         reply.raise_for_status()
         return reply.json()["usage"]["completion_tokens"]
 
