@@ -52,7 +52,9 @@ def test_coverage_reads_the_questions_subject_not_its_phrasing():
     assert sleep.coverage_top == 0.0 and sleep.coverage_pool == 0.0
     assert gather("Any tips for the tokenizer?", "x", results, dense, keyword).coverage_top == 1.0
     # A question of phrasing alone keeps its words (nothing else says what it is about).
-    assert gather("Can you explain more?", "x", results, dense, keyword).coverage_top == pytest.approx(0.0)
+    explained = "To explain it once more: overlap keeps context."
+    assert gather("Can you explain more?", "x", [result("b", 0.6, explained)], [hit("b", 0.6, explained)],
+                  []).coverage_top == 1.0
     assert gather("Could you tell me more tips?", "x", results, dense, keyword).coverage_top == pytest.approx(0.5)
 
 
