@@ -54,17 +54,6 @@ class Evidence:
         return [float(getattr(self, name)) for name in self.names()]
 
 
-# Words that phrase a question or a request but name no topic ("also, what's the best way to get
-# better at ..."): left out of coverage, so that what has to be found in the author's writing is
-# the question's subject. Generic English only; BM25 keeps them (keywords.STOP_WORDS is its list).
-FILLER = frozenset(keyword_terms(
-    "also actually again any anything anyway best better bit can could do does done else ever example explain "
-    "get getting give go going good great help idea ideas know learn let like look lot lots make making many "
-    "maybe much need needs new next ok okay one ones please point possible pretty quick quickly really "
-    "recommend recommendation right say see should something start started still suggest sure take tell thanks "
-    "thing things think tip tips try use used using want way ways well work works worth yes"))
-
-
 def _covered(terms: set[str], texts: Iterable[str]) -> float:
     if not terms:
         return 0.0
@@ -76,8 +65,7 @@ def gather(question: str, query: str, results: Sequence, dense: Sequence, keywor
     """``question``: the user's own words (coverage is of these, so that a follow-up searched with
     the question before it still has to be about something the passages mention); ``query``: the
     text searched; ``results``: the ranked Results; ``dense`` / ``keyword``: each half's hits."""
-    words = set(keyword_terms(question))
-    terms = (words - FILLER) or words  # "Can you explain more?" has no subject words: keep what it has
+    terms = set(keyword_terms(question))
     similarity = max((r.similarity for r in results[:TOP_RESULTS]), default=0.0)
     margin = float(dense[0].score - dense[MARGIN_RANK].score) if len(dense) > MARGIN_RANK else 0.0
     top = [f"{r.title} {r.text}" for r in results[:TOP_PASSAGES]]
@@ -105,12 +93,9 @@ class RelevanceModel:
 
     @classmethod
     def fit(cls, evidence: Sequence[Evidence], answerable: Sequence[bool], embedding_model: str, *,
-            l2: float = 1.0, fitted_on: str = "") -> RelevanceModel:
+            l2: float = 0.1, fitted_on: str = "") -> RelevanceModel:
         """Newton's method on the class-balanced, L2-penalised log loss (both classes weigh the
-        same whatever their counts, so 0.5 is the balanced point). ``l2`` 1.0: the lowest 5-fold
-        cross-validated log loss on the development sets of 0.1 / 1 / 3 / 10 / 30; 0.1 let the
-        coverage weight grow until one uncovered word in three declined a question on another corpus
-        (the sample blog's "Why combine BM25 with embeddings?")."""
+        same whatever their counts, so 0.5 is the balanced point)."""
         import numpy as np
 
         if len(set(answerable)) < 2:

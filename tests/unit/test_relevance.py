@@ -43,21 +43,6 @@ def test_evidence_counts_the_users_own_words_in_the_passages():
     assert gather("marathon plan", "marathon plan", [], [], []).vector() == [0.0] * 6
 
 
-def test_coverage_reads_the_questions_subject_not_its_phrasing():
-    # An off-topic follow-up in a question's phrasing: every word but its subject is in the passages.
-    text = "Also, the best way to get better results: a few tips on how to use the new tokenizer well."
-    dense, keyword, results = [hit("a", 0.7, text)], [hit("a", 5.0, text)], [result("a", 0.7, text)]
-    sleep = gather("Also, what's the best way to get better sleep?", "tokenizer tips Also, what's the best way to "
-                   "get better sleep?", results, dense, keyword)
-    assert sleep.coverage_top == 0.0 and sleep.coverage_pool == 0.0
-    assert gather("Any tips for the tokenizer?", "x", results, dense, keyword).coverage_top == 1.0
-    # A question of phrasing alone keeps its words (nothing else says what it is about).
-    explained = "To explain it once more: overlap keeps context."
-    assert gather("Can you explain more?", "x", [result("b", 0.6, explained)], [hit("b", 0.6, explained)],
-                  []).coverage_top == 1.0
-    assert gather("Could you tell me more tips?", "x", results, dense, keyword).coverage_top == pytest.approx(0.5)
-
-
 def synthetic(n: int, seed: int = 0) -> tuple[list[Evidence], list[bool]]:
     rng = random.Random(seed)
     rows, labels = [], []
