@@ -196,6 +196,13 @@ class RetrievalSettings(Section):
         "relevance.py; docs/evaluation.md has the false refusal and false answer rates it gives); below it the "
         "twin says it has not written about that instead of inventing an answer. Higher: fewer answers in the "
         "author's name, more refusals. Calibrate for another embedder with `twin eval relevance --calibrate`.")
+    min_follow_up_similarity: float = Field(
+        0.15, ge=-1, le=1,
+        description="A follow-up with no word pointing back (\"Why keep the overlap small?\"), declined on its "
+        "own, is searched again with the question before it; it then answers only if its own words have at least "
+        "this cosine similarity to the passage found, so that an unrelated question after a topic (\"What's the "
+        "capital of Australia?\") is still declined. For the default embedder (docs/evaluation.md); set it for "
+        "another one.")
     min_source_similarity: float = Field(
         0.25,
         ge=-1,

@@ -30,7 +30,8 @@ class LocalSearch:
 def chat_for(retriever: Retriever, settings: Settings) -> Chat:
     return Chat(LocalSearch(retriever), generator=None, top_k=settings.retrieval.top_k,
                 min_similarity=settings.retrieval.min_source_similarity,
-                min_relevance=settings.retrieval.min_relevance)
+                min_relevance=settings.retrieval.min_relevance,
+                min_follow_up_similarity=settings.retrieval.min_follow_up_similarity)
 
 
 def decide(chat: Chat, rows: Sequence[LabelledQuestion]) -> list[bool]:
@@ -44,10 +45,13 @@ def fit(retriever: Retriever, rows: Sequence[LabelledQuestion], embedding_model:
         fitted_on: str) -> RelevanceModel:
     """The evidence of each question's first search (a follow-up searched with its conversation,
     as the chat path does) against its label."""
-    evidence = [retriever.answer_search(contextual_query(row.messages), row.question, author=row.twin).evidence
-                for row in rows]
-    return RelevanceModel.fit(evidence, [row.answerable for row in rows], model_id(embedding_model),
+    return RelevanceModel.fit(evidence(retriever, rows), [row.answerable for row in rows], model_id(embedding_model),
                               fitted_on=fitted_on)
+
+
+def evidence(retriever: Retriever, rows: Sequence[LabelledQuestion]) -> list:
+    return [retriever.answer_search(contextual_query(row.messages), row.question, author=row.twin).evidence
+            for row in rows]
 
 
 def author_resolver(link_authors: dict[str, str]):

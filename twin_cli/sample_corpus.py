@@ -161,16 +161,21 @@ def index_sample(data_dir: Path) -> None:
     import sys
 
     from llm_twin.config import Settings
-    from llm_twin.documents import RawDocument
     from llm_twin.warehouse import Warehouse
 
-    warehouse = Warehouse(Settings(data_dir=data_dir).resolved_warehouse_uri)
-    for slug, (title, paragraphs) in POSTS.items():
-        link = f"https://mara.example/{slug}"
-        warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=link, link=link, title=title,
-                                         text="\n\n".join(paragraphs)))
+    put_posts(Warehouse(Settings(data_dir=data_dir).resolved_warehouse_uri))
     env = {**os.environ, "TWIN_DATA_DIR": str(data_dir)}
     done = subprocess.run([sys.executable, "-m", "twin_cli", "index"], env=env, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         raise RuntimeError(f"twin index failed:\n{done.stdout}\n{done.stderr}")
+
+
+def put_posts(warehouse) -> None:
+    """The sample posts as crawled documents, straight into ``warehouse``."""
+    from llm_twin.documents import RawDocument
+
+    for slug, (title, paragraphs) in POSTS.items():
+        link = f"https://mara.example/{slug}"
+        warehouse.put(RawDocument.create(author=AUTHOR, category="article", source=link, link=link, title=title,
+                                         text="\n\n".join(paragraphs)))

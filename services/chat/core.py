@@ -40,12 +40,13 @@ class Sources:
 
 class Chat:
     def __init__(self, retriever: SourceSearch, generator: TextStream, *, top_k: int = 4,
-                 min_similarity: float = 0.25, min_relevance: float = 0.5):
+                 min_similarity: float = 0.25, min_relevance: float = 0.5, min_follow_up_similarity: float = 0.15):
         self.retriever = retriever
         self.generator = generator
         self.top_k = top_k
         self.min_similarity = min_similarity
         self.min_relevance = min_relevance
+        self.min_follow_up_similarity = min_follow_up_similarity
 
     def answers(self, found) -> bool:
         """Does the twin's writing cover the question? The calibrated probability against
@@ -58,7 +59,10 @@ class Chat:
     async def find_sources(self, twin: str, conversation: Sequence[dict], top_k: int | None = None):
         """-> (the Retrieval decided on, whether it answers). A question that the decision
         declines on its own is tried once more with the question it follows in front (a follow-up
-        with no word pointing back); its own words still have to be covered for that to answer."""
+        with no word pointing back); that answers only when the question's own words are also
+        close to what the earlier topic found (``min_follow_up_similarity``): with the topic in
+        front, any question finds the topic's passages ("What's the capital of Australia?" after a
+        question on feature flags), so the search's evidence alone cannot tell."""
         query, top_k = self.question(twin, conversation, top_k)
         own = str(conversation[-1]["content"]).strip()
         found = await self.retriever.answer_search(query, own, twin=twin, top_k=top_k)
@@ -67,9 +71,14 @@ class Chat:
         joined = with_topic(conversation)
         if joined and joined != query:
             retried = await self.retriever.answer_search(joined, own, twin=twin, top_k=top_k)
-            if self.answers(retried):
+            if self.answers(retried) and self.follows_on(retried):
                 return retried, True
         return found, False
+
+    def follows_on(self, found) -> bool:
+        """Is the question itself about the passage found with the topic in front?"""
+        own = getattr(found, "question_similarity", None)
+        return own is None or own >= self.min_follow_up_similarity
 
     def sources(self, found, answers: bool) -> list:
         """The passages an answer is given: those similar enough, and the best one at least."""

@@ -117,7 +117,8 @@ class DataPlane:
         self.crawler, self.retrieval, self.embedding, self.generation = crawler, retrieval, embedding, generation
         self.chat_core = Chat(retrieval, generation, top_k=settings.retrieval.top_k,
                               min_similarity=settings.retrieval.min_source_similarity,
-                              min_relevance=settings.retrieval.min_relevance)
+                              min_relevance=settings.retrieval.min_relevance,
+                              min_follow_up_similarity=settings.retrieval.min_follow_up_similarity)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
         self.limiter = limiter or KeyLimiter.from_settings(settings)

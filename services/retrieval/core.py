@@ -56,6 +56,7 @@ class ChunkStore(Protocol):
                      category: str | None = None) -> list[Hit]: ...
     def keyword_search(self, query: str, limit: int, author: str | None = None,
                        category: str | None = None) -> list[Hit]: ...
+    def similarity(self, vector: Sequence[float], chunk_ids: Sequence[str]) -> dict[str, float]: ...
     def has_author(self, slug: str) -> bool: ...
     def twins(self) -> dict[str, dict]: ...
 
@@ -89,11 +90,15 @@ class Result:
 @dataclass(frozen=True)
 class Retrieval:
     """What a chat answer is given: the results, the evidence that they cover the question, and
-    the calibrated probability that they do (None without a relevance model for the embedder)."""
+    the calibrated probability that they do (None without a relevance model for the embedder).
+    ``question_similarity``: when the text searched was more than the question (a follow-up
+    searched with the question it follows), the dense similarity of the question's own words to
+    the best result's document (None when the question itself was searched)."""
 
     results: list[Result]
     evidence: Evidence
     relevance: float | None
+    question_similarity: float | None = None
 
 
 class Retriever:
@@ -164,15 +169,28 @@ class Retriever:
                             self_query=self_query, rerank=rerank)[0]
 
     def answer_search(self, query: str, question: str | None = None, *, author: str | None = None, top_k: int = 4,
-                      vector: Sequence[float] | None = None) -> Retrieval:
+                      vector: Sequence[float] | None = None,
+                      question_vector: Sequence[float] | None = None) -> Retrieval:
         """A search for a chat answer: the results and the evidence that the author's writing
         covers ``question`` (the user's own words; ``query`` may carry the conversation before it),
-        with the calibrated probability when a relevance model is set."""
+        with the calibrated probability when a relevance model is set. ``question_vector``: the
+        question's embedding when it differs from the query (else the embedder computes it)."""
         results, dense, keyword, searched = self._search(query, author=author, top_k=max(top_k, TOP_RESULTS),
                                                          vector=vector)
-        evidence = gather(question or query, searched, results, dense, keyword)
+        chunks = sum(twin["chunks"] for twin in self._authors().values())
+        evidence = gather(question or query, searched, results, dense, keyword, chunks)
         probability = self.relevance.probability(evidence) if self.relevance is not None else None
-        return Retrieval(results[:top_k], evidence, probability)
+        own = None
+        if question and question.strip() != query.strip() and results and self.strategy != "keyword":
+            own = self._question_similarity(question, question_vector, results[0].chunk_id)
+        return Retrieval(results[:top_k], evidence, probability, own)
+
+    def _question_similarity(self, question: str, vector: Sequence[float] | None, chunk_id: str) -> float:
+        """The question's own dense similarity to the passage found (its exact chunk, not the
+        document's best: a long article has some chunk near almost any question)."""
+        if vector is None:
+            vector = self.embedder.embed([question])[0]
+        return self.store.similarity(vector, [chunk_id]).get(chunk_id, 0.0)
 
     def _search(self, query: str, *, author: str | None, category: str | None = None, top_k: int,
                 strategy: str | None = None, vector: Sequence[float] | None = None,

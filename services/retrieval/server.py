@@ -85,11 +85,15 @@ class RetrievalDeployment:
                                          "retrieval.top_k": top_k}) as s:
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin, None, top_k,
                                                self.retriever.strategy)
-            vector = None
+            vector = own = None
             if self.retriever.strategy != "keyword":
-                vector = (await self.embedding.embed.remote([query]))["vectors"][0]
+                # A follow-up searched with the question before it also needs its own words'
+                # vector (Retrieval.question_similarity): one call embeds both.
+                texts = [query] if question.strip() in ("", query) else [query, question.strip()]
+                vectors = (await self.embedding.embed.remote(texts))["vectors"]
+                vector, own = vectors[0], (vectors[1] if len(vectors) > 1 else None)
             found = await asyncio.to_thread(self._locked, self.retriever.answer_search, query, question,
-                                            author=twin, top_k=top_k, vector=vector)
+                                            author=twin, top_k=top_k, vector=vector, question_vector=own)
             s.set_attribute("retrieval.results", len(found.results))
             if found.relevance is not None:
                 s.set_attribute("retrieval.relevance", round(found.relevance, 4))

@@ -203,6 +203,15 @@ class MilvusStore:
                                     search_params={"metric_type": "IP"})
         return [Hit(h["id"], float(h["distance"]), h["entity"]) for h in result[0]]
 
+    def similarity(self, vector: Sequence[float], chunk_ids: Sequence[str]) -> dict[str, float]:
+        """The dense similarity of ``vector`` to each of these chunks (an exact lookup, not a search)."""
+        if not chunk_ids:
+            return {}
+        result = self.client.search(self.collection, data=[list(vector)], anns_field="dense", limit=len(chunk_ids),
+                                    filter=f"id in [{', '.join(quote(c) for c in chunk_ids)}]", output_fields=["id"],
+                                    search_params={"metric_type": "IP"})
+        return {h["id"]: float(h["distance"]) for h in result[0]}
+
     def keyword_search(self, query: str, limit: int, author: str | None = None,
                        category: str | None = None) -> list[Hit]:
         result = self.client.search(self.collection, data=[query], anns_field="sparse", limit=limit,

@@ -67,11 +67,11 @@ def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client,
 
 
 def test_a_follow_up_with_no_pointer_word_is_answered_from_the_post_it_follows(client, platform):
-    conversation = [{"role": "user", "content": "How should I cut documents into chunks?"},
-                    {"role": "assistant", "content": "By paragraphs, with a small overlap."},
-                    {"role": "user", "content": "Why keep the overlap small?"}]
+    conversation = [{"role": "user", "content": "How do you write a blameless postmortem?"},
+                    {"role": "assistant", "content": "Timeline first, then at most three actions."},
+                    {"role": "user", "content": "Who should own each action item?"}]
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation)
-    assert reply.model_extra["sources"][0]["link"] == "https://mara.example/chunking-is-a-product-decision"
+    assert reply.model_extra["sources"][0]["link"] == "https://mara.example/blameless-postmortems"
     # Alone, with nothing before it, the same words are not enough to speak in the author's name.
     alone = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation[-1:])
     assert alone.model_extra["sources"] == [] and "haven't written" in alone.choices[0].message.content
@@ -79,6 +79,21 @@ def test_a_follow_up_with_no_pointer_word_is_answered_from_the_post_it_follows(c
         chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
             twin="mara-quill", messages=[common_pb2.ChatMessage(**m) for m in conversation]))
     assert chat.finish_reason != "no_sources" and chat.sources[0].link == reply.model_extra["sources"][0]["link"]
+
+
+def test_an_unrelated_question_after_a_topic_is_declined_not_answered_from_the_topic(client, platform):
+    """Searched with the topic in front, any question finds the topic's post; the question's own
+    words are nowhere near it, so the twin declines instead of answering in the author's name."""
+    for topic, question in (("What is a Kubernetes operator?", "What's a good name for a cat?"),
+                            ("Why keep a build log?", "Where should I go on holiday in June?")):
+        conversation = [{"role": "user", "content": topic}, {"role": "assistant", "content": "In short: ..."},
+                        {"role": "user", "content": question}]
+        reply = client.chat.completions.create(model="mara-quill", max_tokens=8, messages=conversation)
+        assert reply.model_extra["sources"] == [] and "haven't written" in reply.choices[0].message.content
+        with grpc.insecure_channel(platform.grpc) as channel:
+            chat = chat_pb2_grpc.ChatServiceStub(channel).Chat(chat_pb2.ChatRequest(
+                twin="mara-quill", messages=[common_pb2.ChatMessage(**m) for m in conversation]))
+        assert chat.finish_reason == "no_sources" and not chat.sources
 
 
 def test_stop_strings_cut_the_answer_across_token_boundaries_plain_and_streamed(client):

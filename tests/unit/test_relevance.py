@@ -4,6 +4,7 @@ model (fit, save, load order), and the labelled files and error rates it is meas
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -36,11 +37,24 @@ def test_evidence_counts_the_users_own_words_in_the_passages():
     keyword = [hit("a", 7.5, "chunk overlap keeps context"), hit("k", 3.0, "marathon? no")]
     results = [result("a", 0.61, "chunk overlap keeps context"), result("d0", 0.30, "filler")]
     e = gather("Why keep the overlap small?", "cut documents into chunks Why keep the overlap small?",
-               results, dense, keyword)
+               results, dense, keyword, chunks=20)
     assert e.similarity == pytest.approx(0.61) and e.dense_margin == pytest.approx(0.31)
     assert e.coverage_top == pytest.approx(2 / 3)  # keep, overlap of keep/overlap/small
-    assert e.agreement == 1.0 and e.keyword_per_term == pytest.approx(7.5 / 6)  # per term of the text searched
-    assert gather("marathon plan", "marathon plan", [], [], []).vector() == [0.0] * 6
+    # per term of the text searched, as a share of the IDF of a term in 1 of the index's 20 chunks
+    assert e.agreement == 1.0 and e.keyword_idf_share == pytest.approx(7.5 / 6 / math.log(1 + 19.5 / 1.5))
+    assert gather("marathon plan", "marathon plan", [], [], [], chunks=0).vector() == [0.0] * 6
+
+
+def test_the_keyword_signal_reads_the_same_in_a_small_and_a_large_index():
+    """BM25 scores grow with the log of the index's size (IDF): the same match weighs ~2.7x more
+    over 1,800 chunks than over 20. The share of a unique term's IDF does not."""
+    for chunks in (1, 20, 1800, 10**6):
+        idf = relevance.unique_term_idf(chunks)
+        # a query of one word found in one chunk, at BM25's term-frequency saturation (k1 + 1 = 2.2)
+        kw = [hit("a", idf * 2.2, "rare")]
+        e = gather("rare", "rare", [result("a", 0.5, "rare")], [], kw, chunks=chunks)
+        assert e.keyword_idf_share == pytest.approx(2.2)
+    assert relevance.unique_term_idf(1800) / relevance.unique_term_idf(20) == pytest.approx(2.68, abs=0.01)
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[list[Evidence], list[bool]]:

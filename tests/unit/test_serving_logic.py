@@ -31,14 +31,16 @@ def result(title: str, similarity: float) -> Result:
 class ListedResults:
     """Retrieval answers given by the test (the real retrieval is tested in integration)."""
 
-    def __init__(self, results, relevance=None):
+    def __init__(self, results, relevance=None, question_similarity=None):
         self.results, self.relevance, self.calls = results, relevance, []
+        self.question_similarity = question_similarity  # of the question's own words, when the query is more
 
     async def answer_search(self, query, question, twin, top_k):
         self.calls.append((query, twin, top_k))
         best = max((r.similarity for r in self.results), default=0.0)
         relevance = self.relevance(query, question) if callable(self.relevance) else self.relevance
-        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance)
+        own = self.question_similarity if query != question else None
+        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance, own)
 
 
 class EchoGenerator:
@@ -194,3 +196,17 @@ def test_a_follow_up_without_pointer_words_is_tried_with_the_question_it_follows
     retriever.relevance = lambda query, question: asked.append(query) or 0.1
     events = run(Chat(retriever, EchoGenerator()), messages=conversation)
     assert events[0].items == [] and len(asked) == 2
+
+
+@pytest.mark.parametrize("own, answered", [(0.22, True), (0.04, False), (None, True)])
+def test_a_retried_follow_up_answers_only_when_its_own_words_are_near_the_passage_found(own, answered):
+    """With the topic in front any question finds the topic's passages: "What's the capital of
+    Australia?" after a question on feature flags scores like a follow-up. The question's own
+    similarity to the passage found (Retrieval.question_similarity) tells them apart."""
+    retriever = ListedResults([result("Feature flags", 0.5)], relevance=lambda query, question: 0.2 if
+                              query == question else 0.9, question_similarity=own)
+    conversation = [{"role": "user", "content": "How do you keep feature flags under control?"},
+                    {"role": "user", "content": "Who should delete an expired flag?"}]
+    events = run(Chat(retriever, EchoGenerator(), min_follow_up_similarity=0.15), messages=conversation)
+    assert bool(events[0].items) is answered
+    assert (events[-1].finish_reason == "no_sources") is not answered
