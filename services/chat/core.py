@@ -14,7 +14,7 @@ from typing import Protocol
 from llm_twin import prompts
 from llm_twin.documents import author_slug
 from services.generation.api import Delta, SamplingParams
-from services.retrieval.query import contextual_query, with_topic
+from services.retrieval.query import contextual_query, points_back, with_topic
 
 from .errors import InvalidChatRequest
 
@@ -66,7 +66,10 @@ class Chat:
         query, top_k = self.question(twin, conversation, top_k)
         own = str(conversation[-1]["content"]).strip()
         found = await self.retriever.answer_search(query, own, twin=twin, top_k=top_k)
-        if self.answers(found):
+        # A short question searched with the topic in front only for being short ("What's the
+        # capital of Australia?") gets the same check as the retry below; one that points back
+        # ("Why does that matter?") cannot: its own words mean little without the topic.
+        if self.answers(found) and (points_back(own) or self.follows_on(found)):
             return found, True
         joined = with_topic(conversation)
         if joined and joined != query:

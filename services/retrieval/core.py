@@ -178,12 +178,22 @@ class Retriever:
         results, dense, keyword, searched = self._search(query, author=author, top_k=max(top_k, TOP_RESULTS),
                                                          vector=vector)
         chunks = sum(twin["chunks"] for twin in self._authors().values())
-        evidence = gather(question or query, searched, results, dense, keyword, chunks)
+        own_words = self._without_twin_name(question or query, author_slug(author) if author else None)
+        evidence = gather(own_words, searched, results, dense, keyword, chunks)
         probability = self.relevance.probability(evidence) if self.relevance is not None else None
         own = None
         if question and question.strip() != query.strip() and results and self.strategy != "keyword":
             own = self._question_similarity(question, question_vector, results[0].chunk_id)
         return Retrieval(results[:top_k], evidence, probability, own)
+
+    def _without_twin_name(self, text: str, slug: str | None) -> str:
+        """``text`` without a mention of the twin ``slug`` by name (self-query's reading, with
+        this one author: a first or last name alone counts)."""
+        name = self._authors().get(slug, {}).get("name") if slug else None
+        if not name:
+            return text
+        plan = understand(text, [(slug, name)])
+        return plan.query if plan.author == slug else text
 
     def _question_similarity(self, question: str, vector: Sequence[float] | None, chunk_id: str) -> float:
         """The question's own dense similarity to the passage found (its exact chunk, not the
@@ -210,6 +220,12 @@ class Retriever:
                 slug, category = plan.author or slug, category or plan.category
                 if plan.query != query:
                     query, vector = plan.query, None
+        elif fused and slug is not None and (self_query if self_query is not None else True):
+            # Asked of the twin by name ("According to Paul, ..." to Paul's twin): the name and
+            # its "according to" are not what to search for (nor what the passages must mention).
+            stripped = self._without_twin_name(query, slug)
+            if stripped != query:
+                query, vector = stripped, None
         pool = max(self.candidates, top_k * 4)
         dense = keyword = []
         if strategy in ("hybrid", "rrf", "dense"):

@@ -34,13 +34,15 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def is_follow_up(question: str) -> bool:
-    words = _words(question)
+def points_back(question: str) -> bool:
+    """An opener ("and ...", "what about ...") or a word that points back ("it", "those")."""
     if _FOLLOW_UP_OPENERS.match(question):
         return True
-    if any(w in _ANAPHORA or w.split("'")[0] in _ANAPHORA for w in words):
-        return True
-    return len(keyword_terms(question)) < MIN_OWN_TERMS
+    return any(w in _ANAPHORA or w.split("'")[0] in _ANAPHORA for w in _words(question))
+
+
+def is_follow_up(question: str) -> bool:
+    return points_back(question) or len(keyword_terms(question)) < MIN_OWN_TERMS
 
 
 def contextual_query(messages: Sequence[dict]) -> str:

@@ -130,3 +130,30 @@ def test_hybrid_search_with_filters_and_bad_input(parts):
         retriever.search("yeast", top_k=0)
     with pytest.raises(InvalidQuery, match="category"):
         retriever.search("yeast", category="tweet")
+
+
+def test_answer_search_reads_the_users_own_words_not_the_twins_name(parts):
+    """Asked of Ada's twin "According to Ada, ...": her name is neither searched for nor counted as
+    a word the passages must cover. A follow-up searched with the topic in front reports how near
+    its own words are to the passage found (the chat's retry check); the BM25 signal is a share of
+    this index's unique-term IDF."""
+    warehouse, store, indexer, retriever = parts
+    for key in TEXTS:
+        warehouse.put(doc(ADA, key))
+    indexer.run()
+    named = retriever.answer_search("According to Ada, how is a sourdough starter kept alive?", author=ADA)
+    plain = retriever.answer_search("How is a sourdough starter kept alive?", author=ADA)
+    assert named.results[0].title == "Starter" and named.evidence == plain.evidence
+    assert named.question_similarity is None  # the question itself was searched
+    assert 0 < plain.evidence.keyword_idf_share < 5
+
+    topic = "How do Kubernetes operators reconcile resources?"
+    on_topic = retriever.answer_search(f"{topic} What is the desired state?", "What is the desired state?",
+                                       author=ADA)
+    off_topic = retriever.answer_search(f"{topic} Which football team wins the cup?",
+                                        "Which football team wins the cup?", author=ADA)
+    assert on_topic.results[0].title == off_topic.results[0].title == "Operators"  # the topic finds its post
+    assert on_topic.question_similarity > off_topic.question_similarity + 0.15
+    own = retriever.embedder.embed(["Which football team wins the cup?"])[0]
+    assert off_topic.question_similarity == pytest.approx(
+        store.similarity(own, [off_topic.results[0].chunk_id])[off_topic.results[0].chunk_id])

@@ -210,3 +210,16 @@ def test_a_retried_follow_up_answers_only_when_its_own_words_are_near_the_passag
     events = run(Chat(retriever, EchoGenerator(), min_follow_up_similarity=0.15), messages=conversation)
     assert bool(events[0].items) is answered
     assert (events[-1].finish_reason == "no_sources") is not answered
+
+
+@pytest.mark.parametrize("question, answered", [("Capital of Australia?", False),  # short: read in context
+                                                ("Why does that matter?", True)])  # points back
+def test_a_short_question_read_in_context_is_checked_like_a_retry_one_that_points_back_is_not(question, answered):
+    """Both are searched with the topic in front from the start; only the one with a word pointing
+    back may have own words that mean nothing alone."""
+    retriever = ListedResults([result("Feature flags", 0.5)], relevance=0.9, question_similarity=0.02)
+    conversation = [{"role": "user", "content": "How do you keep feature flags under control?"},
+                    {"role": "user", "content": question}]
+    events = run(Chat(retriever, EchoGenerator(), min_follow_up_similarity=0.15), messages=conversation)
+    assert bool(events[0].items) is answered
+    assert retriever.calls[0][0].startswith("How do you keep feature flags")  # searched in context
