@@ -93,7 +93,7 @@ class Retrieval:
     the calibrated probability that they do (None without a relevance model for the embedder).
     ``question_similarity``: when the text searched was more than the question (a follow-up
     searched with the question it follows), the dense similarity of the question's own words to
-    the best result's document (None when the question itself was searched)."""
+    the best result's passage (None when the question itself was searched)."""
 
     results: list[Result]
     evidence: Evidence
