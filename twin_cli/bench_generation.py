@@ -183,7 +183,7 @@ def _teacher_rate(backend, concurrency: int, passages: list[str]) -> float:
 def run() -> dict:
     from llm_twin.config import Settings, configure_torch_threads, in_own_thread
     from services.generation.engines.transformers import Engine as TransformersEngine
-    from services.generation.engines.transformers.int8_kernel import missing_cpu_flags
+    from services.generation.engines.transformers.int8_kernel import pick_isa
     from services.generation.engines.transformers.prefix_cache import PrefixCache
     from services.generation.model_store import resolve_model
 
@@ -197,7 +197,7 @@ def run() -> dict:
         results, reference = {}, None
         variants = [("float32, transformers forward (baseline)", "none", False, "auto"),
                     ("float32, lean", "none", True, "auto"), ("bf16, lean", "bf16", True, "auto")]
-        if not missing_cpu_flags():  # the default's native int8 kernel against torch's, same run
+        if pick_isa()[0] is not None:  # the default's native int8 kernel against torch's, same run
             variants.append(("int8, lean, torch's int8 kernel", "int8", True, "torch"))
         variants.append(("int8, lean (default)", "int8", True, "auto"))
         for name, quantization, lean, kernel in variants:

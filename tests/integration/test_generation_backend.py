@@ -232,9 +232,9 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
         quantized.close()
 
 
-@pytest.mark.skipif(bool(__import__("services.generation.engines.transformers.int8_kernel",
-                                    fromlist=["x"]).missing_cpu_flags()),
-                    reason="this CPU lacks AVX512-BF16: the native int8 kernel is refused there")
+@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
+                               fromlist=["x"]).pick_isa()[0] is None,
+                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
 def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
     """The same int8 weights through either kernel (TWIN_INT8_KERNEL): the same greedy answers but at
     near-ties (the two sum the products in a different order), alone and in a batch of 8."""
@@ -263,9 +263,9 @@ def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
         torchs.close()
 
 
-@pytest.mark.skipif(bool(__import__("services.generation.engines.transformers.int8_kernel",
-                                    fromlist=["x"]).missing_cpu_flags()),
-                    reason="this CPU lacks AVX512-BF16: the native library (and its fused decode) is refused there")
+@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
+                               fromlist=["x"]).pick_isa()[0] is None,
+                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
 def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_model, smol_adapter):
     """Decode steps through the native library's fused operations (RMSNorm, SiLU, rotation + cache +
     attention: decode_ops.cpp) against the same engine's torch operations: the same greedy tokens but

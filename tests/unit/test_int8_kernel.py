@@ -11,8 +11,8 @@ from services.generation.engines.transformers import int8_kernel
 from services.generation.engines.transformers.quantization import int8_op
 from services.generation.errors import ModelUnavailable
 
-MISSING = int8_kernel.missing_cpu_flags()
-needs_cpu = pytest.mark.skipif(bool(MISSING), reason=f"this CPU lacks {MISSING} (the kernel is refused there; "
+ISA, WHY_NOT = int8_kernel.pick_isa()
+needs_cpu = pytest.mark.skipif(ISA is None, reason=f"{WHY_NOT} (the kernel is refused there; "
                                "test_auto_falls_back... covers that path)")
 
 
@@ -100,6 +100,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert int8_kernel.missing_cpu_flags(str(tmp_path / "absent")) == list(int8_kernel.CPU_FLAGS)
 
 
+def test_the_best_build_the_cpu_runs_is_picked_and_none_is_explained(tmp_path):
+    """AVX-512 with BF16 first; AVX2 with FMA (AMD Zen 1-3, client Intel) next; else torch's kernel."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse avx2 fma avx512f avx512bw avx512vl avx512_bf16\n")
+    assert int8_kernel.pick_isa(str(info)) == ("avx512-bf16", "")
+    info.write_text("flags\t\t: fpu sse avx2 fma avx512f\n")
+    assert int8_kernel.pick_isa(str(info)) == ("avx2", "")
+    info.write_text("flags\t\t: fpu sse avx\n")
+    isa, why = int8_kernel.pick_isa(str(info))
+    assert isa is None and why == ("this CPU lacks avx512f, avx512bw, avx512vl, avx512_bf16 (AVX-512) and avx2, fma "
+                                   "(AVX2)")
+    assert "-mavx2" in int8_kernel.flags("avx2") and "-mavx512bf16" not in int8_kernel.flags("avx2")
+
+
 def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_its_own(tmp_path):
     """ninja rebuilds when a source's path changes; a rebuild in place would swap the library under
     processes that loaded it. So the build folder follows the source's content, not its place."""
@@ -110,6 +124,7 @@ def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_it
         path.write_text("// the kernel\n")
     folder = int8_kernel.build_folder(root, (one,))
     assert int8_kernel.build_folder(root, (two,)) == folder
+    assert int8_kernel.build_folder(root, (two,), "avx2") != folder  # another build of the same source
     assert (folder / "k.cpp").read_text() == "// the kernel\n"
     two.write_text("// another kernel\n")
     other = int8_kernel.build_folder(root, (two,))
@@ -122,14 +137,14 @@ def test_checkouts_of_the_same_kernel_share_one_build_and_another_source_gets_it
 
 
 def test_why_the_native_kernel_is_not_available_is_said(monkeypatch):
-    monkeypatch.setattr(int8_kernel, "missing_cpu_flags", lambda: ["avx512_bf16"])
-    assert int8_kernel._build() == (None, "this CPU lacks avx512_bf16")
-    monkeypatch.setattr(int8_kernel, "missing_cpu_flags", lambda: [])
+    monkeypatch.setattr(int8_kernel, "pick_isa", lambda: (None, "this CPU lacks avx2"))
+    assert int8_kernel._build() == (None, "this CPU lacks avx2")
+    monkeypatch.setattr(int8_kernel, "pick_isa", lambda: ("avx2", ""))
     monkeypatch.setattr(int8_kernel.shutil, "which", lambda name: None)
     assert int8_kernel._build() == (None, "no C++ compiler (install g++)")
     monkeypatch.setattr(int8_kernel.shutil, "which", lambda name: "/usr/bin/" + name)
 
-    def broken():
+    def broken(isa):
         raise RuntimeError("Error building extension 'twin_int8'\nninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr(int8_kernel, "build", broken)

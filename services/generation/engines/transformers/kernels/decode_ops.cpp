@@ -8,7 +8,8 @@
 // Rounding follows the torch code it replaces (lean_llama.py): bf16 values are rounded where torch
 // rounds them (each bf16 product and sum), norms and attention are computed in float32, so greedy
 // tokens match that path's up to float32 summation order.
-// Built with int8_bf16_mm.cpp into one library (int8_kernel.py); threads from torch's OpenMP pool.
+// Built with int8_bf16_mm.cpp into one library (int8_kernel.py), for AVX-512 or for AVX2 + FMA (the
+// vector helpers below have both); threads from torch's OpenMP pool.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -22,6 +23,7 @@ using bf16 = at::BFloat16;
 
 inline float r(float v) { return static_cast<float>(static_cast<bf16>(v)); }  // rounded as torch's bf16 ops round
 
+#if defined(__AVX512F__)
 // exp of 16 floats (Cephes' polynomial on x - n ln2, scaled by 2^n; within 2 ulp of expf): a scalar
 // std::exp per attention score and per SiLU was most of a batch's attention time.
 inline __m512 exp16(__m512 x) {
@@ -58,6 +60,62 @@ inline float exp_sum(float* v, int64_t n, float shift) {
   }
   return _mm512_reduce_add_ps(total);
 }
+
+#else  // AVX2 + FMA: the same polynomial on 8 lanes, and the tail through a padded buffer
+
+inline __m256 exp8(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-103.972077083991796f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
+  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3981999507E-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(8.3334519073E-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(4.1665795894E-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.6666665459E-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.0000001201E-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(f, f), _mm256_add_ps(f, _mm256_set1_ps(1.f)));
+  // p * 2^n as two powers of two (n reaches -150: one exponent field alone would underflow).
+  const __m256i e = _mm256_cvtps_epi32(n);
+  const __m256i half = _mm256_srai_epi32(e, 1);
+  const auto pow2 = [](__m256i k) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+  };
+  return _mm256_mul_ps(_mm256_mul_ps(p, pow2(half)), pow2(_mm256_sub_epi32(e, half)));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// exp of n floats in place, minus ``shift`` first; -> their sum.
+inline float exp_sum(float* v, int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 total = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(v + i), s));
+    _mm256_storeu_ps(v + i, e);
+    total = _mm256_add_ps(total, e);
+  }
+  float sum = hsum8(total);
+  if (i < n) {
+    alignas(32) float tail[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t t = i; t < n; ++t) tail[t - i] = v[t];
+    _mm256_store_ps(tail, exp8(_mm256_sub_ps(_mm256_load_ps(tail), s)));
+    for (int64_t t = i; t < n; ++t) {
+      v[t] = tail[t - i];
+      sum += tail[t - i];
+    }
+  }
+  return sum;
+}
+
+#endif
 
 void check_rows(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.scalar_type() == at::kBFloat16 && t.is_contiguous(),
@@ -132,15 +190,43 @@ inline void rope(const bf16* x, const bf16* cos, const bf16* sin, float* out, in
   }
 }
 
-inline __m512 load16(const bf16* p) {  // 16 bf16 -> float32 (exact)
+// 16 float32 lanes: one zmm with AVX-512, two ymm with AVX2 (head_dim is a multiple of 16).
+#if defined(__AVX512F__)
+using F16 = __m512;
+inline F16 zero16() { return _mm512_setzero_ps(); }
+inline F16 splat16(float v) { return _mm512_set1_ps(v); }
+inline F16 fmadd16(F16 a, F16 b, F16 c) { return _mm512_fmadd_ps(a, b, c); }
+inline F16 loadf16(const float* p) { return _mm512_loadu_ps(p); }
+inline float sum16(F16 a) { return _mm512_reduce_add_ps(a); }
+inline void store16(float* p, F16 a) { _mm512_storeu_ps(p, a); }
+inline F16 load16(const bf16* p) {  // 16 bf16 -> float32 (exact)
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
+#else
+struct F16 {
+  __m256 lo, hi;
+};
+inline F16 zero16() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline F16 splat16(float v) { return {_mm256_set1_ps(v), _mm256_set1_ps(v)}; }
+inline F16 fmadd16(F16 a, F16 b, F16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline F16 loadf16(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline float sum16(F16 a) { return hsum8(_mm256_add_ps(a.lo, a.hi)); }
+inline void store16(float* p, F16 a) {
+  _mm256_storeu_ps(p, a.lo);
+  _mm256_storeu_ps(p + 8, a.hi);
+}
+inline __m256 load8(const bf16* p) {  // 8 bf16 -> float32 (exact)
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline F16 load16(const bf16* p) { return {load8(p), load8(p + 8)}; }
+#endif
 
 inline float dot(const float* a, const bf16* b, int64_t d) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
-  return _mm512_reduce_add_ps(acc);
+  F16 acc = zero16();
+  for (int64_t i = 0; i < d; i += 16) acc = fmadd16(loadf16(a + i), load16(b + i), acc);
+  return sum16(acc);
 }
 
 // Every decode row b at position lengths[b]: its key and value (rotated key) written into the
@@ -189,7 +275,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, const at::Tensor& cos, const 
   const int64_t blocks = d / 16;
   at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> q(d), scores;
-    __m512 acc[kMaxBlocks];
+    F16 acc[kMaxBlocks];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / heads, h = task % heads, g = h / group, n = len[b] + 1;
       const bf16* keys = kv + ((0 * rows + b) * kv_heads + g) * capacity * d;
@@ -202,16 +288,15 @@ at::Tensor decode_attention(const at::Tensor& qkv, const at::Tensor& cos, const 
         top = std::max(top, scores[t]);
       }
       const float total = exp_sum(scores.data(), n, top);
-      for (int64_t j = 0; j < blocks; ++j) acc[j] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < blocks; ++j) acc[j] = zero16();
       for (int64_t t = 0; t < n; ++t) {
-        const __m512 p = _mm512_set1_ps(scores[t] / total);
-        for (int64_t j = 0; j < blocks; ++j)
-          acc[j] = _mm512_fmadd_ps(p, load16(values + t * d + j * 16), acc[j]);
+        const F16 p = splat16(scores[t] / total);
+        for (int64_t j = 0; j < blocks; ++j) acc[j] = fmadd16(p, load16(values + t * d + j * 16), acc[j]);
       }
       bf16* o = op + b * heads * d + h * d;
       for (int64_t j = 0; j < blocks; ++j) {
-        alignas(64) float lane[16];
-        _mm512_store_ps(lane, acc[j]);
+        float lane[16];
+        store16(lane, acc[j]);
         for (int i = 0; i < 16; ++i) o[j * 16 + i] = static_cast<bf16>(lane[i]);
       }
     }

@@ -1,5 +1,6 @@
 // y = x @ (w * s)^T for int8 weights w (N, K, one bf16 scale per output row) and bf16 activations
-// x (M, K) -> y (M, N) bf16: what torch._weight_int8pack_mm computes, for CPUs with AVX512-BF16.
+// x (M, K) -> y (M, N) bf16: what torch._weight_int8pack_mm computes, for CPUs with AVX512-BF16
+// (below) or with AVX2 and FMA (the #else branch; int8_kernel.py picks the build).
 //
 // Why (measured on 2 Zen 4 cores, SmolLM2-135M): torch's kernel takes rows four at a time and widens
 // every weight to float32 once per block of rows, so a decode step of 8 rows cost 2.3x one of a
@@ -19,6 +20,8 @@
 #include <torch/library.h>
 
 namespace {
+
+#if defined(__AVX512BF16__)
 
 constexpr int kStep = 32;       // K elements per VDPBF16PS (32 bf16 in a zmm)
 constexpr int kPrefetch = 256;  // bytes ahead in each weight row: the rows stream from memory
@@ -120,6 +123,119 @@ void many_rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at
   });
 }
 
+#else  // AVX2 + FMA (CPUs without AVX-512: Zen 1-3, most client Intel parts)
+
+// The same structure in float32: each int8 weight widened once to float32 (exact), each bf16
+// activation widened by a shift (exact), products summed with FMA in 8 float32 lanes. The sums
+// differ from the AVX-512 build's in the last bits (another order, no bf16 products), not from the
+// exact result by more than float32 rounding. A row's result still does not depend on its batch:
+// registers and buffer give each row the same operations in the same order.
+constexpr int kStep = 32;  // the K granularity int8_kernel.STEP promises (4 groups of 8 here)
+constexpr int kPrefetch = 256;
+
+inline __m256 widen8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+inline __m256 load8(const at::BFloat16* p) {  // 8 bf16 -> float32 (exact)
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// M rows against NB weight rows: M * NB + NB + 1 of the 16 ymm registers.
+template <int M, int NB>
+inline void tile(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y,
+                 int64_t K, int64_t N, int64_t n0) {
+  __m256 acc[M][NB];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    __m256 wv[NB];
+    for (int j = 0; j < NB; ++j) {
+      const int8_t* p = w + (n0 + j) * K + k;
+      if ((k & 63) == 0 && k + kPrefetch < K) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+      wv[j] = widen8(p);
+    }
+    for (int m = 0; m < M; ++m) {
+      const __m256 xv = load8(x + m * K + k);
+      for (int j = 0; j < NB; ++j) acc[m][j] = _mm256_fmadd_ps(xv, wv[j], acc[m][j]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const float scale = static_cast<float>(s[n0 + j]);
+    for (int m = 0; m < M; ++m) y[m * N + n0 + j] = static_cast<at::BFloat16>(hsum(acc[m][j]) * scale);
+  }
+}
+
+template <int M, int NB>
+void rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t K, int64_t N) {
+  const int64_t tiles = N / NB;
+  at::parallel_for(0, tiles, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) tile<M, NB>(x, w, s, y, K, N, t * NB);
+  });
+  for (int64_t n = tiles * NB; n < N; ++n) tile<M, 1>(x, w, s, y, K, N, n);
+}
+
+// Many rows: each pair of weight rows widened once into a float32 buffer (2 x K x 4 bytes), read
+// by blocks of 6 rows (12 accumulators + 2 weights + 1 row in registers).
+constexpr int kWide = 2;
+
+template <int M>
+inline void from_buffer(const at::BFloat16* x, const float* wb, const at::BFloat16* s, at::BFloat16* y, int64_t K,
+                        int64_t N, int64_t n0, int nb) {
+  __m256 acc[M][kWide];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < kWide; ++j) acc[m][j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 8) {
+    __m256 wv[kWide];
+    for (int j = 0; j < kWide; ++j) wv[j] = _mm256_loadu_ps(wb + j * K + k);
+    for (int m = 0; m < M; ++m) {
+      const __m256 xv = load8(x + m * K + k);
+      for (int j = 0; j < kWide; ++j) acc[m][j] = _mm256_fmadd_ps(xv, wv[j], acc[m][j]);
+    }
+  }
+  for (int j = 0; j < nb; ++j) {
+    const float scale = static_cast<float>(s[n0 + j]);
+    for (int m = 0; m < M; ++m) y[m * N + n0 + j] = static_cast<at::BFloat16>(hsum(acc[m][j]) * scale);
+  }
+}
+
+void many_rows(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t M,
+               int64_t K, int64_t N) {
+  const int64_t tiles = (N + kWide - 1) / kWide;
+  at::parallel_for(0, tiles, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> wb(kWide * K);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n0 = t * kWide;
+      const int nb = static_cast<int>(std::min<int64_t>(kWide, N - n0));
+      for (int j = 0; j < kWide; ++j)  // a row past N (the last tile) widens row n0 again, never stored
+        for (int64_t k = 0; k < K; k += 8)
+          _mm256_storeu_ps(wb.data() + j * K + k, widen8(w + (n0 + (j < nb ? j : 0)) * K + k));
+      for (int64_t m0 = 0; m0 < M; m0 += 6) {
+        const auto* xm = x + m0 * K;
+        auto* ym = y + m0 * N;
+        switch (std::min<int64_t>(6, M - m0)) {
+          case 1: from_buffer<1>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 2: from_buffer<2>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 3: from_buffer<3>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 4: from_buffer<4>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          case 5: from_buffer<5>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+          default: from_buffer<6>(xm, wb.data(), s, ym, K, N, n0, nb); break;
+        }
+      }
+    }
+  });
+}
+
+#endif
+
 at::Tensor int8_bf16_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && s.dim() == 1, "int8_bf16_mm: x (M, K), w (N, K), s (N)");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kChar && s.scalar_type() == at::kBFloat16,
@@ -139,7 +255,8 @@ at::Tensor int8_bf16_mm(const at::Tensor& x, const at::Tensor& w, const at::Tens
     return y;
   }
   // Up to 8 rows (decode steps) widen in registers; the tile widths keep M * NB accumulators + NB
-  // weights + 1 row in 32 registers.
+  // weights + 1 row in the registers (32 zmm with AVX-512, 16 ymm with AVX2).
+#if defined(__AVX512BF16__)
   switch (M) {
     case 1: rows<1, 4>(xp, wp, sp, yp, K, N); break;
     case 2: rows<2, 4>(xp, wp, sp, yp, K, N); break;
@@ -150,6 +267,18 @@ at::Tensor int8_bf16_mm(const at::Tensor& x, const at::Tensor& w, const at::Tens
     case 7: rows<7, 3>(xp, wp, sp, yp, K, N); break;
     default: rows<8, 3>(xp, wp, sp, yp, K, N); break;
   }
+#else
+  switch (M) {
+    case 1: rows<1, 4>(xp, wp, sp, yp, K, N); break;
+    case 2: rows<2, 4>(xp, wp, sp, yp, K, N); break;
+    case 3: rows<3, 3>(xp, wp, sp, yp, K, N); break;
+    case 4: rows<4, 2>(xp, wp, sp, yp, K, N); break;
+    case 5: rows<5, 2>(xp, wp, sp, yp, K, N); break;
+    case 6: rows<6, 2>(xp, wp, sp, yp, K, N); break;
+    case 7: rows<7, 1>(xp, wp, sp, yp, K, N); break;
+    default: rows<8, 1>(xp, wp, sp, yp, K, N); break;
+  }
+#endif
   return y;
 }
 
