@@ -34,7 +34,7 @@ class TransformersOptions(EngineOptions):
         "against none.", json_schema_extra={"flat": "generation_quantization"})
     int8_kernel: Literal["auto", "native", "torch"] = Field(
         "auto", description="What multiplies int8 weights: native (a kernel built once with the machine's C++ "
-        "compiler, for CPUs with AVX512-BF16: one weight widening per step for up to 8 rows), torch "
+        "compiler, for CPUs with AVX512-BF16 or AVX2 + FMA: one weight widening per step for up to 8 rows), torch "
         "(torch._weight_int8pack_mm), or auto = native where it builds, else torch, saying why.")
     lean: bool = Field(
         True, description="Decode Llama-architecture models on a CPU with the lean forward (fused weights, a KV "

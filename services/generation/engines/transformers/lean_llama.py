@@ -133,8 +133,8 @@ class LeanLlama:
         self.adapters: dict[str, dict] = {}  # name -> {(layer, fused): [(lo, hi, A, B, scaling)]}
         # Decode-only steps through the native library's fused small operations (decode_ops.cpp),
         # built with the int8 kernel: a step's ~1,500 torch calls between the multiplications become
-        # ~250 (17.7 -> ~12 ms a step for one row here). Needs bf16 activations and the AVX-512 head
-        # loop's 16-float blocks.
+        # ~250 (17.7 -> ~12 ms a step for one row here). Needs bf16 activations and the head
+        # loop's 16-float blocks (either build of the library: AVX-512 or AVX2).
         self.ops = (torch.ops.twin_int8 if int8_op is not None and self.dtype == torch.bfloat16
                     and self.head_dim % 16 == 0 and self.head_dim <= 256 else None)
         self.cache_dtype = torch.bfloat16 if self.ops is not None else torch.float32

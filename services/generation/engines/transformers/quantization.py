@@ -1,7 +1,7 @@
 """Weights for CPU serving: `none` (as loaded), `bf16`, or `int8` weight-only.
 
 `int8` stores each linear layer's weight as int8 with one float scale per output channel and
-multiplies on bf16 activations with the native kernel where the CPU has AVX512-BF16, else torch's
+multiplies on bf16 activations with the native kernel where the CPU has AVX512-BF16 or AVX2 + FMA, else torch's
 (`torch._weight_int8pack_mm`, the one torchao uses on CPU): `int8_kernel` says which and why.
 Activations are not quantized, so a row's output does not depend on what it is batched with, and
 quality stays close to float32.
