@@ -4,7 +4,8 @@
 FROM rayproject/ray:2.60.0-py311-cpu
 
 USER root
-# g++: the native int8 kernel (services/generation/engines/transformers/int8_kernel.py) is compiled below, once for every pod.
+# g++: the native int8 kernel (services/generation/engines/transformers/int8_kernel.py) is compiled below for the
+# build machine's CPU (AVX-512 or AVX2 build); a pod on a CPU that needs the other one compiles it at start (~10 s).
 RUN apt-get update && apt-get install -y --no-install-recommends git g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/llm-twin
 COPY pyproject.toml README.md ./
