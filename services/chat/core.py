@@ -80,7 +80,7 @@ class Chat:
 
     def follows_on(self, found) -> bool:
         """Is the question itself about the passage found with the topic in front?"""
-        own = getattr(found, "question_similarity", None)
+        own = found.question_similarity
         return own is None or own >= self.min_follow_up_similarity
 
     def sources(self, found, answers: bool) -> list:
