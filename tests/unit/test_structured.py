@@ -250,27 +250,33 @@ def test_building_the_grammar_tables_leaves_no_helper_threads_behind(smol_model)
     """The closers' vocabulary-sized torch ops run in a thread of their own: the calling thread (a
     replica's main or event-loop thread) must not keep OpenMP helpers, or libgomp stops spinning for
     the decode thread's team and every decode step pays futex wake-ups (served decode ran at half
-    speed). Threads are counted, not timed."""
-    import os
-    import threading
+    speed). Threads are counted, not timed, in a process of its own: in the test session's process,
+    other tests' background threads come and go (a CI run counted two more that were not helpers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    import torch
-    from transformers import AutoTokenizer
-
-    from services.generation.engines.transformers.guided import Guides
-
-    torch.set_num_threads(2)
-    tokenizer = AutoTokenizer.from_pretrained(str(smol_model))
-    guides = Guides(tokenizer, len(tokenizer))
-    counts = []
-
-    def long_lived_caller() -> None:  # a fresh thread, as an event loop's worker is: no helpers of its own yet
-        counts.append(len(os.listdir("/proc/self/task")))
-        guides.warm()
-        guides.matcher('{"type": "object", "properties": {"n": {"type": "integer"}}}')
-        counts.append(len(os.listdir("/proc/self/task")))
-
-    caller = threading.Thread(target=long_lived_caller)
-    caller.start()
-    caller.join()
-    assert counts[0] == counts[1], "the caller kept OpenMP helper threads"
+    script = f"""
+import os, threading
+import torch
+from transformers import AutoTokenizer
+from services.generation.engines.transformers.guided import Guides
+torch.set_num_threads(2)
+tokenizer = AutoTokenizer.from_pretrained({str(smol_model)!r})
+guides = Guides(tokenizer, len(tokenizer))
+counts = []
+def long_lived_caller():  # a fresh thread, as an event loop's worker is: no helpers of its own yet
+    counts.append(len(os.listdir("/proc/self/task")))
+    guides.warm()
+    guides.matcher('{{"type": "object", "properties": {{"n": {{"type": "integer"}}}}}}')
+    counts.append(len(os.listdir("/proc/self/task")))
+caller = threading.Thread(target=long_lived_caller)
+caller.start()
+caller.join()
+print(counts[0], counts[1])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = map(int, done.stdout.split()[-2:])
+    assert before == after, "the caller kept OpenMP helper threads"
