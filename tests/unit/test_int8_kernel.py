@@ -42,17 +42,44 @@ def test_native_kernel_computes_what_torchs_does(op, m, n, k):
     bound = exact.abs().max().item() * 2 ** -7
     assert (got.double() - exact).abs().max().item() <= bound
     assert (torchs.double() - exact).abs().max().item() <= bound
+    if k % int8_kernel.STEP == 0:  # the decode layout: the same sums in the same order, so the same bits
+        tiled, padded = int8_kernel.tile_rows(weight, scales)
+        assert tiled.shape == (n + -n % 4, k) and padded.shape == (n + -n % 4,)
+        assert torch.equal(int8_kernel.matmul_tiled(x, tiled, padded, n), got.bfloat16())
 
 
 @needs_cpu
-@pytest.mark.parametrize("m", [2, 8, 9, 64])
+@pytest.mark.parametrize("m", [2, 7, 8, 9, 64])
 def test_a_rows_result_does_not_depend_on_the_rows_beside_it(op, m):
     """Each row accumulates in the same order whatever the batch (a decode step's rows widen in
-    registers, a prompt chunk's from a buffer): a row batched or prefilled gives its bits alone."""
+    registers, a prompt chunk's from a buffer): a row batched or prefilled gives its bits alone,
+    in the row-major layout and in the tiled one."""
     x, weight, scales = operands(m, 301, 576, seed=7)
     batched = int8_kernel.matmul(x, weight, scales, op)
+    tiled, padded = int8_kernel.tile_rows(weight, scales)
+    batched_tiled = int8_kernel.matmul_tiled(x, tiled, padded, 301)
     for row in range(m):
         assert torch.equal(int8_kernel.matmul(x[row:row + 1], weight, scales, op)[0], batched[row])
+        assert torch.equal(int8_kernel.matmul_tiled(x[row:row + 1], tiled, padded, 301)[0], batched_tiled[row])
+
+
+def test_the_tiled_layout_puts_four_rows_blocks_side_by_side():
+    """Group g's block b holds rows 4g..4g+3's values 32b..32b+31, one row after the other."""
+    weight = torch.arange(8 * 64, dtype=torch.int32).remainder(251).sub(125).to(torch.int8).view(8, 64)
+    tiled, scales = int8_kernel.tile_rows(weight, torch.ones(8, dtype=torch.bfloat16))
+    flat = tiled.flatten()
+    for n in range(8):
+        for k in range(64):
+            assert flat[(n // 4) * 4 * 64 + (k // 32) * 128 + (n % 4) * 32 + k % 32] == weight[n, k]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        int8_kernel.tile_rows(torch.zeros(4, 48, dtype=torch.int8), torch.ones(4, dtype=torch.bfloat16))
+
+
+@needs_cpu
+def test_the_tiled_kernel_refuses_rows_it_cannot_group(op):
+    x, weight, scales = operands(1, 6, 64, seed=2)
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        torch.ops.twin_int8.int8_bf16_mm_tiled(x, weight, scales)
 
 
 @needs_cpu

@@ -156,6 +156,31 @@ def native(kernel: str) -> Callable | None:
     return op
 
 
+GROUP = 4  # output rows per group of the tiled layout (int8_bf16_mm.cpp's kGroup)
+
+
+def tile_rows(weight: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights (N, K) and their scales -> the native kernel's tiled layout: rows padded with zeros
+    to a multiple of 4, each group of 4 rows stored as K/32 blocks of [4 rows x 32 values] (one
+    sequential stream for the group's 4 outputs: the decode multiplications ran 1.3-1.7x faster on 2
+    Zen 4 cores, decision 0011). K must be a multiple of 32 (STEP)."""
+    n, k = weight.shape
+    if k % STEP:
+        raise ValueError(f"K={k} is not a multiple of {STEP}")
+    pad = -n % GROUP
+    if pad:
+        weight = torch.cat([weight, weight.new_zeros(pad, k)])
+        scales = torch.cat([scales, scales.new_zeros(pad)])
+    tiled = weight.view(-1, GROUP, k // STEP, STEP).permute(0, 2, 1, 3).contiguous().view(n + pad, k)
+    return tiled, scales.contiguous()
+
+
+def matmul_tiled(x: torch.Tensor, tiled: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
+    """x (M, K) bf16 @ the ``n`` true rows of tiled int8 weights (tile_rows) -> (M, n) bf16."""
+    y = torch.ops.twin_int8.int8_bf16_mm_tiled(x.contiguous(), tiled, scales)
+    return y if y.shape[1] == n else y[:, :n].contiguous()
+
+
 def matmul(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, op: Callable | None) -> torch.Tensor:
     """x (M, K) bf16 @ (weight (N, K) int8 * scales (N,))^T -> (M, N) bf16."""
     x = x.contiguous()
