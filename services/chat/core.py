@@ -27,8 +27,10 @@ class SourceSearch(Protocol):
 
 
 class TextStream(Protocol):
-    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
-        """``twin``: the twin's id, whose fine-tuned adapter answers when one is registered."""
+    def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None,
+               whole: bool = False) -> AsyncIterator[Delta]:
+        """``twin``: the twin's id, whose fine-tuned adapter answers when one is registered;
+        ``whole``: the answer is awaited whole (not streamed), so few messages need to travel."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class Chat:
         return contextual_query(conversation) or str(last["content"]).strip(), top_k
 
     async def stream(self, twin: str, conversation: Sequence[dict], params: SamplingParams,
-                     top_k: int | None = None) -> AsyncIterator[Sources | Delta]:
+                     top_k: int | None = None, whole: bool = False) -> AsyncIterator[Sources | Delta]:
         """Yields Sources once, then Deltas; the last Delta has finish_reason ('no_sources' when
         nothing the twin wrote is relevant: then it says so instead of inventing an answer)."""
         found, answers = await self.find_sources(twin, conversation, top_k)
@@ -118,5 +120,5 @@ class Chat:
             return
         passages = [prompts.Passage(r.title, r.text, r.link) for r in relevant]
         messages = prompts.chat_messages(relevant[0].author, conversation, passages)
-        async for delta in self.generator.stream(messages, params, twin=author_slug(twin)):
+        async for delta in self.generator.stream(messages, params, twin=author_slug(twin), whole=whole):
             yield delta

@@ -52,14 +52,17 @@ class GenerationClient(HandleClient):
     consumer that stops early cancels the generation downstream."""
 
     def stream(self, messages: list[dict], params: SamplingParams, twin: str | None = None,
-               voice: bool = False) -> AsyncIterator[Delta]:
-        """``twin``: the replica applies its adapter; ``voice``: only the adapter may answer."""
+               voice: bool = False, whole: bool = False) -> AsyncIterator[Delta]:
+        """``twin``: the replica applies its adapter; ``voice``: only the adapter may answer; ``whole``:
+        the caller waits for the whole answer, so the replica sends the first delta and the last only."""
         options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
-        return self._relay(lambda: self.handle.options(**options).stream.remote(messages, params, voice))
+        return self._relay(lambda: self.handle.options(**options).stream.remote(messages, params, voice, whole))
 
-    def stream_text(self, prompt: str, params: SamplingParams, twin: str | None = None) -> AsyncIterator[Delta]:
+    def stream_text(self, prompt: str, params: SamplingParams, twin: str | None = None,
+                    whole: bool = False) -> AsyncIterator[Delta]:
         options = {"stream": True, **({"multiplexed_model_id": twin} if twin else {})}
-        return self._relay(lambda: self.handle.options(**options).stream_text.remote(prompt, params, bool(twin)))
+        return self._relay(lambda: self.handle.options(**options).stream_text.remote(prompt, params, bool(twin),
+                                                                                     whole))
 
     @staticmethod
     async def _relay(start: Callable) -> AsyncIterator[Delta]:

@@ -170,11 +170,12 @@ class DataPlane:
 
     # -- chat ----------------------------------------------------------------------------------------
     async def start_chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
-                         transport: str) -> ChatStart:
+                         transport: str, whole: bool = False) -> ChatStart:
+        """``whole``: the caller answers once the generation is done (not streamed)."""
         self.check_messages(messages)
         with span("twin.chat", SpanKind.SERVER, **{"twin.id": twin, "rpc.system": transport,
                                                    "gen_ai.operation.name": "chat"}):
-            events = self.chat_core.stream(twin, messages, params, top_k)
+            events = self.chat_core.stream(twin, messages, params, top_k, whole=whole)
             first = await anext(events)
             assert isinstance(first, Sources)
             base = self.observer.start("chat", self.twin_id(twin), str(messages[-1].get("content", "")), transport,
@@ -187,7 +188,7 @@ class DataPlane:
 
     async def chat(self, twin: str, messages: list[dict], params: SamplingParams, top_k: int | None,
                    transport: str) -> Answer:
-        started = await self.start_chat(twin, messages, params, top_k, transport)
+        started = await self.start_chat(twin, messages, params, top_k, transport, whole=True)
         choices = await collect_choices(started.deltas)
         text, last = choices[0]
         return Answer(started.model, started.sources, text, last.finish_reason or "stop", last.prompt_tokens,
@@ -233,7 +234,7 @@ class DataPlane:
         slug, model, extra = await self._voice(twin)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
             base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
-        deltas = self.generation.stream(messages, params, slug, voice=bool(slug))
+        deltas = self.generation.stream(messages, params, slug, voice=bool(slug), whole=True)
         choices = await collect_choices(self.observer.watch(base, deltas, (await self.serving())[0]))
         text, last = choices[0]
         return {"text": text, "finish_reason": last.finish_reason, "prompt_tokens": last.prompt_tokens,
@@ -246,18 +247,18 @@ class DataPlane:
         return (await self.start_generation(messages, params, transport, twin)).deltas
 
     async def start_generation(self, messages: list[dict], params: SamplingParams, transport: str,
-                               twin: str | None = None) -> ChatStart:
+                               twin: str | None = None, whole: bool = False) -> ChatStart:
         """A generation without retrieval run up to its first token, shaped like a chat's start (no
         sources): also what /v1/chat/completions answers with for ``model: base``."""
         self.check_messages(messages)
         slug, model, extra = await self._voice(twin)
         with span("twin.generate", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
             base = {**self.observer.start("generate", slug or "", last_content(messages), transport), **extra}
-        deltas = await started(self.generation.stream(messages, params, slug, voice=bool(slug)))
+        deltas = await started(self.generation.stream(messages, params, slug, voice=bool(slug), whole=whole))
         return ChatStart(model, [], self.observer.watch(base, deltas, (await self.serving())[0]), base["id"])
 
     async def complete_text(self, prompt: str, params: SamplingParams, transport: str = "http",
-                            twin: str | None = None) -> tuple[str, str, AsyncIterator[Delta]]:
+                            twin: str | None = None, whole: bool = False) -> tuple[str, str, AsyncIterator[Delta]]:
         """/v1/completions: a plain prompt continued, no chat template, by the base model or (``twin``)
         the twin's fine-tuned adapter. -> (id, model name, deltas), returned once the first delta is in."""
         if len(prompt) > self.settings.gateway.max_request_chars:
@@ -266,7 +267,7 @@ class DataPlane:
         slug, model, extra = await self._voice(twin)
         with span("twin.completion", SpanKind.SERVER, **{"rpc.system": transport, "twin.id": slug or ""}):
             base = {**self.observer.start("completion", slug or "", prompt, transport), **extra}
-        deltas = await started(self.generation.stream_text(prompt, params, slug))
+        deltas = await started(self.generation.stream_text(prompt, params, slug, whole=whole))
         return base["id"], model, self.observer.watch(base, deltas, (await self.serving())[0])
 
     async def tool_format(self) -> str | None:

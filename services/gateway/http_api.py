@@ -102,9 +102,9 @@ async def chat_completions(body: oa.ChatCompletionRequest, dp: DataPlane = allow
     if base:  # the base model on its own, no retrieval: a judge, a teacher, any OpenAI client
         if body.sources_top_k is not None:
             raise InvalidRequest("sources_top_k: the base model answers without retrieval; name a twin to retrieve")
-        started = await dp.start_generation(messages, params, "http")
+        started = await dp.start_generation(messages, params, "http", whole=not body.stream)
     else:
-        started = await dp.start_chat(body.model, messages, params, body.sources_top_k, "http")
+        started = await dp.start_chat(body.model, messages, params, body.sources_top_k, "http", whole=not body.stream)
     cid = oa.completion_id(started.id)
     want_logprobs, structured = params.logprobs is not None, params.json_schema is not None
     if not body.stream:
@@ -182,7 +182,8 @@ async def completions(body: oa.CompletionRequest, dp: DataPlane = allowed("gener
     """A plain prompt continued, no retrieval, no chat template: by the base model, or by the twin
     that ``model`` names (its fine-tuned adapter: the twin's voice on its own)."""
     params = body.sampling(dp.limits)
-    rid, model, deltas = await dp.complete_text(body.text(), params, twin=await dp.completion_twin(body.model))
+    rid, model, deltas = await dp.complete_text(body.text(), params, twin=await dp.completion_twin(body.model),
+                                                whole=not body.stream)
     cid = f"cmpl-{rid}"
     want_logprobs = params.logprobs is not None
     if not body.stream:

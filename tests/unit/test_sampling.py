@@ -96,6 +96,9 @@ def test_coalesced_sends_the_first_at_once_merges_the_rest_and_never_holds_the_l
     assert all(d.finish_reason is None for d in out[:-1])
     every, _ = asyncio.run(run(0))
     assert [d.text for d in every] == [f"t{i} " for i in range(10)]
+    whole, _ = asyncio.run(run(float("inf")))  # a response that is not streamed: the first and the rest
+    assert [d.text for d in whole] == ["t0 ", "".join(f"t{i} " for i in range(1, 10))]
+    assert whole[-1].finish_reason == "stop" and whole[-1].completion_tokens == 10
 
 
 def test_closing_a_coalesced_stream_closes_the_one_it_reads():

@@ -49,7 +49,7 @@ class EchoGenerator:
     def __init__(self):
         self.messages = None
 
-    async def stream(self, messages, params, twin=None):
+    async def stream(self, messages, params, twin=None, whole=False):
         self.messages, self.twin = messages, twin
         yield Delta("Hello ")
         yield Delta("there", "stop", 10, 2)
