@@ -285,10 +285,11 @@ def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_mo
             return await asyncio.gather(*(greedy(engine, p, 32, a) for p, a in zip(prompts, adapters, strict=True)))
 
         calls = []
-        fused_attention = lean.ops.decode_attention
+        fused_attention, fused_layers = lean.ops.decode_attention, lean.ops.decode_layers
         lean.ops = type("Counting", (), {name: getattr(torch.ops.twin_int8, name) for name in
                                          ("rms_norm", "add_rms_", "silu_mul")})()
         lean.ops.decode_attention = lambda *a: calls.append(a[0].shape[0]) or fused_attention(*a)
+        lean.ops.decode_layers = lambda *a: calls.append(a[0].shape[0]) or fused_layers(*a)
         fused = asyncio.run(together())
         fused_alone = asyncio.run(greedy(engine, prompts[4], 32, "mara-quill"))
         assert max(calls) == 8 and 1 in calls, "the batch and the lone request both decoded through the fused ops"

@@ -237,6 +237,42 @@ def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(
 
 
 @needs_cpu
+@pytest.mark.parametrize("batch", [1, 5])
+def test_one_native_call_a_step_decodes_the_bits_the_per_operation_calls_do(op, batch):
+    """decode_layers (every layer in one call, steps without adapters) against the same engine's
+    per-operation calls from Python, on a small random Llama: the same logits and cache, bit for bit."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from services.generation.engines.transformers import lean_llama
+
+    torch.manual_seed(batch)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                         max_position_embeddings=128))
+    engine = lean_llama.LeanLlama(model, int8=True, rows=8, int8_op=op)
+    assert engine.layer_weights is not None, "every layer tiled at its true size: one call a step"
+    for row in range(batch):  # a prompt per row, so attention reads real keys and values
+        engine.prefill(row, torch.randint(0, 256, (4 + 3 * row,)), 0, None)
+    ids, lengths = torch.randint(0, 256, (batch,)), torch.tensor([4 + 3 * row for row in range(batch)])
+    before = engine.kv.clone()
+    one_call = engine.step(ids, lengths, [None] * batch)[0]
+    after, calls = engine.kv.clone(), []
+    engine.kv.copy_(before)
+    engine.layer_weights, layer_weights = None, engine.layer_weights
+    real = engine.ops.decode_attention
+    engine.ops = type("Counting", (), {n: getattr(torch.ops.twin_int8, n) for n in ("rms_norm", "add_rms_",
+                                                                                     "silu_mul")})()
+    engine.ops.decode_attention = lambda *a: calls.append(1) or real(*a)
+    per_operation = engine.step(ids, lengths, [None] * batch)[0]
+    assert len(calls) == 3, "the reference went through the per-operation calls"
+    assert torch.equal(one_call, per_operation) and torch.equal(after, engine.kv) and not torch.equal(before, after)
+    with pytest.raises(RuntimeError, match="one weight of each kind per layer"):
+        torch.ops.twin_int8.decode_layers(torch.zeros(1, 64).bfloat16(), *[torch.zeros(1, 16).bfloat16()] * 2,
+                                          engine.kv, torch.tensor([0]), 4, 2, 1e-5, layer_weights[0],
+                                          *[w[:2] for w in layer_weights[1:]], engine.norm)
+
+
+@needs_cpu
 def test_fused_attention_refuses_a_position_outside_the_cache(op):
     cache = torch.zeros(2, 1, 1, 16, 16, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="outside the cache"):

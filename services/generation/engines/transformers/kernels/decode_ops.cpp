@@ -17,6 +17,10 @@
 #include <vector>
 #include <torch/library.h>
 
+namespace twin {
+at::Tensor mm_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s);  // int8_bf16_mm.cpp
+}
+
 namespace {
 
 using bf16 = at::BFloat16;
@@ -304,6 +308,33 @@ at::Tensor decode_attention(const at::Tensor& qkv, const at::Tensor& cos, const 
   return out;
 }
 
+// The decode rows through every layer in one call (lean_llama.LeanLlama._decode without adapters):
+// the same operations in the same order as the per-operation calls from Python, so the same bits,
+// without ~250 calls a step through Python and the dispatcher (the partner thread spins at the next
+// fork meanwhile). x: the residual stream (B, hidden), added to in place; weights in the int8
+// kernel's tiled layout; -> the final-normed hidden states.
+at::Tensor decode_layers(at::Tensor x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor kv,
+                         const at::Tensor& lengths, int64_t heads, int64_t kv_heads, double eps,
+                         at::TensorList in_norms, at::TensorList post_norms, at::TensorList qkv_w,
+                         at::TensorList qkv_s, at::TensorList o_w, at::TensorList o_s, at::TensorList gate_up_w,
+                         at::TensorList gate_up_s, at::TensorList down_w, at::TensorList down_s,
+                         const at::Tensor& final_norm) {
+  const int64_t layers = static_cast<int64_t>(in_norms.size());
+  for (auto list : {post_norms, qkv_w, qkv_s, o_w, o_s, gate_up_w, gate_up_s, down_w, down_s})
+    TORCH_CHECK(static_cast<int64_t>(list.size()) == layers, "decode_layers: one weight of each kind per layer");
+  TORCH_CHECK(layers > 0 && kv.dim() == 6 && kv.size(0) == layers && kv.is_contiguous(),
+              "decode_layers: a contiguous cache (layers, 2, rows, kv_heads, capacity, head_dim)");
+  at::Tensor h = rms_norm(x, in_norms[0], eps);
+  for (int64_t i = 0; i < layers; ++i) {
+    const at::Tensor attn = decode_attention(twin::mm_tiled(h, qkv_w[i], qkv_s[i]), cos, sin, kv.select(0, i), lengths,
+                                             heads, kv_heads);
+    h = add_rms_(x, twin::mm_tiled(attn, o_w[i], o_s[i]), post_norms[i], eps);
+    const at::Tensor act = silu_mul(twin::mm_tiled(h, gate_up_w[i], gate_up_s[i]));
+    h = add_rms_(x, twin::mm_tiled(act, down_w[i], down_s[i]), i + 1 < layers ? in_norms[i + 1] : final_norm, eps);
+  }
+  return h;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(twin_int8, m) {
@@ -312,6 +343,10 @@ TORCH_LIBRARY_FRAGMENT(twin_int8, m) {
   m.def("silu_mul(Tensor gate_up) -> Tensor");
   m.def("decode_attention(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) cache, Tensor lengths, int heads, "
         "int kv_heads) -> Tensor");
+  m.def("decode_layers(Tensor(a!) x, Tensor cos, Tensor sin, Tensor(b!) kv, Tensor lengths, int heads, int kv_heads, "
+        "float eps, Tensor[] in_norms, Tensor[] post_norms, Tensor[] qkv_w, Tensor[] qkv_s, Tensor[] o_w, "
+        "Tensor[] o_s, Tensor[] gate_up_w, Tensor[] gate_up_s, Tensor[] down_w, Tensor[] down_s, "
+        "Tensor final_norm) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(twin_int8, CPU, m) {
@@ -319,4 +354,5 @@ TORCH_LIBRARY_IMPL(twin_int8, CPU, m) {
   m.impl("add_rms_", &add_rms_);
   m.impl("silu_mul", &silu_mul);
   m.impl("decode_attention", &decode_attention);
+  m.impl("decode_layers", &decode_layers);
 }

@@ -357,6 +357,11 @@ at::Tensor int8_bf16_mm_tiled(const at::Tensor& x, const at::Tensor& w, const at
 
 }  // namespace
 
+namespace twin {
+// For decode_ops.cpp's whole-step call (the same library).
+at::Tensor mm_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s) { return int8_bf16_mm_tiled(x, w, s); }
+}  // namespace twin
+
 TORCH_LIBRARY(twin_int8, m) {
   m.def("int8_bf16_mm(Tensor x, Tensor w, Tensor s) -> Tensor");
   m.def("int8_bf16_mm_tiled(Tensor x, Tensor w, Tensor s) -> Tensor");
