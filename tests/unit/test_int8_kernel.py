@@ -273,6 +273,26 @@ def test_one_native_call_a_step_decodes_the_bits_the_per_operation_calls_do(op, 
 
 
 @needs_cpu
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 4, 64), (8, 2, 64), (4, 2, 128),
+                                                     (6, 6, 32), (8, 2, 128)])
+def test_a_rows_attention_is_the_same_bits_alone_and_batched(op, heads, kv_heads, dim):
+    """Batched, the heads that share a key/value head attend in one task (each key widened once);
+    a row alone goes head by head: the same operations per head, so the same bits, and the same cache."""
+    g = torch.Generator().manual_seed(heads * dim)
+    batch, capacity = 8, 48
+    qkv = torch.randn(batch, (heads + 2 * kv_heads) * dim, generator=g).bfloat16()
+    cos, sin = (torch.randn(batch, dim, generator=g).bfloat16() for _ in range(2))
+    lengths = torch.tensor([3 + 5 * i for i in range(batch)])
+    cache = torch.randn(2, batch, kv_heads, capacity, dim, generator=g).bfloat16()
+    alone = [cache[:, row:row + 1].clone() for row in range(batch)]
+    batched = torch.ops.twin_int8.decode_attention(qkv, cos, sin, cache, lengths, heads, kv_heads)
+    for row in range(batch):
+        one = torch.ops.twin_int8.decode_attention(qkv[row:row + 1], cos[row:row + 1], sin[row:row + 1], alone[row],
+                                                   lengths[row:row + 1], heads, kv_heads)
+        assert torch.equal(one[0], batched[row]) and torch.equal(alone[row][:, 0], cache[:, row])
+
+
+@needs_cpu
 def test_fused_attention_refuses_a_position_outside_the_cache(op):
     cache = torch.zeros(2, 1, 1, 16, 16, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="outside the cache"):
