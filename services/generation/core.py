@@ -108,7 +108,12 @@ class Generator:
         return stop_at(deltas, params.stop) if params.stop else deltas
 
     def check_prompt(self, prompt: str) -> str:
-        """A plain prompt for /v1/completions: not empty, within the token limit."""
+        """A plain prompt for /v1/completions (Generate): not empty, within the token limit; then
+        tokenized as written, control tokens included. The caller writes the whole prompt, so there
+        is no one else's role in it to forge (the chat routes keep user content and passages as text:
+        prompts.as_text), and a prompt a client rendered with the chat template itself must reach the
+        model as that template, as vLLM's and llama-server's completions take it; kept as text, the
+        markers cost ~40 extra tokens on a RAG-sized prompt and the model no longer saw a chat."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidGenerationRequest("prompt is empty")
         if len(prompt) > MAX_MESSAGE_CHARS:
@@ -116,7 +121,7 @@ class Generator:
         n = self.engine.template.count_tokens(prompt)
         if n > self.max_prompt_tokens:
             raise InvalidGenerationRequest(f"the prompt is {n} tokens; the limit is {self.max_prompt_tokens}")
-        return prompts.as_text(prompt, self.engine.template.control_tokens)
+        return prompt
 
     async def complete(self, messages: Sequence[dict], params: SamplingParams,
                        adapter: str | None = None) -> Completion:

@@ -149,6 +149,25 @@ def test_text_completions_with_stop_and_streaming(client):
         client.completions.create(model="base", prompt="x", echo=True)
 
 
+def test_a_completions_prompt_is_tokenized_as_written_control_tokens_included(client, smol_model):
+    """/v1/completions takes the caller's whole prompt: one the client rendered with the chat
+    template reaches the model as that template (each marker one token, as vLLM and llama-server
+    read it), not as the marker's characters (the chat routes keep those as text: test_attacks)."""
+    from transformers import AutoTokenizer
+
+    from llm_twin.prompts import ChatTemplate
+
+    template = ChatTemplate(AutoTokenizer.from_pretrained(smol_model))
+    rendered = template.render([{"role": "user", "content": "How should I cut documents into chunks?"}])
+    assert "<|im_start|>" in rendered
+    reply = client.completions.create(model="base", prompt=rendered, max_tokens=4,
+                                      extra_body={"repetition_penalty": 1.0})
+    assert reply.usage.prompt_tokens == template.count_tokens(rendered)
+    as_text = client.completions.create(model="base", prompt=rendered.replace("<|im_start|>", "<|im_ start|>"),
+                                        max_tokens=4, extra_body={"repetition_penalty": 1.0})
+    assert as_text.usage.prompt_tokens > reply.usage.prompt_tokens  # the characters cost tokens; a marker one
+
+
 @pytest.mark.parametrize("field, value", [
     ("logit_bias", {"1": 5}), ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("n", 99),
