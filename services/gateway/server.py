@@ -34,7 +34,10 @@ from .response_ids import ResponseIds
 class Gateway(GrpcApi):
     def __init__(self, settings: dict, crawler, retrieval, embedding, generation):
         settings = Settings(**settings)
-        observer = Observer(PromptTraces.from_settings(settings), ServeMetrics(), LLMJudge.from_settings(settings),
+        prompt_log = PromptTraces.from_settings(settings)
+        if prompt_log is not None:
+            prompt_log.start()
+        observer = Observer(prompt_log, ServeMetrics(), LLMJudge.from_settings(settings),
                             settings.judge.sample_ratio, ResponseIds.from_settings(settings))
         self.plane = DataPlane(settings, crawler=HandleClient(crawler), retrieval=HandleClient(retrieval),
                                embedding=HandleClient(embedding), generation=GenerationClient(generation),

@@ -79,6 +79,29 @@ def test_masking_sampling_and_retention(mlflow_server):
     assert len(load(mlflow_server, 0, twin)) == 2 and log.cleanup() == 1
 
 
+def test_a_started_writer_does_its_first_work_before_any_request_then_writes_in_the_background(mlflow_server):
+    """A server starts its writer as it starts: expired traces go (and MLflow's client loads) with no
+    request recorded yet, not beside the first requests; records then reach MLflow on their own."""
+    twin = f"eve-{uuid.uuid4().hex[:8]}"
+    old, new = uuid.uuid4().hex, uuid.uuid4().hex
+    keeper = PromptTraces(mlflow_server, retention_days=30)
+    keeper.record(record(old, twin=twin, time=time.time() - 9 * 86400))
+    keeper.flush()
+    assert [r["id"] for r in load(mlflow_server, 0, twin)] == [old]
+
+    def wait_for(ids: set, seconds: float = 60):
+        deadline = time.monotonic() + seconds
+        while {r["id"] for r in load(mlflow_server, 0, twin)} != ids:
+            assert time.monotonic() < deadline, f"MLflow never showed {ids}"
+            time.sleep(0.2)
+
+    writer = PromptTraces(mlflow_server, retention_days=7, flush_every_s=0.2)
+    writer.start()
+    wait_for(set())  # the 9-day-old trace is deleted though nothing was recorded
+    writer.record(record(new, twin=twin))
+    wait_for({new})  # no flush called: the background writer wrote it
+
+
 def test_parse_since():
     now = 1_000_000.0
     assert parse_since("90s", now) == now - 90 and parse_since("2h", now) == now - 7200
