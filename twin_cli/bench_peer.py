@@ -44,10 +44,19 @@ STREAMS = (1, 8)
 # Distinct prompts everywhere (both sides cache prompt prefixes): which of the 40 each measure uses.
 # Each side is warmed up first with a batch of 8 of each shape (the first batch of a shape after a
 # start ran ~5-10 % slower on both: buffers grown, pages touched), as llama-batched-bench warms up.
-IN_PROCESS = {1: slice(0, 1), 8: slice(1, 9)}
-SERVED = {1: slice(9, 10), 8: slice(10, 18)}
-WARM_UP, SERVED_WARM_UP, DECODE = slice(20, 28), slice(28, 36), 36
-PROMPTS = 40
+# Each figure of the platform is the median of REPEATS runs on different prompts: on 2 shared cores
+# one served run of 8 streams varied by +-15 % between runs a minute apart.
+REPEATS = 3
+
+
+def _runs(first: int, n: int) -> list[slice]:
+    return [slice(first + i * n, first + (i + 1) * n) for i in range(REPEATS)]
+
+
+IN_PROCESS = {1: _runs(0, 1), 8: _runs(3, 8)}
+SERVED = {1: _runs(27, 1), 8: _runs(30, 8)}
+WARM_UP, SERVED_WARM_UP, DECODE = slice(54, 62), slice(62, 70), 70
+PROMPTS = 72
 THREADS = int(os.environ.get("TWIN_TORCH_THREADS", "2"))
 
 
@@ -201,6 +210,12 @@ def llama_batched(bin_dir: Path, model: Path, prompt_tokens: int) -> dict[int, d
     return rows
 
 
+def median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """(median tokens/s, mean tokens per stream) of repeated runs."""
+    rates = sorted(rate for rate, _ in runs)
+    return rates[len(rates) // 2], sum(tokens for _, tokens in runs) / len(runs)
+
+
 # -- server against server ---------------------------------------------------------------------------
 def _port() -> int:
     with socket.socket() as s:
@@ -281,8 +296,8 @@ def run() -> None:
             sizes = {shape: engine.template.count_tokens(texts[shape][0]) for shape in texts}
             for shape in texts:
                 platform_in_process(engine, texts[shape][WARM_UP])
-            ours = {(shape, n): platform_in_process(engine, texts[shape][IN_PROCESS[n]]) for shape in texts
-                    for n in STREAMS}
+            ours = {(shape, n): median([platform_in_process(engine, texts[shape][run]) for run in IN_PROCESS[n]])
+                    for shape in texts for n in STREAMS}
             decode = platform_decode(engine, texts["rag"][DECODE])
         finally:
             engine.close()
@@ -299,20 +314,21 @@ def run() -> None:
             platform.wait_ready(600)
             for shape in texts:
                 served(platform.http, texts[shape][SERVED_WARM_UP], "base")
-            ours_served = {(shape, n): served(platform.http, texts[shape][SERVED[n]], "base") for shape in texts
-                           for n in STREAMS}
+            ours_served = {(shape, n): median([served(platform.http, texts[shape][run], "base") for run in SERVED[n]])
+                           for shape in texts for n in STREAMS}
         finally:
             platform.stop()
         with LlamaServer(bin_dir, files["Q8_0"]) as server:
             for shape in texts:
                 served(server.base, texts[shape][SERVED_WARM_UP], "smollm2")
-            peer_served = {(shape, n): served(server.base, texts[shape][SERVED[n]], "smollm2") for shape in texts
-                           for n in STREAMS}
+            peer_served = {(shape, n): median([served(server.base, texts[shape][run], "smollm2") for run in SERVED[n]])
+                           for shape in texts for n in STREAMS}
     _report(ours, decode, peer, ours_served, peer_served, sizes)
 
 
 def _report(ours, decode, peer, ours_served, peer_served, sizes) -> None:
-    say(f"generated tokens/s, prefill included; {NEW_TOKENS} new tokens, greedy, distinct prompts; "
+    say(f"generated tokens/s, prefill included (the platform's and llama-server's: median of {REPEATS} runs on "
+        f"different prompts); {NEW_TOKENS} new tokens, greedy, distinct prompts; "
         f"RAG-shaped prompts {sizes['rag']} tokens, short {sizes['short']}")
     for shape in ("rag", "short"):
         for n in STREAMS:
