@@ -86,6 +86,11 @@ def _evaluate_one(q: Question, endpoint: ChatEndpoint, judge, twin: str | None) 
     if not sources:
         row["error"] = "no sources: the twin said it has not written about this (not judged)"
         return row
+    if not row["answer"].strip():
+        # Nothing to judge: an LLM judge would score an empty answer anyway (and the embedding
+        # fallback cannot), so every judge records it the same way.
+        row["error"] = "unscored: empty answer"
+        return row
     verdict = judge.judge(q.question, row["answer"], [s["text"] for s in sources], sources[0]["author"])
     if verdict.scores is None:
         row["error"] = f"unscored: {verdict.error}"

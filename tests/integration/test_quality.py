@@ -283,6 +283,8 @@ def test_eval_rag_with_the_platform_itself_as_the_judge(platform, question_file,
     for row in rows:  # a 135M twin is a poor judge: scored or recorded as unscored, never a crash
         assert row["scores"]["context_recall"] == 1.0
         assert "faithfulness" in row["scores"] or row["error"].startswith("unscored")
+        if not row["answer"].strip():  # an empty answer never reaches the judge
+            assert row["error"] == "unscored: empty answer" and "faithfulness" not in row["scores"]
     assert json.loads(out.with_suffix(".summary.json").read_text())["n"] == 2
 
 

@@ -60,3 +60,29 @@ def test_questions_run_concurrently_and_rows_keep_the_questions_order(concurrenc
 def test_concurrency_below_one_is_refused():
     with pytest.raises(ValueError, match="concurrency"):
         evaluate_rag(questions(1), SlowEndpoint(1), Judge(), concurrency=0)
+
+
+class EmptyAnswerEndpoint:
+    """Answers with sources but no text (a model that ended at once)."""
+
+    def ask(self, twin: str, messages: list[dict]) -> dict:
+        return {"id": "chatcmpl-0", "choices": [{"message": {"content": "  "}, "finish_reason": "stop"}],
+                "sources": [{"link": "https://x/0", "text": "a passage", "author": "Mara Quill"}]}
+
+
+class CountingJudge(Judge):
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, question, answer, passages, author):
+        self.calls += 1
+        return super().judge(question, answer, passages, author)
+
+
+def test_an_empty_answer_is_recorded_unscored_and_never_sent_to_the_judge():
+    judge = CountingJudge()
+    rows, summary = evaluate_rag(questions(1), EmptyAnswerEndpoint(), judge)
+    assert judge.calls == 0
+    assert rows[0]["error"] == "unscored: empty answer" and "faithfulness" not in rows[0]["scores"]
+    assert summary["unscored"] == 1 and summary["scored"] == 0
+    assert rows[0]["scores"]["context_recall"] == 1.0  # what the search found is still measured
