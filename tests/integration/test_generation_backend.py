@@ -304,6 +304,38 @@ def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_mo
         engine.close()
 
 
+@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
+                               fromlist=["x"]).pick_isa()[0] is None,
+                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
+def test_a_streams_step_is_the_same_bits_with_another_prompts_chunk_beside_it(smol_model):
+    """A step that also prefills another request's prompt chunk runs its decode rows through the
+    same fused operations as a decode-only step: a stream's next token does not depend on whether a
+    prompt was being admitted at that moment (through torch's norms the logits differed by up to
+    0.3 here, enough to flip a near-tie), and the chunk is what prefilling it alone gives."""
+    engine = TransformersEngine(str(smol_model), quantization="int8", max_batch_size=16, batch_wait_s=0.05)
+    try:
+        lean = engine.lean.engine
+        assert lean.ops is not None, "the fused operations are the default with the native kernel"
+        generator = torch.Generator().manual_seed(0)
+        rows = 8
+        with torch.inference_mode():
+            for row in range(rows):
+                lean.prefill(row, torch.randint(0, 40000, (50 + 7 * row,), generator=generator), 0, None)
+            ids = torch.randint(0, 40000, (rows,), generator=generator)
+            lengths = torch.tensor([50 + 7 * row for row in range(rows)])
+            chunk = (rows, torch.randint(0, 40000, (64,), generator=generator), 0, None)
+            before = lean.kv.clone()
+            alone = lean.step(ids, lengths, [None] * rows)[0]
+            cache_alone = lean.kv[:, :, :rows].clone()
+            lean.kv.copy_(before)
+            beside, (chunk_logits,) = lean.step(ids, lengths, [None] * rows, [chunk])
+            assert torch.equal(alone, beside) and torch.equal(cache_alone, lean.kv[:, :, :rows])
+            lean.kv.copy_(before)
+            assert torch.equal(chunk_logits, lean.prefill(rows, chunk[1], 0, None))
+    finally:
+        engine.close()
+
+
 def test_int8_refuses_an_adapter_that_wraps_a_quantized_layer_and_bad_values(smol_model, tmp_path):
     import json
     import shutil

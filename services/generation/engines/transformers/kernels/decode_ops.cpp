@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 #include <torch/library.h>
@@ -121,68 +122,6 @@ inline float exp_sum(float* v, int64_t n, float shift) {
 
 #endif
 
-void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.scalar_type() == at::kBFloat16 && t.is_contiguous(),
-              name, ": a contiguous bf16 (rows, features) tensor");
-}
-
-// weight * bf16(x * rsqrt(mean(x^2) + eps)), x read as float32: lean_llama._rms.
-void rms_row(const bf16* x, const bf16* w, bf16* out, int64_t n, double eps) {
-  float sum = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    float v = static_cast<float>(x[i]);
-    sum += v * v;
-  }
-  const float scale = 1.f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
-  for (int64_t i = 0; i < n; ++i)
-    out[i] = static_cast<bf16>(static_cast<float>(w[i]) * r(static_cast<float>(x[i]) * scale));
-}
-
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  check_rows(x, "rms_norm");
-  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(1) && w.scalar_type() == at::kBFloat16 && w.is_contiguous(),
-              "rms_norm: a bf16 weight per feature");
-  auto out = at::empty_like(x);
-  const int64_t n = x.size(1);
-  for (int64_t row = 0; row < x.size(0); ++row)
-    rms_row(x.const_data_ptr<bf16>() + row * n, w.const_data_ptr<bf16>(), out.mutable_data_ptr<bf16>() + row * n, n,
-            eps);
-  return out;
-}
-
-// x += delta (in bf16, in place: the residual stream), then rms_norm(x, w).
-at::Tensor add_rms_(at::Tensor x, const at::Tensor& delta, const at::Tensor& w, double eps) {
-  check_rows(x, "add_rms_");
-  check_rows(delta, "add_rms_ delta");
-  TORCH_CHECK(delta.sizes() == x.sizes(), "add_rms_: delta shaped like x");
-  auto* xp = x.mutable_data_ptr<bf16>();
-  const auto* dp = delta.const_data_ptr<bf16>();
-  for (int64_t i = 0; i < x.numel(); ++i)
-    xp[i] = static_cast<bf16>(static_cast<float>(xp[i]) + static_cast<float>(dp[i]));
-  return rms_norm(x, w, eps);
-}
-
-// (rows, 2I) gate|up -> (rows, I): bf16(silu(gate)) * up, each rounded as torch rounds it.
-at::Tensor silu_mul(const at::Tensor& gate_up) {
-  check_rows(gate_up, "silu_mul");
-  TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_mul: gate and up halves");
-  const int64_t rows = gate_up.size(0), inter = gate_up.size(1) / 2;
-  auto out = at::empty({rows, inter}, gate_up.options());
-  const auto* g = gate_up.const_data_ptr<bf16>();
-  auto* o = out.mutable_data_ptr<bf16>();
-  std::vector<float> gate(inter);
-  for (int64_t row = 0; row < rows; ++row) {
-    const bf16* in = g + row * 2 * inter;
-    for (int64_t i = 0; i < inter; ++i) gate[i] = -static_cast<float>(in[i]);
-    exp_sum(gate.data(), inter, 0.f);  // exp(-gate)
-    for (int64_t i = 0; i < inter; ++i) {
-      const float x = static_cast<float>(in[i]);
-      o[row * inter + i] = static_cast<bf16>(r(x / (1.f + gate[i])) * static_cast<float>(in[inter + i]));
-    }
-  }
-  return out;
-}
-
 constexpr int64_t kMaxBlocks = 16;  // head_dim up to 256, one float32 register per 16
 
 // Llama's rotation of one head (rotate_half): bf16(bf16(x * cos) + bf16(rotated * sin)).
@@ -231,6 +170,149 @@ inline float dot(const float* a, const bf16* b, int64_t d) {
   F16 acc = zero16();
   for (int64_t i = 0; i < d; i += 16) acc = fmadd16(loadf16(a + i), load16(b + i), acc);
   return sum16(acc);
+}
+
+// Rounding to bf16 in 16 lanes exactly as c10::BFloat16(float) rounds (to nearest even; NaN ->
+// 0x7FC0): the integer form, so both builds give the scalar code's bits.
+#if defined(__AVX512F__)
+inline F16 exp16f(F16 x) { return exp16(x); }
+inline F16 add16(F16 a, F16 b) { return _mm512_add_ps(a, b); }
+inline F16 mul16(F16 a, F16 b) { return _mm512_mul_ps(a, b); }
+inline F16 div16(F16 a, F16 b) { return _mm512_div_ps(a, b); }
+inline __m512i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
+                                        _mm512_set1_epi32(0x7FFF));
+  const __m512i out = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  return _mm512_mask_mov_epi32(out, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+}
+inline F16 round16(F16 v) { return _mm512_castsi512_ps(_mm512_slli_epi32(bf16_bits(v), 16)); }
+inline void store_bf16(bf16* p, F16 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bf16_bits(v)));
+}
+#else
+inline F16 exp16f(F16 x) { return {exp8(x.lo), exp8(x.hi)}; }
+inline F16 add16(F16 a, F16 b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline F16 mul16(F16 a, F16 b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline F16 div16(F16 a, F16 b) { return {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
+inline __m256i bf16_bits(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)),
+                                        _mm256_set1_epi32(0x7FFF));
+  const __m256i out = _mm256_srli_epi32(_mm256_add_epi32(u, bias), 16);
+  return _mm256_blendv_epi8(out, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+inline F16 round16(F16 v) {
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits(v.lo), 16)),
+          _mm256_castsi256_ps(_mm256_slli_epi32(bf16_bits(v.hi), 16))};
+}
+inline void store_bf16(bf16* p, F16 v) {  // packus interleaves the 128-bit halves: put them back in order
+  const __m256i packed = _mm256_packus_epi32(bf16_bits(v.lo), bf16_bits(v.hi));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_permute4x64_epi64(packed, 0xD8));
+}
+#endif
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.scalar_type() == at::kBFloat16 && t.is_contiguous(),
+              name, ": a contiguous bf16 (rows, features) tensor");
+}
+
+// Rows of the small operations per thread: a decode step's few rows stay on the calling thread
+// (a parallel region costs more than they do); a prefill chunk's 64+ rows are shared.
+inline int64_t row_grain(int64_t features) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(features, 1)); }
+
+// weight * bf16(x * rsqrt(mean(x^2) + eps)), x read as float32: lean_llama._rms. 16 lanes at a
+// time (a scalar loop of bf16 conversions took 120 us for a 72-row chunk step's norm, 30 a step).
+void rms_row(const bf16* x, const bf16* w, bf16* out, int64_t n, double eps) {
+  F16 acc = zero16();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const F16 v = load16(x + i);
+    acc = fmadd16(v, v, acc);
+  }
+  float sum = sum16(acc);
+  for (int64_t t = i; t < n; ++t) {
+    const float v = static_cast<float>(x[t]);
+    sum += v * v;
+  }
+  const float scale = 1.f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
+  const F16 s = splat16(scale);
+  for (i = 0; i + 16 <= n; i += 16) store_bf16(out + i, mul16(load16(w + i), round16(mul16(load16(x + i), s))));
+  for (; i < n; ++i)
+    out[i] = static_cast<bf16>(static_cast<float>(w[i]) * r(static_cast<float>(x[i]) * scale));
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  check_rows(x, "rms_norm");
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(1) && w.scalar_type() == at::kBFloat16 && w.is_contiguous(),
+              "rms_norm: a bf16 weight per feature");
+  auto out = at::empty_like(x);
+  const int64_t n = x.size(1);
+  const bf16* xp = x.const_data_ptr<bf16>();
+  const bf16* wp = w.const_data_ptr<bf16>();
+  bf16* op = out.mutable_data_ptr<bf16>();
+  at::parallel_for(0, x.size(0), row_grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) rms_row(xp + row * n, wp, op + row * n, n, eps);
+  });
+  return out;
+}
+
+// x += delta (in bf16, in place: the residual stream), then rms_norm(x, w).
+at::Tensor add_rms_(at::Tensor x, const at::Tensor& delta, const at::Tensor& w, double eps) {
+  check_rows(x, "add_rms_");
+  check_rows(delta, "add_rms_ delta");
+  TORCH_CHECK(delta.sizes() == x.sizes(), "add_rms_: delta shaped like x");
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(1) && w.scalar_type() == at::kBFloat16 && w.is_contiguous(),
+              "add_rms_: a bf16 weight per feature");
+  auto out = at::empty_like(x);
+  const int64_t n = x.size(1);
+  bf16* xp = x.mutable_data_ptr<bf16>();
+  const bf16* dp = delta.const_data_ptr<bf16>();
+  const bf16* wp = w.const_data_ptr<bf16>();
+  bf16* op = out.mutable_data_ptr<bf16>();
+  at::parallel_for(0, x.size(0), row_grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      bf16* xr = xp + row * n;
+      const bf16* dr = dp + row * n;
+      int64_t i = 0;
+      for (; i + 16 <= n; i += 16) store_bf16(xr + i, add16(load16(xr + i), load16(dr + i)));
+      for (; i < n; ++i) xr[i] = static_cast<bf16>(static_cast<float>(xr[i]) + static_cast<float>(dr[i]));
+      rms_row(xr, wp, op + row * n, n, eps);
+    }
+  });
+  return out;
+}
+
+// (rows, 2I) gate|up -> (rows, I): bf16(silu(gate)) * up, each rounded as torch rounds it.
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  check_rows(gate_up, "silu_mul");
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_mul: gate and up halves");
+  const int64_t rows = gate_up.size(0), inter = gate_up.size(1) / 2;
+  auto out = at::empty({rows, inter}, gate_up.options());
+  const auto* g = gate_up.const_data_ptr<bf16>();
+  auto* o = out.mutable_data_ptr<bf16>();
+  at::parallel_for(0, rows, row_grain(2 * inter), [&](int64_t begin, int64_t end) {
+    std::vector<float> gate(16);
+    for (int64_t row = begin; row < end; ++row) {
+      const bf16* in = g + row * 2 * inter;
+      bf16* dst = o + row * inter;
+      int64_t i = 0;
+      for (; i + 16 <= inter; i += 16) {
+        const F16 x = load16(in + i);
+        const F16 silu = round16(div16(x, add16(splat16(1.f), exp16f(mul16(x, splat16(-1.f))))));
+        store_bf16(dst + i, mul16(silu, load16(in + inter + i)));
+      }
+      if (i == inter) continue;
+      const int64_t tail = inter - i;  // the same exp as the lanes above, through exp_sum's tail
+      for (int64_t t = 0; t < tail; ++t) gate[t] = -static_cast<float>(in[i + t]);
+      exp_sum(gate.data(), tail, 0.f);
+      for (int64_t t = 0; t < tail; ++t) {
+        const float x = static_cast<float>(in[i + t]);
+        dst[i + t] = static_cast<bf16>(r(x / (1.f + gate[t])) * static_cast<float>(in[inter + i + t]));
+      }
+    }
+  });
+  return out;
 }
 
 // The G query heads that share one key/value head of one row: each cached key and value is widened
