@@ -14,6 +14,9 @@ from services.generation.engines.transformers import Engine as TransformersEngin
 from services.generation.errors import InvalidGenerationRequest
 
 pytestmark = pytest.mark.slow
+needs_native_library = pytest.mark.skipif(
+    __import__("services.generation.engines.transformers.int8_kernel", fromlist=["x"]).pick_isa()[0] is None,
+    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
 
 
 @pytest.fixture(scope="module", params=["lean", "transformers-forward"])
@@ -232,9 +235,7 @@ def test_quantized_backends_load_answer_and_batch_like_alone(smol_model, smol_ad
         quantized.close()
 
 
-@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
-                               fromlist=["x"]).pick_isa()[0] is None,
-                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
+@needs_native_library
 def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
     """The same int8 weights through either kernel (TWIN_INT8_KERNEL): the same greedy answers but at
     near-ties (the two sum the products in a different order), alone and in a batch of 8."""
@@ -263,9 +264,7 @@ def test_the_native_int8_kernel_decodes_what_torchs_kernel_decodes(smol_model):
         torchs.close()
 
 
-@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
-                               fromlist=["x"]).pick_isa()[0] is None,
-                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
+@needs_native_library
 def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_model, smol_adapter):
     """Decode steps through the native library's fused operations (RMSNorm, SiLU, rotation + cache +
     attention: decode_ops.cpp) against the same engine's torch operations: the same greedy tokens but
@@ -304,9 +303,7 @@ def test_fused_decode_operations_decode_what_the_torch_operations_decode(smol_mo
         engine.close()
 
 
-@pytest.mark.skipif(__import__("services.generation.engines.transformers.int8_kernel",
-                               fromlist=["x"]).pick_isa()[0] is None,
-                    reason="this CPU has neither AVX512-BF16 nor AVX2 + FMA: the native library is refused there")
+@needs_native_library
 def test_a_streams_step_is_the_same_bits_with_another_prompts_chunk_beside_it(smol_model):
     """A step that also prefills another request's prompt chunk runs its decode rows through the
     same fused operations as a decode-only step: a stream's next token does not depend on whether a

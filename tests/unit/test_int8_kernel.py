@@ -234,6 +234,11 @@ def test_fused_decode_operations_compute_what_the_lean_forwards_torch_code_does(
     gate_up = torch.randn(batch, 2 * 1536, generator=g).bfloat16()
     expected_act = torch.nn.functional.silu(gate_up[:, :1536]) * gate_up[:, 1536:]
     torch.testing.assert_close(ops.silu_mul(gate_up), expected_act, atol=0.02, rtol=0.01)
+    odd = torch.randn(batch, 2 * 40, generator=g).bfloat16()  # 40 features: 16 lanes twice, then a tail of 8
+    torch.testing.assert_close(ops.silu_mul(odd), torch.nn.functional.silu(odd[:, :40]) * odd[:, 40:], atol=0.02,
+                               rtol=0.01)
+    torch.testing.assert_close(ops.rms_norm(x[:, :40].contiguous(), weight[:40].contiguous(), 1e-5),
+                               lean_llama._rms(x[:, :40], weight[:40], 1e-5), atol=0.02, rtol=0.01)
 
 
 @needs_cpu

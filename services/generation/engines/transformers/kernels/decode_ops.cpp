@@ -292,7 +292,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
   const auto* g = gate_up.const_data_ptr<bf16>();
   auto* o = out.mutable_data_ptr<bf16>();
   at::parallel_for(0, rows, row_grain(2 * inter), [&](int64_t begin, int64_t end) {
-    std::vector<float> gate(16);
+    float gate[16];  // the tail's exp(-gate) (fewer than 16 features)
     for (int64_t row = begin; row < end; ++row) {
       const bf16* in = g + row * 2 * inter;
       bf16* dst = o + row * inter;
@@ -305,7 +305,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
       if (i == inter) continue;
       const int64_t tail = inter - i;  // the same exp as the lanes above, through exp_sum's tail
       for (int64_t t = 0; t < tail; ++t) gate[t] = -static_cast<float>(in[i + t]);
-      exp_sum(gate.data(), tail, 0.f);
+      exp_sum(gate, tail, 0.f);
       for (int64_t t = 0; t < tail; ++t) {
         const float x = static_cast<float>(in[i + t]);
         dst[i + t] = static_cast<bf16>(r(x / (1.f + gate[t])) * static_cast<float>(in[inter + i + t]));
