@@ -264,8 +264,9 @@ def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, man
     within its share (6), so what refuses them is the queue."""
     # Answers long enough that the queue stays full while all 32 arrive, on a loaded machine too
     # (with 48 tokens, a CI run once saw the first answers done before the last requests came in;
-    # with 128, once the fused decode made 8 rows ~1.3x faster).
-    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 512}
+    # with 128, once the fused decode made 8 rows ~1.3x faster; with 512, once 9 answers were done
+    # before the last request came in, after prompt chunks got faster). 1024 is the most allowed.
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 1024}
 
     def send(i):
         started = time.monotonic()
