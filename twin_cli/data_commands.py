@@ -216,8 +216,9 @@ def eval_relevance(ctx: click.Context, files, calibrate, as_json) -> None:
     """False refusals and false answers of the answer-or-decline decision on labelled question
     files (per kind), run as the chat path runs it. FILES: labelled JSONL ({"question", "twin",
     "answerable", "kind", "conversation"}) or retrieval question files (answerable, each asked to
-    its gold document's twin). With --calibrate the figures printed are on the files fitted on:
-    measure on other files for figures that mean something."""
+    its gold document's twin); each question decided wrongly is listed after the rates. With
+    --calibrate the figures printed are on the files fitted on: measure on other files for figures
+    that mean something."""
     from llm_twin.evaluation.relevance import error_rates
     from llm_twin.evaluation.retrieval import QuestionFileError
     from services.retrieval.errors import RetrievalError
@@ -240,13 +241,14 @@ def eval_relevance(ctx: click.Context, files, calibrate, as_json) -> None:
         elif retriever.relevance is None and not as_json:
             click.echo(f"no relevance calibration for embedder {settings.embedding.model or 'default'}: the "
                        f"similarity cut ({settings.retrieval.min_source_similarity}) decides; run with --calibrate")
-        rates = error_rates(rows, rv.decide(rv.chat_for(retriever, settings), rows))
+        answered = rv.decide(rv.chat_for(retriever, settings), rows)
+        rates, wrong = error_rates(rows, answered), rv.wrong_decisions(rows, answered)
     except (QuestionFileError, RetrievalError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     if as_json:
-        click.echo(json.dumps(rates))
+        click.echo(json.dumps({**rates, "wrong": wrong}))
         return
-    click.echo("\n".join(rv.format_rates("decision", rates)))
+    click.echo("\n".join([*rv.format_rates("decision", rates), *rv.format_wrong(wrong)]))
 
 
 @eval_group.command("extraction")

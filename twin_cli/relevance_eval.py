@@ -75,6 +75,20 @@ def load_files(paths: Sequence[Path], store) -> list[LabelledQuestion]:
     return [row for path in paths for row in load_labelled(path, author_of)]
 
 
+def wrong_decisions(rows: Sequence[LabelledQuestion], answered: Sequence[bool]) -> list[dict]:
+    """Each question decided wrongly (an answerable one declined, an unanswerable one answered), so
+    that a twin's owner sees which ones to look at, not only how many."""
+    return [{"question": row.question, "twin": row.twin, "kind": row.kind, "answerable": row.answerable,
+             "conversation": list(row.conversation)}
+            for row, said in zip(rows, answered, strict=True) if said != row.answerable]
+
+
+def format_wrong(wrong: Sequence[dict]) -> list[str]:
+    return [f"  {'declined, though answerable' if w['answerable'] else 'answered, though unanswerable'}: "
+            f"{w['question']!r} ({w['kind']}; twin {w['twin']}{'; a follow-up' if w['conversation'] else ''})"
+            for w in wrong]
+
+
 def format_rates(name: str, rates: dict) -> list[str]:
     lines = [f"{name}: false refusals {rates['false_refusal']:.3f} of {rates['answerable']} answerable, "
              f"false answers {rates['false_answer']:.3f} of {rates['unanswerable']} unanswerable"]

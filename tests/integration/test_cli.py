@@ -147,3 +147,30 @@ def test_archives_are_crawled_once_indexed_and_searched(tmp_path):
     every = json.loads(twin(data, "search", "Zeppelin harbour blueprints", "--author", "Ada Writer", "--top-k", "5",
                             "--json").stdout)
     assert all("Zeppelin" not in r["text"] for r in every)
+
+
+def test_eval_relevance_names_each_question_it_decided_wrongly(tmp_path):
+    """Rates say how many; a twin's owner also needs to know which questions to look at. One file
+    labels a question the sample blog answers as unanswerable (so answering it counts as wrong),
+    the other an off-topic one (declined: right)."""
+    from twin_cli.sample_corpus import AUTHOR, index_sample
+
+    index_sample(tmp_path)
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [{"question": "Why combine BM25 with embeddings?", "twin": AUTHOR, "kind": "mislabelled",
+             "answerable": False},
+            {"question": "How do I get red wine out of a carpet?", "twin": AUTHOR, "kind": "off-topic",
+             "answerable": False},
+            {"question": "How should I cut documents into chunks?", "twin": AUTHOR, "kind": "direct",
+             "answerable": True}]
+    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = twin(tmp_path, "eval", "relevance", str(labelled), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["false_answer"] == 0.5 and result["false_refusal"] == 0.0
+    assert [w["question"] for w in result["wrong"]] == ["Why combine BM25 with embeddings?"]
+    assert result["wrong"][0]["kind"] == "mislabelled" and result["wrong"][0]["answerable"] is False
+    text = twin(tmp_path, "eval", "relevance", str(labelled))
+    wrong = "answered, though unanswerable: 'Why combine BM25 with embeddings?' (mislabelled; twin Mara Quill)"
+    assert wrong in text.stdout
+    assert "red wine" not in text.stdout
