@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from services.generation.api import GenerationLimits, SamplingParams
 from services.generation.errors import InvalidGenerationRequest
@@ -78,7 +78,10 @@ class ResponseFormat(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    # OpenAI's one option; others (vLLM's continuous_usage_stats) are refused by name, not dropped,
+    # and a string is not read as a boolean ("false" would otherwise count as set)
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
 
 
 # OpenAI fields this server does not implement, with the value that means "not used": a request that
@@ -139,6 +142,9 @@ class ChatCompletionRequest(BaseModel):
         chat = type(self).__name__ == "ChatCompletionRequest"
         if chat and self.top_logprobs is not None and self.logprobs is not True:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.stream_options is not None and not self.stream:
+            # as OpenAI answers it: a response that is not streamed always carries its usage
+            raise ValueError("stream_options is only read with stream: true; remove it or stream")
         for name, value in (self.model_extra or {}).items():
             if name in INFORMATIONAL or (name in NOT_IMPLEMENTED and value in (None, NOT_IMPLEMENTED[name])):
                 continue

@@ -517,6 +517,20 @@ def test_openai_fields_that_are_not_implemented_are_refused_naming_them(client, 
     assert reply.status_code == 400 and field in reply.json()["error"]["message"], reply.text
 
 
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("options, stream, named", [
+    ({"include_usage": True, "continuous_usage_stats": True}, True, "continuous_usage_stats"),
+    ({"include_usage": "false"}, True, "include_usage"),  # a string is not read as a boolean
+    ({"include_usage": True}, False, "stream_options"),  # only a stream reads it
+])
+def test_stream_options_are_honoured_or_refused_naming_them(client, route, options, stream, named):
+    body = {**ask(), "stream": stream, "stream_options": options}
+    if route == "/v1/completions":
+        body = {"model": "base", "prompt": "a", "stream": stream, "stream_options": options}
+    reply = client.post(route, json=body)
+    assert reply.status_code == 400 and named in reply.text, reply.text
+
+
 def test_stop_strings_end_the_answer_across_word_boundaries(client):
     # The echo engine streams "you asked: <question>" a word at a time: "asked: How" spans deltas.
     body = client.post("/v1/chat/completions", json=ask(stop=["d: Ho", "zzz"])).json()
