@@ -3,7 +3,7 @@
 - extraction: this extractor's F1 / trafilatura's default F1 on the article-extraction benchmark;
 - archives (twin_cli/bench_archives.py): each archive format's pieces kept, text F1 and dropped
   items leaked, on archives built from the formats' documented shapes;
-- retrieval (twin_cli/bench_retrieval.py): every stage per kind of question on the four handbook
+- retrieval (twin_cli/bench_retrieval.py): every stage per kind of question on the five handbook
   question sets, the default's MRR@10 / plain chunk RRF's on the hard set, and first-stage latency
   / dense-only latency;
 - indexing: chunks per second embedded and loaded;

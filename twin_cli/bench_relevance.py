@@ -6,11 +6,13 @@ adapted on the handbook's own (question, passage) pairs:
    (handbook_questions{,_hard}.jsonl + relevance_dev.jsonl; sample_relevance_dev.jsonl), false
    refusals and false answers per kind on each corpus' held-out ones (handbook_questions_heldout
    + relevance_heldout, and a second set written later, handbook_questions_heldout2 +
-   relevance_heldout2; sample_relevance_heldout), the old rule (one similarity cut) beside it.
+   relevance_heldout2; others in other styles of asking, handbook_questions_styles +
+   relevance_styles and handbook_questions_framed + relevance_framed; sample_relevance_heldout),
+   the old rule (one similarity cut) beside it.
    `WRITE_CALIBRATION=1` writes the stock embedder's fit as the shipped calibration;
    `RELEVANCE_ADAPTED=0` leaves the adapted embedder out (writing its pairs with the local model
    is most of the run: ~10 min with the native int8 kernel, over an hour on a CPU without AVX-512);
-2. retrieval hit@1 / hit@5 / MRR@10 per stage on the handbook's four question sets, stock
+2. retrieval hit@1 / hit@5 / MRR@10 per stage on the handbook's five question sets, stock
    against adapted.
 
 The pairs are written by the local model through the dataset step's own code
@@ -32,11 +34,16 @@ SHARED = ROOT.parent / "shared"
 DATA = ROOT / "tests" / "data"
 # corpus -> (development files, fitted on; {held-out set: its files}, each reported on its own). The
 # handbook's second held-out set was written on 2026-12-07, after every setting was chosen, and
-# measured once before it was added.
+# measured once before it was added; so was the styles set (later that day: bare keywords, "have
+# you written about ...", long questions with the asker's situation, typos and no capitals). Its one
+# false refusal ("What's your view on ...?") led to the frame rule (keywords.topic_terms); the
+# framed set (questions put to the twin, both ways) was written before that rule and is its held-out.
 CORPORA = {
     "handbook": (("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "relevance_dev.jsonl"),
                  {"held-out": ("handbook_questions_heldout.jsonl", "relevance_heldout.jsonl"),
-                  "held-out 2": ("handbook_questions_heldout2.jsonl", "relevance_heldout2.jsonl")}),
+                  "held-out 2": ("handbook_questions_heldout2.jsonl", "relevance_heldout2.jsonl"),
+                  "styles": ("handbook_questions_styles.jsonl", "relevance_styles.jsonl"),
+                  "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl")}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"

@@ -1,4 +1,4 @@
-"""Retrieval quality stage by stage, per kind of question, on four handbook question sets:
+"""Retrieval quality stage by stage, per kind of question, on five handbook question sets:
 
 - handbook_questions.jsonl (80, the easy development set),
 - handbook_questions_hard.jsonl (62: paraphrases, answers one sentence deep, authors named in
@@ -6,7 +6,10 @@
 - handbook_questions_heldout.jsonl (40 of the same kinds, written before any tuning and never
   tuned on),
 - handbook_questions_heldout2.jsonl (24 more, written 2026-12-07 after every setting was chosen;
-  its wording is closer to the articles' than the first held-out set's: an easier set).
+  its wording is closer to the articles' than the first held-out set's: an easier set),
+- handbook_questions_styles.jsonl (32, written 2026-12-07 after that, measured once before it was
+  added: other ways of asking - bare keywords, "have you written about ...", long questions with
+  the asker's situation in them, typos and no capitals).
 
 Stages are cumulative from `rrf` on; the default pipeline is marked. Also the first stage's
 latency against dense-only. Needs ../shared (the corpus); indexing it takes ~1-2 min.
@@ -19,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "handbook_questions_heldout.jsonl",
-        "handbook_questions_heldout2.jsonl")
+        "handbook_questions_heldout2.jsonl", "handbook_questions_styles.jsonl")
 # name, first stage, rewrite follow-ups, self-query, reranker ("expand": LLM query expansion)
 STAGES = (
     ("dense", "dense", False, False, None),

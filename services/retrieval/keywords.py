@@ -38,3 +38,26 @@ def keyword_terms(text: str) -> list[str]:
 
 def keyword_text(text: str) -> str:
     return " ".join(keyword_terms(text))
+
+
+# Words that frame a question put to the twin itself ("What's your take on ...", "Have you ever
+# written about ...", "I'd love to hear your view on ...") rather than name its topic. They are
+# in no passage, so counted as the question's own words they read as a topic the writing does not
+# cover. Only dropped from a question that addresses the twin (you / your), where they are frame.
+_ADDRESS = frozenset(["you", "your", "yours", "yourself"])
+FRAME_WORDS = frozenset(_stem(w) for w in [
+    "think", "thought", "thoughts", "opinion", "opinions", "view", "views", "take", "write", "written", "wrote",
+    "ever", "explain", "explained", "tell", "know", "cover", "covered", "say", "said", "hear", "love", "like",
+    "anything", "something", "share", "talk", "talked", "mention", "mentioned"])
+
+
+_CONTRACTIONS = frozenset(["d", "ll", "m", "re", "ve"])  # "I'd", "you'll", "I'm", "you're", "I've"
+
+
+def topic_terms(question: str) -> list[str]:
+    """The question's keyword terms without the words that frame it as put to the twin (and the
+    tails of contractions, which name nothing)."""
+    terms = [t for t in keyword_terms(question) if t not in _CONTRACTIONS]
+    if _ADDRESS.isdisjoint(m.lower() for m in _WORD.findall(question)):
+        return terms
+    return [t for t in terms if t not in FRAME_WORDS]

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .keywords import keyword_terms
+from .keywords import keyword_terms, topic_terms
 
 SHIPPED = Path(__file__).with_name("relevance_calibration.json")
 TOP_RESULTS = 4   # results whose similarity counts
@@ -76,7 +76,7 @@ def gather(question: str, query: str, results: Sequence, dense: Sequence, keywor
     the question before it still has to be about something the passages mention); ``query``: the
     text searched; ``results``: the ranked Results; ``dense`` / ``keyword``: each half's hits;
     ``chunks``: how many chunks the index holds (BM25's IDF is over all of them)."""
-    terms = set(keyword_terms(question))
+    terms = set(topic_terms(question))  # without a frame such as "what's your take on"
     similarity = max((r.similarity for r in results[:TOP_RESULTS]), default=0.0)
     margin = float(dense[0].score - dense[MARGIN_RANK].score) if len(dense) > MARGIN_RANK else 0.0
     top = [f"{r.title} {r.text}" for r in results[:TOP_PASSAGES]]

@@ -45,6 +45,22 @@ def test_evidence_counts_the_users_own_words_in_the_passages():
     assert gather("marathon plan", "marathon plan", [], [], [], chunks=0).vector() == [0.0] * 6
 
 
+@pytest.mark.parametrize("framed", [
+    "What's your take on chunk overlap?", "Have you ever written anything about chunk overlap?",
+    "I'd love to hear your view on chunk overlap.", "What do you think about chunk overlap?",
+])
+def test_a_question_put_to_the_twin_is_judged_by_its_topic_not_its_frame(framed):
+    """'take', 'written', 'view', 'think' are in no passage: counted, they read as a topic the
+    writing does not cover, and "What's your view on ...?" was declined where "... ?" was answered."""
+    texts = ["chunk overlap keeps context"]
+    results = [result("a", 0.6, texts[0])]
+    plain = gather("chunk overlap?", "chunk overlap?", results, [hit("a", 0.6, texts[0])], [], chunks=20)
+    e = gather(framed, framed, results, [hit("a", 0.6, texts[0])], [], chunks=20)
+    assert e.coverage_top == plain.coverage_top == 1.0 and e.coverage_pool == 1.0
+    # not addressed to the twin, the same words are the topic and count
+    assert gather("How do I take a view of chunk overlap?", "", results, [], [], chunks=20).coverage_top == 0.5
+
+
 def test_the_keyword_signal_reads_the_same_in_a_small_and_a_large_index():
     """BM25 scores grow with the log of the index's size (IDF): the same match weighs ~2.7x more
     over 1,800 chunks than over 20. The share of a unique term's IDF does not."""
