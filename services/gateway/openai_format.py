@@ -35,11 +35,25 @@ class Message(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None  # an assistant turn that called tools
     tool_call_id: str | None = None  # a tool's result: the call it answers
 
+    @model_validator(mode="after")
+    def _text_parts_only(self):
+        """A part this text model cannot read (an image, audio, a file) is refused, not dropped:
+        answered without it, the answer would pretend to have seen it."""
+        readable = ("text", "refusal") if self.role == "assistant" else ("text",)
+        for i, part in enumerate(self.content if isinstance(self.content, list) else []):
+            kind = part.get("type")
+            if kind not in readable:
+                raise ValueError(f"content[{i}].type {kind!r} is not supported: this model reads text parts "
+                                 f"only ({' or '.join(readable)})")
+            if not isinstance(part.get(kind), str):
+                raise ValueError(f"content[{i}].{kind} must be a string")
+        return self
+
     def text(self) -> dict:
         """OpenAI allows content parts; only text parts mean anything to a text model. Turns with
         tool calls or results become text every chat template renders (tool_calls.as_messages)."""
         content = self.content if isinstance(self.content, str) or self.content is None else "".join(
-            part.get("text", "") for part in self.content if part.get("type") == "text")
+            part[part["type"]] for part in self.content)
         message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
         if self.tool_calls or self.role == "tool":
             message = as_messages({**message, "tool_calls": self.tool_calls, "tool_call_id": self.tool_call_id})

@@ -605,3 +605,28 @@ def test_openai_fields_at_their_neutral_values_are_accepted(client):
     neutral = {"stop": None, "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0,
                "response_format": {"type": "text"}, "user": "ada", "store": False}
     assert client.post("/v1/chat/completions", json=ask(**neutral)).status_code == 200
+
+
+@pytest.mark.parametrize("part, named", [
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}, "content[1].type 'image_url'"),
+    ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}, "content[1].type 'input_audio'"),
+    ({"type": "text", "text": ["not", "a", "string"]}, "content[1].text must be a string"),
+    ({"text": "no type"}, "content[1].type None"),
+])
+def test_a_content_part_the_model_cannot_read_is_refused_not_dropped(client, part, named):
+    """Dropped, an image would be answered as if the model had seen it."""
+    body = {"model": "mara-quill", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"}, part]}]}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
+    assert reply.json()["error"]["param"] == "messages.0"
+
+
+def test_text_parts_and_an_assistants_refusal_part_are_read(client):
+    body = {"model": "mara-quill", "max_tokens": 40, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "How do I"}, {"type": "text", "text": " chunk?"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't say."}]},
+        {"role": "user", "content": [{"type": "text", "text": "How do I chunk?"}]}]}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].startswith("you asked: How do I chunk?")
