@@ -190,8 +190,16 @@ class CompletionRequest(ChatCompletionRequest):
                 raise ValueError(f"{name} is not supported by this server; remove it from the request")
         if self.sources_top_k is not None:
             raise ValueError("sources_top_k: completions do not retrieve; use /v1/chat/completions")
-        if self.tools or self.tool_choice is not None:
-            raise ValueError("tools: completions continue a plain prompt; call tools through /v1/chat/completions")
+        for name, value in (("tools", self.tools), ("tool_choice", self.tool_choice),
+                            ("parallel_tool_calls", self.parallel_tool_calls)):
+            if value is not None and value != []:
+                raise ValueError(f"{name}: completions continue a plain prompt; call tools through "
+                                 "/v1/chat/completions")
+        # chat fields that a completion has no use for: refused, not dropped
+        if self.messages:
+            raise ValueError("messages: completions continue `prompt`; send messages to /v1/chat/completions")
+        if self.top_logprobs is not None:
+            raise ValueError("top_logprobs: on completions, logprobs is the number of top tokens (0-20)")
         return self
 
     def text(self) -> str:

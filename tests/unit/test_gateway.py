@@ -630,3 +630,11 @@ def test_text_parts_and_an_assistants_refusal_part_are_read(client):
     reply = client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"].startswith("you asked: How do I chunk?")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("messages", [{"role": "user", "content": "hi"}]), ("top_logprobs", 3), ("parallel_tool_calls", False),
+])
+def test_chat_fields_sent_to_completions_are_refused_naming_them(client, field, value):
+    reply = client.post("/v1/completions", json={"model": "base", "prompt": "a", field: value})
+    assert reply.status_code == 400 and field.split("_")[0] in reply.json()["error"]["message"], reply.text
