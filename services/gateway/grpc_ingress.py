@@ -33,7 +33,8 @@ _END = object()
 
 def cancel_streams_on_client_cancel(servicer, server) -> None:
     """A gRPC servicer function (``(servicer, server)``) that registers no service: it makes the
-    proxy's streaming handlers cancel their replica call whenever the client cancels."""
+    proxy's streaming handlers cancel their replica call whenever the client cancels, and a request
+    that is not a valid message of its method an INVALID_ARGUMENT (:class:`Undecodable`)."""
     factory = getattr(server, "service_handler_factory", None)
     if factory is None:  # not Serve's proxy server (or a Ray that changed it): nothing to wrap
         logger.warning("gRPC server %s has no service_handler_factory; streams rely on Ray's own cancellation",
@@ -42,6 +43,35 @@ def cancel_streams_on_client_cancel(servicer, server) -> None:
     if getattr(factory, "cancels_streams", False):
         return
     server.service_handler_factory = cancelling_factory(factory)
+    override = getattr(server, "_override_method_handler", None)
+    if override is not None:
+        server._override_method_handler = lambda method, handler: override(method, decoding_safely(handler))
+
+
+class Undecodable:
+    """What a request's bytes decode to when they are not a message of the method's type: grpc
+    reports a deserializer's exception as UNKNOWN ("Unexpected <class DecodeError>"); handed on
+    as this, the handler answers INVALID_ARGUMENT naming the message type and the parser's reason."""
+
+    def __init__(self, message_type: str, reason: str):
+        self.details = f"the request is not a valid {message_type}: {reason}"
+
+
+def decoding_safely(handler):
+    """``handler`` (a grpc.RpcMethodHandler) with a request deserializer that never raises."""
+    parse = handler.request_deserializer
+    if parse is None:
+        return handler
+
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or any parser's error
+            owner = getattr(parse, "__self__", None)
+            name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", None) or "message of this method"
+            return Undecodable(name, str(exc).split(": ")[-1] or type(exc).__name__)
+
+    return handler._replace(request_deserializer=deserialize)
 
 
 class PolicyContext:
@@ -72,11 +102,18 @@ class PolicyContext:
 
 def with_policy(handler: Callable, streaming: bool) -> Callable:
     """The handler called with a PolicyContext; grpc.aio awaits a unary handler only when it is a
-    coroutine function, so the unary wrapper is one."""
+    coroutine function, so the unary wrapper is one. An :class:`Undecodable` request is refused."""
     if streaming:
-        return lambda request, context: handler(request, PolicyContext(context))
+        async def refused(request, context):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
+            yield  # pragma: no cover - abort raises
+
+        return lambda request, context: (refused(request, context) if isinstance(request, Undecodable)
+                                         else handler(request, PolicyContext(context)))
 
     async def unary(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
         return await handler(request, PolicyContext(context))
 
     return unary

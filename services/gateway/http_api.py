@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from . import openai_format as oa
 from . import page, tool_calls
 from .dataplane import DataPlane
-from .http_guards import BodyLimit, Origin, allowed
+from .http_guards import BodyLimit, Origin, UnicodeJSONRoute, allowed
 from .json_mirror import CrawlBody, GenerateBody, SearchBody
 from .status import STATUS, InvalidRequest, retry_after, status_for
 
@@ -24,6 +25,7 @@ from .status import STATUS, InvalidRequest, retry_after, status_for
 # CDN into the chat page's origin. The API is documented in docs/serving.md and by twin.v1's protos.
 http = FastAPI(title="LLM Twin", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                description="JSON mirror of the twin.v1 gRPC API plus an OpenAI-compatible API.")
+http.router.route_class = UnicodeJSONRoute  # before any route is declared
 SSE_HEADERS = {"Cache-Control": "no-cache"}
 http.add_middleware(BodyLimit)
 http.add_middleware(Origin)  # outermost: BodyLimit's own 413 is marked too
@@ -53,12 +55,24 @@ def error_event(exc: BaseException) -> str:
 @http.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
-    if first.get("type") == "json_invalid" or (
-            first.get("type") in ("model_attributes_type", "dict_type") and tuple(first.get("loc", ())) == ("body",)):
+    if first.get("type") == "json_invalid":
+        why = (first.get("ctx") or {}).get("error")
+        where = first.get("loc", ("body", None))[-1]
+        return JSONResponse(oa.error_body(f"the body is not a valid JSON object: {why} at character {where}" if why else
+                                          "the body is not a valid JSON object", 400), status_code=400)
+    if first.get("type") in ("model_attributes_type", "dict_type") and tuple(first.get("loc", ())) == ("body",):
         return JSONResponse(oa.error_body("the body is not a valid JSON object", 400), status_code=400)
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
     return JSONResponse(oa.error_body(message, 400, where or None), status_code=400)
+
+
+@http.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, a body too deeply nested to parse) in
+    the API's error shape, not {"detail": ...}."""
+    return JSONResponse(oa.error_body(str(exc.detail), exc.status_code), status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:

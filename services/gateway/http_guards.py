@@ -1,8 +1,12 @@
 """What every HTTP route passes first: the data plane it works on, the caller's API key
-(:func:`allowed`), and the body size limit (:class:`BodyLimit`)."""
+(:func:`allowed`), the body size limit (:class:`BodyLimit`) and a body that is valid Unicode
+(:class:`UnicodeJSONRoute`)."""
+
+import json
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from . import openai_format as oa
 from .dataplane import DataPlane
@@ -92,3 +96,40 @@ class BodyLimit:
                             status_code=413)
         await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
         await send({"type": "http.response.body", "body": body.body})
+
+
+class UnicodeJSONRequest(Request):
+    """JSON allows an escaped lone UTF-16 surrogate ("\\ud800") that no UTF-8 text holds; Python
+    parses it into a string that fails wherever it is encoded (a response, a span, a log line), which
+    was a 500 after the request had already reached the platform. Refused as invalid JSON instead."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            try:
+                text = (await self.body()).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError("not UTF-8", "", exc.start) from None
+            try:
+                parsed = json.loads(text)
+            except RecursionError:
+                raise json.JSONDecodeError("nested too deeply", text, 0) from None
+            try:
+                json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                position = text.lower().find("\\u" + f"{ord(exc.object[exc.start]):04x}")
+                raise json.JSONDecodeError("a lone UTF-16 surrogate escape is not text", text, max(0, position)) \
+                    from None
+            self._json = parsed
+        return self._json
+
+
+class UnicodeJSONRoute(APIRoute):
+    """Every API route reads its body through :class:`UnicodeJSONRequest`."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def with_unicode_json(request: Request):
+            return await handler(UnicodeJSONRequest(request.scope, request.receive))
+
+        return with_unicode_json

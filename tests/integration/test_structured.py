@@ -216,6 +216,8 @@ def test_chat_with_retrieval_and_a_schema_returns_sources_beside_the_json(client
         "type": "string", "pattern": "^(?=a)b"}}}}, "look"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {
         "$ref": "https://example.com/s.json"}}}}, "example.com"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+        "$ref": "#/$defs/x", "$defs": {"x": {"$ref": "#/$defs/x"}}}}}}, "matches no finite JSON document"),
     ({"tools": [WEATHER]}, "declares tool calling"),
     ({"tools": [WEATHER], "tool_choice": "auto"}, "declares tool calling"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {

@@ -638,3 +638,26 @@ def test_text_parts_and_an_assistants_refusal_part_are_read(client):
 def test_chat_fields_sent_to_completions_are_refused_naming_them(client, field, value):
     reply = client.post("/v1/completions", json={"model": "base", "prompt": "a", field: value})
     assert reply.status_code == 400 and field.split("_")[0] in reply.json()["error"]["message"], reply.text
+
+
+@pytest.mark.parametrize("route, body, named", [
+    ("/v1/chat/completions", b'{"model": "mara-quill", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+     "lone UTF-16 surrogate"),
+    ("/v1/search", b'{"query": "chunking \\udfff", "twin": "mara-quill"}', "lone UTF-16 surrogate"),
+    ("/v1/completions", b'{"model": "base", "prompt": "a \\ud83d"}', "lone UTF-16 surrogate"),  # half a pair
+    ("/v1/chat/completions", b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    ("/v1/chat/completions", b'{"model": "mara-quill", "messages": "\xff\xfe"}', "not UTF-8"),
+])
+def test_a_body_that_is_not_valid_unicode_json_is_a_400_saying_why(client, route, body, named):
+    """A lone surrogate parses in Python and then fails wherever the text is encoded (it was a 500,
+    which Serve's proxy reported as a stopped replica); deep nesting was Starlette's {"detail"}."""
+    reply = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
+    assert client.post("/v1/chat/completions", content='{"model": "mara-quill", "messages": [{"role": "user", '
+                       '"content": "How do I chunk? \\ud83d\\ude00 \U0001f600"}]}'.encode(),
+                       headers={"content-type": "application/json"}).status_code == 200  # a pair is text
+
+
+def test_no_such_route_and_wrong_method_answer_in_the_apis_error_shape(client):
+    for reply, status in ((client.post("/v1/nothing-here", json={}), 404), (client.get("/v1/chat/completions"), 405)):
+        assert reply.status_code == status and reply.json()["error"]["code"] == status, reply.text

@@ -175,3 +175,45 @@ def test_the_callers_metadata_and_the_proxys_status_follow_the_platforms_policy(
     PolicyContext(ours).set_code(grpc.StatusCode.INTERNAL)
     PolicyContext(ours).set_details("internal error: KeyError")
     assert ours.code == grpc.StatusCode.INTERNAL and ours.details == "internal error: KeyError"
+
+
+def test_a_request_that_is_not_its_methods_message_is_invalid_argument_naming_why():
+    """grpc reports a deserializer's exception as UNKNOWN ("Unexpected <class DecodeError>"): the
+    proxy's deserializers hand an Undecodable on instead, which the handlers refuse."""
+    import grpc
+
+    from services.gateway.grpc_ingress import Undecodable, decoding_safely, with_policy
+    from twin.v1 import retrieval_pb2
+
+    handler = decoding_safely(grpc.unary_unary_rpc_method_handler(
+        lambda r, c: None, request_deserializer=retrieval_pb2.SearchRequest.FromString))
+    bad = handler.request_deserializer(b"\x0a\x03\xff\xfe\x80")  # query: three bytes that are not UTF-8
+    assert isinstance(bad, Undecodable) and bad.details == \
+        "the request is not a valid twin.v1.SearchRequest: String field had bad UTF-8"
+    assert handler.request_deserializer(b"\x0a\x02ok").query == "ok"
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        async def abort(self, code, details):
+            self.status = (code, details)
+            raise Aborted
+
+    async def served(request, context):
+        return "served"
+
+    async def streamed(request, context):
+        yield "served"
+
+    async def run(streaming: bool):
+        context = Context()
+        with pytest.raises(Aborted):
+            if streaming:
+                [m async for m in with_policy(streamed, streaming=True)(bad, context)]
+            else:
+                await with_policy(served, streaming=False)(bad, context)
+        return context.status
+
+    for streaming in (False, True):
+        assert asyncio.run(run(streaming)) == (grpc.StatusCode.INVALID_ARGUMENT, bad.details)

@@ -148,9 +148,10 @@ def test_openai_embeddings_base64_is_little_endian_float32():
 
 
 def test_openai_message_content_parts_become_text():
-    message = oa.Message(role="user", content=[{"type": "text", "text": "a"}, {"type": "image_url"},
-                                               {"type": "text", "text": "b"}])
+    message = oa.Message(role="user", content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
     assert message.text() == {"role": "user", "content": "ab"}
+    with pytest.raises(ValueError, match=r"content\[1\].type 'image_url' is not supported"):  # not dropped
+        oa.Message(role="user", content=[{"type": "text", "text": "a"}, {"type": "image_url"}])
     assert oa.finish_reason("no_sources") == "stop" and oa.finish_reason("length") == "length"
 
 

@@ -280,3 +280,21 @@ print(counts[0], counts[1])
     assert done.returncode == 0, done.stderr[-2000:]
     before, after = map(int, done.stdout.split()[-2:])
     assert before == after, "the caller kept OpenMP helper threads"
+
+
+def test_a_schema_no_finite_document_matches_is_refused_before_decoding(smol_model):
+    """It compiles, but no token may start an answer: refused as the caller's (a 400 naming it), where
+    it used to fail in the decode loop and come back as a 503 carrying the parser's state dump."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from services.generation.engines.transformers.guided import Guides
+    from services.generation.errors import InvalidGenerationRequest
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_model)
+    guides = Guides(tokenizer, len(tokenizer))
+    with pytest.raises(InvalidGenerationRequest, match="matches no finite JSON document") as refused:
+        guides.matcher(json.dumps({"$ref": "#/$defs/x", "$defs": {"x": {"$ref": "#/$defs/x"}}}, separators=(",", ":")))
+    assert "\n" not in str(refused.value) and "num_lex_errors" not in str(refused.value)
+    assert guides.matcher('{"type":"object","properties":{"a":{"type":"integer"}}}') is not None

@@ -68,13 +68,25 @@ class Guides:
                 prototype = llguidance.LLMatcher(self._tokenizer, grammar(schema))
                 if prototype.is_error():
                     raise InvalidGenerationRequest(f"json_schema cannot be used for constrained decoding: "
-                                                   f"{prototype.get_error()[:300]}")
+                                                   f"{_reason(prototype)}")
+                if not self._can_start(prototype):  # e.g. a $ref to itself: no finite document matches
+                    raise InvalidGenerationRequest("json_schema matches no finite JSON document, so no answer "
+                                                   f"can be generated: {_reason(prototype, self._first)}")
                 self._compiled[schema] = prototype
                 while len(self._compiled) > CACHED_GRAMMARS:
                     self._compiled.popitem(last=False)
             else:
                 self._compiled.move_to_end(schema)
             return prototype.deep_copy()
+
+    def _can_start(self, prototype) -> bool:
+        """Whether any token may begin an answer; else the probe's error is kept in ``_first``."""
+        import llguidance.torch as lt
+
+        probe = prototype.deep_copy()
+        lt.fill_next_token_bitmask(probe, lt.allocate_token_bitmask(1, self.vocab_size), 0)
+        self._first = probe.get_error() if probe.is_error() else ""
+        return not probe.is_error()
 
     def warm(self) -> None:
         """Builds what the first guided request would wait ~1.5 s for (the token trie, the lexer's
@@ -126,7 +138,7 @@ class Guides:
         for j, (row, matcher, _, _) in enumerate(rows):
             lt.fill_next_token_bitmask(matcher, mask, j)
             if matcher.is_error():
-                failed.append((row, RuntimeError(f"constrained decoding failed: {matcher.get_error()[:300]}")))
+                failed.append((row, RuntimeError(f"constrained decoding failed: {_reason(matcher)}")))
             else:
                 kept.append(j)
         if not kept:
@@ -148,8 +160,14 @@ class Guides:
     def advance(matcher, token: int) -> bool:
         """``token`` taken by the matcher -> whether the grammar is complete (nothing may follow)."""
         if not matcher.consume_token(token):
-            raise RuntimeError(f"constrained decoding: token {token} was not allowed: {matcher.get_error()[:300]}")
+            raise RuntimeError(f"constrained decoding: token {token} was not allowed: {_reason(matcher)}")
         return matcher.is_stopped()
+
+
+def _reason(matcher, error: str | None = None) -> str:
+    """The matcher's error, its first line: the rest is a dump of the parser's state."""
+    text = (error if error is not None else matcher.get_error()).strip()
+    return (text.splitlines()[0] if text else "unknown")[:300]
 
 
 def _narrow(logits, keep) -> None:
