@@ -7,6 +7,7 @@ and HTTP adapters turn results into their wire formats and errors into status co
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -125,6 +126,7 @@ class DataPlane:
         self.limits = GenerationLimits.from_settings(settings)  # what every transport's codec checks against
         self._serving: tuple[float, str, dict] | None = None  # (when read, model id, twin -> adapter version)
         self._tool_format: tuple[str] | None = None  # read once: the model does not change under a replica
+        self._known_twins: dict[str, float] = {}  # twin -> when the index was last seen holding it
 
     async def serving(self, twin: str | None = None) -> tuple[str, dict]:
         """The generation model's id and the adapter version each twin is served with, read from
@@ -224,7 +226,22 @@ class DataPlane:
         if not twin:
             return None, engine, {}
         slug = self.twin_id(twin)
+        await self._known_twin(slug)
         return slug, slug, {"adapter_version": adapters.get(slug)}
+
+    async def _known_twin(self, slug: str) -> None:
+        """NOT_FOUND unless the index holds the twin (what /v1/models lists), checked before the
+        generation deployment sees the name: there every new name costs a registry lookup and one of
+        the replica's 8 cached adapter slots, so a stream of made-up names evicted real twins'
+        adapters (each then reloaded on its next request). Twins found are remembered for a minute."""
+        now = time.monotonic()
+        if now - self._known_twins.get(slug, -math.inf) < 60:
+            return
+        if not await self.retrieval.has_twin(slug):
+            raise NotFound(f"no twin {slug!r} in the index (GET /v1/models lists the twins), so no servable "
+                           "fine-tuned model either: crawl and index their writing, then train one (`twin train`, "
+                           "or a TwinModel), or leave twin/model empty for the base model")
+        self._known_twins[slug] = now
 
     async def generate(self, messages: list[dict], params: SamplingParams, transport: str,
                        twin: str | None = None) -> dict:

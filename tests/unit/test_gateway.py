@@ -661,3 +661,15 @@ def test_a_body_that_is_not_valid_unicode_json_is_a_400_saying_why(client, route
 def test_no_such_route_and_wrong_method_answer_in_the_apis_error_shape(client):
     for reply, status in ((client.post("/v1/nothing-here", json={}), 404), (client.get("/v1/chat/completions"), 405)):
         assert reply.status_code == status and reply.json()["error"]["code"] == status, reply.text
+
+
+def test_a_generation_for_a_twin_the_index_does_not_hold_is_refused_before_the_generation_replica(client, plane):
+    """Each new name reaching the generation deployment costs a registry lookup and one of its 8
+    cached adapter slots (a stream of made-up names evicted real twins' adapters)."""
+    for path, body in (("/v1/generate", {"messages": [{"role": "user", "content": "hi"}], "twin": "made-up-1"}),
+                       ("/v1/completions", {"model": "made-up-2", "prompt": "hi"})):
+        reply = client.post(path, json=body)
+        assert reply.status_code == 404 and "/v1/models" in reply.json()["error"]["message"], reply.text
+    assert plane.generation.wholes == []  # the generation deployment was never asked
+    assert client.post("/v1/generate", json={"messages": [{"role": "user", "content": "hi"}],
+                                             "twin": "mara-quill"}).status_code == 200
