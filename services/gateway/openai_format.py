@@ -47,6 +47,16 @@ class Message(BaseModel):
                                  f"only ({' or '.join(readable)})")
             if not isinstance(part.get(kind), str):
                 raise ValueError(f"content[{i}].{kind} must be a string")
+        for i, call in enumerate(self.tool_calls or []):  # OpenAI's shape, or the turn cannot be rendered
+            function = call.get("function")
+            if call.get("type", "function") != "function" or not isinstance(function, dict) or \
+                    not isinstance(function.get("name"), str) or not isinstance(function.get("arguments", ""), str):
+                raise ValueError(f"tool_calls[{i}] must be {{\"type\": \"function\", \"id\": ..., \"function\": "
+                                 "{\"name\": string, \"arguments\": string}}")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls: only an assistant turn makes tool calls, not a {self.role} turn")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool_call_id: a tool turn names the call it answers")
         return self
 
     def text(self) -> dict:

@@ -673,3 +673,19 @@ def test_a_generation_for_a_twin_the_index_does_not_hold_is_refused_before_the_g
     assert plane.generation.wholes == []  # the generation deployment was never asked
     assert client.post("/v1/generate", json={"messages": [{"role": "user", "content": "hi"}],
                                              "twin": "mara-quill"}).status_code == 200
+
+
+@pytest.mark.parametrize("turn, named", [
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "function": "get_weather"}]}, "tool_calls[0]"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "function": {"arguments": "{}"}}]}, "tool_calls[0]"),
+    ({"role": "assistant", "tool_calls": [{"id": "c1", "type": "code", "function": {"name": "f"}}]}, "tool_calls[0]"),
+    ({"role": "user", "content": "hi", "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{}"}}]},
+     "only an assistant turn"),
+    ({"role": "tool", "content": "42"}, "tool_call_id"),
+])
+def test_a_tool_turn_that_cannot_be_rendered_is_a_400_naming_it(client, turn, named):
+    """A function that is a string was a 500 (AttributeError while rendering the turn)."""
+    body = {"model": "base", "max_tokens": 8, "messages": [{"role": "user", "content": "weather?"}, turn,
+                                                           {"role": "user", "content": "and now?"}]}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
