@@ -245,6 +245,9 @@ async def _sse(events: AsyncIterator[str], deltas: AsyncIterator) -> AsyncIterat
 @http.post("/v1/embeddings")
 async def embeddings(body: oa.EmbeddingRequest, dp: DataPlane = allowed("embed")) -> dict:
     result = await dp.embed([body.input] if isinstance(body.input, str) else body.input)
+    if body.dimensions is not None and body.dimensions != result["dimension"]:
+        raise InvalidRequest(f"dimensions: {result['model']} returns {result['dimension']} dimensions and its "
+                             f"vectors cannot be cut shorter; remove dimensions or set {result['dimension']}")
     return oa.embeddings(result["vectors"], result["model"], result["prompt_tokens"], body.encoding_format)
 
 

@@ -227,10 +227,13 @@ class FeedbackRequest(BaseModel):
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # nothing a client sets is silently dropped
     input: str | list[str]
     model: str = ""
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="Honoured only as the embedder's own size: its vectors "
+                                   "are not trained to be cut shorter.")
+    user: str | None = None  # says nothing about the vectors
 
 
 def source_json(result) -> dict:

@@ -689,3 +689,12 @@ def test_a_tool_turn_that_cannot_be_rendered_is_a_400_naming_it(client, turn, na
                                                            {"role": "user", "content": "and now?"}]}
     reply = client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
+
+
+def test_embeddings_honour_or_refuse_every_field(client):
+    """``dimensions`` was dropped: a client asking for 8 got the embedder's full vectors."""
+    assert client.post("/v1/embeddings", json={"input": "a", "dimensions": 4, "user": "ada"}).status_code == 200
+    for body, named in (({"input": "a", "dimensions": 2}, "dimensions: fake-embedder returns 4"),
+                        ({"input": "a", "truncate": True}, "truncate")):
+        reply = client.post("/v1/embeddings", json=body)
+        assert reply.status_code == 400 and named in reply.json()["error"]["message"], reply.text
