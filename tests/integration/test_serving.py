@@ -474,3 +474,17 @@ def test_seed_zero_is_a_seed_over_grpc_as_over_http(platform, channel):
             "seed": 0}
     over_http = httpx.post(f"{platform.http}/v1/generate", json=body, timeout=120).json()
     assert first.text == second.text == over_http["text"]
+
+
+@pytest.mark.parametrize("method, raw", [
+    ("/twin.v1.RetrievalService/Search", b"\x0a\x07chunk \xff\xfe"),  # query: not UTF-8
+    ("/twin.v1.ChatService/Chat", b"\x0a\x05hello\x12"),  # a field cut short
+])
+def test_bytes_that_are_not_the_methods_message_are_invalid_argument_through_the_proxy(channel, method, raw):
+    """Through Serve's real proxy (its deserializer wrapped by grpc_ingress): grpc itself answered
+    UNKNOWN ("Unexpected <class DecodeError>")."""
+    call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as refused:
+        call(raw, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert "the request is not a valid twin.v1." in refused.value.details()

@@ -23,6 +23,7 @@ from llm_twin import prompts
 from llm_twin.config import Settings
 from llm_twin.keys import KeyStore
 from services.gateway import http_api
+from services.gateway import openai_format as oa
 from services.gateway.auth import Authorizer
 from services.gateway.dataplane import DataPlane
 from services.gateway.grpc_api import GrpcApi
@@ -624,12 +625,14 @@ def test_a_content_part_the_model_cannot_read_is_refused_not_dropped(client, par
 
 def test_text_parts_and_an_assistants_refusal_part_are_read(client):
     body = {"model": "mara-quill", "max_tokens": 40, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "How do I"}, {"type": "text", "text": " chunk?"}]},
+        {"role": "user", "content": "Tell me."},
         {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't say."}]},
-        {"role": "user", "content": [{"type": "text", "text": "How do I chunk?"}]}]}
+        {"role": "user", "content": [{"type": "text", "text": "How do I"}, {"type": "text", "text": " chunk?"}]}]}
     reply = client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 200, reply.text
-    assert reply.json()["choices"][0]["message"]["content"].startswith("you asked: How do I chunk?")
+    assert reply.json()["choices"][0]["message"]["content"].startswith("you asked: How do I chunk?")  # joined
+    refusal = oa.Message(role="assistant", content=[{"type": "refusal", "refusal": "I can't say."}])
+    assert refusal.text() == {"role": "assistant", "content": "I can't say."}
 
 
 @pytest.mark.parametrize("field, value", [

@@ -69,9 +69,10 @@ class Guides:
                 if prototype.is_error():
                     raise InvalidGenerationRequest(f"json_schema cannot be used for constrained decoding: "
                                                    f"{_reason(prototype)}")
-                if not self._can_start(prototype):  # e.g. a $ref to itself: no finite document matches
+                stuck = self._first_mask_error(prototype)  # e.g. a $ref to itself: no finite document matches
+                if stuck:
                     raise InvalidGenerationRequest("json_schema matches no finite JSON document, so no answer "
-                                                   f"can be generated: {_reason(prototype, self._first)}")
+                                                   f"can be generated: {_first_line(stuck)}")
                 self._compiled[schema] = prototype
                 while len(self._compiled) > CACHED_GRAMMARS:
                     self._compiled.popitem(last=False)
@@ -79,14 +80,13 @@ class Guides:
                 self._compiled.move_to_end(schema)
             return prototype.deep_copy()
 
-    def _can_start(self, prototype) -> bool:
-        """Whether any token may begin an answer; else the probe's error is kept in ``_first``."""
+    def _first_mask_error(self, prototype) -> str:
+        """'' when some token may begin an answer; else the matcher's error at its first mask."""
         import llguidance.torch as lt
 
         probe = prototype.deep_copy()
         lt.fill_next_token_bitmask(probe, lt.allocate_token_bitmask(1, self.vocab_size), 0)
-        self._first = probe.get_error() if probe.is_error() else ""
-        return not probe.is_error()
+        return (probe.get_error() or "no token may start the answer") if probe.is_error() else ""
 
     def warm(self) -> None:
         """Builds what the first guided request would wait ~1.5 s for (the token trie, the lexer's
@@ -164,9 +164,13 @@ class Guides:
         return matcher.is_stopped()
 
 
-def _reason(matcher, error: str | None = None) -> str:
-    """The matcher's error, its first line: the rest is a dump of the parser's state."""
-    text = (error if error is not None else matcher.get_error()).strip()
+def _reason(matcher) -> str:
+    return _first_line(matcher.get_error())
+
+
+def _first_line(error: str) -> str:
+    """A matcher's error is a reason line followed by a dump of the parser's state: the reason."""
+    text = error.strip()
     return (text.splitlines()[0] if text else "unknown")[:300]
 
 
