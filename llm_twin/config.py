@@ -203,6 +203,12 @@ class RetrievalSettings(Section):
         "this cosine similarity to the passage found, so that an unrelated question after a topic (\"What's the "
         "capital of Australia?\") is still declined. For the default embedder (docs/evaluation.md); set it for "
         "another one.")
+    max_other_twin_lead: float | None = Field(
+        0.12, ge=0, le=2,
+        description="When the index holds other twins' writing: a twin declines a question when another twin's best "
+        "passage is at least this much more similar (cosine) to it than its own best, since someone else wrote about "
+        "it, not this twin (a question on one author's topic asked of the other). Unset: off. For the default "
+        "embedder (docs/evaluation.md has the false refusal and false answer rates); set it for another one.")
     min_source_similarity: float = Field(
         0.25,
         ge=-1,

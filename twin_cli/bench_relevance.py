@@ -7,8 +7,9 @@ adapted on the handbook's own (question, passage) pairs:
    refusals and false answers per kind on each corpus' held-out ones (handbook_questions_heldout
    + relevance_heldout, and a second set written later, handbook_questions_heldout2 +
    relevance_heldout2; others in other styles of asking, handbook_questions_styles +
-   relevance_styles and handbook_questions_framed + relevance_framed; sample_relevance_heldout),
-   the old rule (one similarity cut) beside it.
+   relevance_styles, handbook_questions_framed + relevance_framed, and handbook_questions_shared +
+   relevance_shared; sample_relevance_heldout), the old rule (one similarity cut) and the
+   calibrated decision without the other-twin rule beside it.
    `WRITE_CALIBRATION=1` writes the stock embedder's fit as the shipped calibration;
    `RELEVANCE_ADAPTED=0` leaves the adapted embedder out (writing its pairs with the local model
    is most of the run: ~10 min with the native int8 kernel, over an hour on a CPU without AVX-512);
@@ -38,12 +39,16 @@ DATA = ROOT / "tests" / "data"
 # you written about ...", long questions with the asker's situation, typos and no capitals). Its one
 # false refusal ("What's your view on ...?") led to the frame rule (keywords.topic_terms); the
 # framed set (questions put to the twin, both ways) was written before that rule and is its held-out.
+# The shared set (topics both authors write about, asked of the one whose post answers; one author's
+# topics asked of the other) was written before the other-twin rule (retrieval.max_other_twin_lead)
+# was measured on it, after its limit was chosen on the development set: it is that rule's held-out.
 CORPORA = {
     "handbook": (("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "relevance_dev.jsonl"),
                  {"held-out": ("handbook_questions_heldout.jsonl", "relevance_heldout.jsonl"),
                   "held-out 2": ("handbook_questions_heldout2.jsonl", "relevance_heldout2.jsonl"),
                   "styles": ("handbook_questions_styles.jsonl", "relevance_styles.jsonl"),
-                  "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl")}),
+                  "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl"),
+                  "shared": ("handbook_questions_shared.jsonl", "relevance_shared.jsonl")}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"
@@ -110,17 +115,20 @@ def decision_figures(retrievers: dict, settings, name: str) -> dict:
     # refitting on a rebuilt index moves the coefficients (one question's evidence is enough), so
     # the decisions are what is compared.
     shipped = load_relevance(settings.embedding.model)
-    decisions = [("similarity cut 0.25 (old rule)", None), ("calibrated (default)", shipped or fitted)]
+    lead = settings.retrieval.max_other_twin_lead
+    decisions = [("similarity cut 0.25 (old rule)", None, None),
+                 ("calibrated, no other-twin rule", shipped or fitted, None),
+                 ("calibrated (default)", shipped or fitted, lead)]
     if shipped is not None:
-        decisions.append(("refit in this run", fitted))
+        decisions.append(("refit in this run", fitted, lead))
     out, disagree, total = {}, 0, 0
     for corpus, retriever in retrievers.items():
         chat = rv.chat_for(retriever, settings)
         for held_name, files in CORPORA[corpus][1].items():
             held = corpus_rows(retriever, files)
             answered = {}
-            for label, model in decisions:
-                retriever.relevance = model
+            for label, model, limit in decisions:
+                retriever.relevance, chat.max_other_twin_lead = model, limit
                 answered[label] = rv.decide(chat, held)
                 rates = error_rates(held, answered[label])
                 out[f"{corpus}, {held_name}, {label}"] = rates

@@ -31,7 +31,8 @@ def chat_for(retriever: Retriever, settings: Settings) -> Chat:
     return Chat(LocalSearch(retriever), generator=None, top_k=settings.retrieval.top_k,
                 min_similarity=settings.retrieval.min_source_similarity,
                 min_relevance=settings.retrieval.min_relevance,
-                min_follow_up_similarity=settings.retrieval.min_follow_up_similarity)
+                min_follow_up_similarity=settings.retrieval.min_follow_up_similarity,
+                max_other_twin_lead=settings.retrieval.max_other_twin_lead)
 
 
 def decide(chat: Chat, rows: Sequence[LabelledQuestion]) -> list[bool]:

@@ -42,18 +42,26 @@ class Sources:
 
 class Chat:
     def __init__(self, retriever: SourceSearch, generator: TextStream, *, top_k: int = 4,
-                 min_similarity: float = 0.25, min_relevance: float = 0.5, min_follow_up_similarity: float = 0.15):
+                 min_similarity: float = 0.25, min_relevance: float = 0.5, min_follow_up_similarity: float = 0.15,
+                 max_other_twin_lead: float | None = 0.12):
         self.retriever = retriever
         self.generator = generator
         self.top_k = top_k
         self.min_similarity = min_similarity
         self.min_relevance = min_relevance
         self.min_follow_up_similarity = min_follow_up_similarity
+        self.max_other_twin_lead = max_other_twin_lead
 
     def answers(self, found) -> bool:
         """Does the twin's writing cover the question? The calibrated probability against
         ``min_relevance``; without a calibration for the embedder, the best passage's similarity
-        against ``min_similarity``."""
+        against ``min_similarity``. Either way, not when another twin's writing is clearly closer
+        to the question than this twin's (``max_other_twin_lead``): the relevance signals read this
+        twin's passages only, and an author who wrote near a topic ("attention" in a post on
+        transformers) is carried over the line by a colleague's article on it (docs/evaluation.md)."""
+        lead = found.other_twin_lead
+        if lead is not None and self.max_other_twin_lead is not None and lead >= self.max_other_twin_lead:
+            return False
         if found.relevance is not None:
             return found.relevance >= self.min_relevance
         return any(r.similarity >= self.min_similarity for r in found.results)

@@ -119,7 +119,8 @@ class DataPlane:
         self.chat_core = Chat(retrieval, generation, top_k=settings.retrieval.top_k,
                               min_similarity=settings.retrieval.min_source_similarity,
                               min_relevance=settings.retrieval.min_relevance,
-                              min_follow_up_similarity=settings.retrieval.min_follow_up_similarity)
+                              min_follow_up_similarity=settings.retrieval.min_follow_up_similarity,
+                              max_other_twin_lead=settings.retrieval.max_other_twin_lead)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
         self.limiter = limiter or KeyLimiter.from_settings(settings)

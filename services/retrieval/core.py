@@ -57,6 +57,7 @@ class ChunkStore(Protocol):
     def keyword_search(self, query: str, limit: int, author: str | None = None,
                        category: str | None = None) -> list[Hit]: ...
     def similarity(self, vector: Sequence[float], chunk_ids: Sequence[str]) -> dict[str, float]: ...
+    def best_elsewhere(self, vector: Sequence[float], author: str) -> float | None: ...
     def has_author(self, slug: str) -> bool: ...
     def twins(self) -> dict[str, dict]: ...
 
@@ -93,12 +94,16 @@ class Retrieval:
     the calibrated probability that they do (None without a relevance model for the embedder).
     ``question_similarity``: when the text searched was more than the question (a follow-up
     searched with the question it follows), the dense similarity of the question's own words to
-    the best result's passage (None when the question itself was searched)."""
+    the best result's passage (None when the question itself was searched).
+    ``other_twin_lead``: how much more similar (cosine) the best passage of another twin in the
+    index is to the text searched than this twin's best: well above zero, someone else wrote
+    about this, not this twin (None: no other twin in the index, or no dense search)."""
 
     results: list[Result]
     evidence: Evidence
     relevance: float | None
     question_similarity: float | None = None
+    other_twin_lead: float | None = None
 
 
 class Retriever:
@@ -175,8 +180,8 @@ class Retriever:
         covers ``question`` (the user's own words; ``query`` may carry the conversation before it),
         with the calibrated probability when a relevance model is set. ``question_vector``: the
         question's embedding when it differs from the query (else the embedder computes it)."""
-        results, dense, keyword, searched = self._search(query, author=author, top_k=max(top_k, TOP_RESULTS),
-                                                         vector=vector)
+        results, dense, keyword, searched, vector = self._search(query, author=author,
+                                                                 top_k=max(top_k, TOP_RESULTS), vector=vector)
         chunks = sum(twin["chunks"] for twin in self._authors().values())
         own_words = self._without_twin_name(question or query, author_slug(author) if author else None)
         evidence = gather(own_words, searched, results, dense, keyword, chunks)
@@ -184,7 +189,15 @@ class Retriever:
         own = None
         if question and question.strip() != query.strip() and results and self.strategy != "keyword":
             own = self._question_similarity(question, question_vector, results[0].chunk_id)
-        return Retrieval(results[:top_k], evidence, probability, own)
+        return Retrieval(results[:top_k], evidence, probability, own, self._other_twin_lead(author, vector, dense))
+
+    def _other_twin_lead(self, author: str | None, vector: Sequence[float] | None, dense: Sequence) -> float | None:
+        """Another twin's best dense similarity minus this twin's (one more search, limit 1, and
+        only when the index holds someone else's writing)."""
+        if not author or vector is None or not dense or len(self._authors()) < 2:
+            return None
+        elsewhere = self.store.best_elsewhere(vector, author_slug(author))
+        return None if elsewhere is None else elsewhere - float(dense[0].score)
 
     def _without_twin_name(self, text: str, slug: str | None) -> str:
         """``text`` without a mention of the twin ``slug`` by name (self-query's reading, with
@@ -205,7 +218,7 @@ class Retriever:
     def _search(self, query: str, *, author: str | None, category: str | None = None, top_k: int,
                 strategy: str | None = None, vector: Sequence[float] | None = None,
                 self_query: bool | None = None, rerank: bool | None = None):
-        """-> (results, dense hits, keyword hits, the text searched)."""
+        """-> (results, dense hits, keyword hits, the text searched, its vector or None)."""
         """``vector``: the query's embedding when the caller already has it (the Serve deployment
         gets it from the embedding service); otherwise the embedder passed in computes it.
         ``self_query`` (default: on when no author is given) reads an author named in the
@@ -239,10 +252,11 @@ class Retriever:
         for hit in dense:
             similarity.setdefault(hit.fields["doc_id"], float(hit.score))  # hits come best first
         if strategy == "dense":
-            return self._per_document([(h.fields, h.score) for h in dense], top_k, similarity), dense, keyword, query
+            return (self._per_document([(h.fields, h.score) for h in dense], top_k, similarity), dense, keyword, query,
+                    vector)
         if strategy == "keyword":
             return (self._per_document([(h.fields, h.score) for h in keyword], top_k, similarity), dense, keyword,
-                    query)
+                    query, vector)
 
         chunk_score: dict[str, float] = defaultdict(float)
         fields: dict[str, dict] = {}
@@ -271,7 +285,7 @@ class Retriever:
                       for d in order[:self.rerank_depth]]
         if self.reranker is not None and (rerank if rerank is not None else True):
             ranked = self._rerank(query, vector, ranked, chunk_score, fields)
-        return ranked[:top_k], dense, keyword, query
+        return ranked[:top_k], dense, keyword, query, vector
 
     def search_expanded(self, queries: Sequence[str], *, top_k: int = 5, **options) -> list[Result]:
         """Several phrasings of one question, each searched, the document rankings fused by

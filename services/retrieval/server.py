@@ -97,6 +97,8 @@ class RetrievalDeployment:
             s.set_attribute("retrieval.results", len(found.results))
             if found.relevance is not None:
                 s.set_attribute("retrieval.relevance", round(found.relevance, 4))
+            if found.other_twin_lead is not None:
+                s.set_attribute("retrieval.other_twin_lead", round(found.other_twin_lead, 4))
         return found
 
     async def twins(self) -> dict:

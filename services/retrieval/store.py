@@ -203,6 +203,14 @@ class MilvusStore:
                                     search_params={"metric_type": "IP"})
         return [Hit(h["id"], float(h["distance"]), h["entity"]) for h in result[0]]
 
+    def best_elsewhere(self, vector: Sequence[float], author: str) -> float | None:
+        """The best dense similarity of ``vector`` among the chunks of every twin but ``author``
+        (None: nobody else is in the index)."""
+        result = self.client.search(self.collection, data=[list(vector)], anns_field="dense", limit=1,
+                                    filter=f"author != {quote(author)}", output_fields=["id"],
+                                    search_params={"metric_type": "IP"})
+        return float(result[0][0]["distance"]) if result and result[0] else None
+
     def similarity(self, vector: Sequence[float], chunk_ids: Sequence[str]) -> dict[str, float]:
         """The dense similarity of ``vector`` to each of these chunks (an exact lookup, not a search)."""
         if not chunk_ids:

@@ -157,3 +157,29 @@ def test_answer_search_reads_the_users_own_words_not_the_twins_name(parts):
     own = retriever.embedder.embed(["Which football team wins the cup?"])[0]
     assert off_topic.question_similarity == pytest.approx(
         store.similarity(own, [off_topic.results[0].chunk_id])[off_topic.results[0].chunk_id])
+
+
+def test_another_twins_lead_is_measured_only_when_someone_else_is_indexed(parts):
+    """Ada wrote on sourdough and HNSW, Bob on Kubernetes operators. Asked of Ada, a question on
+    operators finds Bob's post far closer than anything of hers (the lead the chat declines on); a
+    question on her own topic has none; with Ada alone in the index there is no lead to measure."""
+    warehouse, store, indexer, retriever = parts
+    warehouse.put(doc(ADA, "starter"))
+    warehouse.put(doc(ADA, "hnsw"))
+    indexer.run()
+    alone = retriever.answer_search("How do Kubernetes operators reconcile custom resources?", author=ADA)
+    assert alone.other_twin_lead is None
+
+    warehouse.put(doc(BOB, "operators"))
+    indexer.run()
+    retriever._authors_cache = None  # the author list is cached for a minute; the index just changed
+    elsewhere = retriever.answer_search("How do Kubernetes operators reconcile custom resources?", author=ADA)
+    own = retriever.answer_search("How is a sourdough starter kept alive?", author=ADA)
+    asked_of_bob = retriever.answer_search("How do Kubernetes operators reconcile custom resources?", author=BOB)
+    assert elsewhere.other_twin_lead > 0.3
+    assert own.other_twin_lead < 0
+    assert asked_of_bob.other_twin_lead < 0
+    vector = retriever.embedder.embed(["How do Kubernetes operators reconcile custom resources?"])[0]
+    bobs_best = store.dense_search(vector, 1, "bob-coder")[0].score
+    adas_best = store.dense_search(vector, 1, "ada-writer")[0].score
+    assert elsewhere.other_twin_lead == pytest.approx(bobs_best - adas_best, abs=1e-5)

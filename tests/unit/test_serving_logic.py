@@ -31,16 +31,17 @@ def result(title: str, similarity: float) -> Result:
 class ListedResults:
     """Retrieval answers given by the test (the real retrieval is tested in integration)."""
 
-    def __init__(self, results, relevance=None, question_similarity=None):
+    def __init__(self, results, relevance=None, question_similarity=None, other_twin_lead=None):
         self.results, self.relevance, self.calls = results, relevance, []
         self.question_similarity = question_similarity  # of the question's own words, when the query is more
+        self.other_twin_lead = other_twin_lead
 
     async def answer_search(self, query, question, twin, top_k):
         self.calls.append((query, twin, top_k))
         best = max((r.similarity for r in self.results), default=0.0)
         relevance = self.relevance(query, question) if callable(self.relevance) else self.relevance
         own = self.question_similarity if query != question else None
-        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance, own)
+        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance, own, self.other_twin_lead)
 
 
 class EchoGenerator:
@@ -172,6 +173,24 @@ def test_chat_follows_the_calibrated_decision_not_the_similarity_cut():
     assert events[0].items == [] and events[1].finish_reason == "no_sources" and generator.messages is None
     events = run(Chat(ListedResults([result("Chunking", 0.2), result("Other", 0.1)], relevance=0.8), generator))
     assert [r.title for r in events[0].items] == ["Chunking"]  # the best passage, and those over the cut
+
+
+@pytest.mark.parametrize(("lead", "limit", "relevance", "answered"), [
+    (0.2, 0.12, 0.99, False),   # another twin's post is far closer: declined whatever this twin's evidence
+    (0.12, 0.12, 0.99, False),  # at the limit: declined
+    (0.05, 0.12, 0.99, True),   # someone else is a little closer (a topic both write about): answered
+    (-0.3, 0.12, 0.99, True),   # this twin's own writing is the closest
+    (None, 0.12, 0.99, True),   # nobody else in the index
+    (0.2, None, 0.99, True),    # the rule switched off
+    (0.05, 0.12, 0.1, False),   # the rule only ever declines; the calibrated decision still does too
+])
+def test_a_question_another_twin_wrote_about_is_declined(lead, limit, relevance, answered):
+    generator = EchoGenerator()
+    chat = Chat(ListedResults([result("Attention", 0.5)], relevance=relevance, other_twin_lead=lead), generator,
+                max_other_twin_lead=limit)
+    events = run(chat)
+    assert (events[-1].finish_reason != "no_sources") is answered
+    assert (generator.messages is not None) is answered
 
 
 def test_a_follow_up_without_pointer_words_is_tried_with_the_question_it_follows():
