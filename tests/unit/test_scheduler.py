@@ -101,11 +101,11 @@ class Guides:
 
     def constrain(self, logits, rows):
         failed = []
-        for row, matcher, _tail, closing in rows:
+        for row, matcher, _tail, left in rows:
             if matcher["name"] == "broken":
                 failed.append((row, RuntimeError("grammar failure")))
                 continue
-            self.closing.append(closing)
+            self.closing.append(left)
             allowed = matcher["script"][matcher["at"]]
             keep = logits[row, allowed].clone()
             logits[row].fill_(float("-inf"))
@@ -140,5 +140,5 @@ def test_guided_rows_narrow_to_closing_tokens_near_max_tokens():
     r.matcher = {"name": "ok", "script": [1] * 40, "at": 0}
     for _ in range(39):
         s.step([r], logits_for(1))
-    # closing_budget(40) = 10: the last ten steps are asked to close the document
-    assert guides.closing == [False] * 30 + [True] * 9
+    # closing_budget(40) = 10: the last ten steps are asked to close the document, told the tokens left
+    assert guides.closing == [None] * 30 + list(range(10, 1, -1))

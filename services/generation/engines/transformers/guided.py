@@ -11,7 +11,10 @@ A small model can loop inside a JSON string until max_tokens and leave a documen
 parse. So as a guided answer nears its max_tokens (the last :func:`closing_budget` tokens), among
 the tokens the grammar allows only those that close something (a quote, a brace, a bracket, or the
 end) stay in: the answer closes its strings and containers and ends as a complete document, unless
-the schema needs more than the tokens left (then it ends with ``length``, like any answer). And a
+the schema needs more than the tokens left (then it ends with ``length``, like any answer). Where
+the grammar allows no closing token yet (a string with a format or pattern: an e-mail address needs
+"@" and a domain before its quote; an array short of minItems), the answer follows a short path to a
+complete document that the matcher itself finds (:meth:`Guides._closing_path`). And a
 number is cut at MAX_NUMBER_CHARS characters (a float64 holds no more): a small model asked for a
 score between 0 and 1 can otherwise write "0.5666666..." until max_tokens.
 """
@@ -28,6 +31,15 @@ from ...structured import grammar
 
 CACHED_GRAMMARS = 256
 CLOSING_CHARS = frozenset("}] ")
+# What a closing path is made of (single-character tokens), in the order it tries them. Inside a
+# string: its end first, then separators, a letter and a digit (and the letters date-times end
+# with), then every other letter and digit (a pattern's literal: ".txt"). Outside: what closes,
+# then what a value or an item needs next.
+_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PATH_CHARS = {1: '"@.:/-_ a0ZT' + "".join(c for c in _ALNUM if c not in "a0ZT") + "}],",
+              0: '}]",: 0tfn-'}
+PATH_OPENERS = frozenset('"}]')  # used as often as the document needs; every other character at most 4 times
+MAX_PATH_NODES = 4000  # tokens tried per search (each ~1 us in the matcher); none found: the grammar's mask stays
 NUMBER_CHARS = frozenset("0123456789.eE+-")
 MAX_NUMBER_CHARS = 18
 
@@ -47,6 +59,10 @@ class Guides:
         # one; the token continues a number
         self._closers: tuple | None = None
         self._number_tokens = None
+        single = {c: ids[0] for c in set("".join(PATH_CHARS.values()))
+                  if len(ids := tokenizer.encode(c, add_special_tokens=False)) == 1 and ids[0] < vocab_size}
+        self._path_tokens = {state: [(c, single[c]) for c in chars if c in single]
+                             for state, chars in PATH_CHARS.items()}
         self._eos_ids = {i for i in (tokenizer.eos_token_id,) if i is not None}
 
     def matcher(self, schema: str):
@@ -124,12 +140,47 @@ class Guides:
 
         return (mask(outside), mask(inside)), mask(numbers)
 
+    def _closing_path(self, matcher, inside: bool, limit: int) -> list[int]:
+        """Tokens that take ``matcher`` (``inside`` a string or not) to a complete document, at most
+        ``limit`` of them, or [] when none was found. Depth first over single characters in
+        PATH_CHARS' order, so a string with a format closes by the shortest means the order gives
+        ("x" -> "x@a.aa" for an e-mail); no token three times running and no other character than
+        a quote or a closing bracket more than 4 times, so that a repeatable one ("a.a.a...")
+        cannot take the whole search."""
+        probe, path, used, tried = matcher.deep_copy(), [], {}, 0
+
+        def search(inside: bool) -> bool:
+            nonlocal tried
+            if probe.is_accepting():
+                return True
+            if len(path) >= limit:
+                return False
+            for char, token in self._path_tokens[int(inside)]:
+                if tried >= MAX_PATH_NODES:
+                    return False
+                if path[-2:] == [token, token] or (char not in PATH_OPENERS and used.get(char, 0) >= 4):
+                    continue
+                tried += 1
+                if probe.validate_tokens([token]) != 1:
+                    continue
+                probe.consume_token(token)
+                path.append(token)
+                used[char] = used.get(char, 0) + 1
+                if search(inside != (char == '"')):
+                    return True
+                probe.rollback(1)
+                path.pop()
+                used[char] -= 1
+            return False
+
+        return list(path) if search(inside) else []
+
     def constrain(self, logits, rows: list[tuple]) -> list[tuple[int, Exception]]:
         """Rows of ``logits`` (rows, vocab) masked in place, each to what its matcher allows (entries
         past the tokenizer's vocabulary, padding of the embedding, to -inf too). ``rows``: (row,
-        matcher, tail: JsonTail of the answer so far, closing: near max_tokens). One bitmask and one
-        masking pass for all of them. -> the rows whose matcher failed, with the error (those rows
-        are left as they were)."""
+        matcher, tail: JsonTail of the answer so far, left: the tokens it may still take when near
+        max_tokens, else None). One bitmask and one masking pass for all of them. -> the rows whose
+        matcher failed, with the error (those rows are left as they were)."""
         import llguidance.torch as lt
         import torch
 
@@ -147,12 +198,20 @@ class Guides:
         part = logits[index]
         lt.apply_token_bitmask_inplace(part, mask[kept].to(logits.device, non_blocking=True))
         for k, j in enumerate(kept):
-            _, _, tail, closing = rows[j]
-            state = tail.state()
+            _, matcher, tail, left = rows[j]
+            state, row = tail.state(), part[k, :self.vocab_size]
             if tail.number_chars >= MAX_NUMBER_CHARS and state == 0:
-                _narrow(part[k, :self.vocab_size], ~self._number_tokens.to(logits.device))
-            if closing and state is not None:
-                _narrow(part[k, :self.vocab_size], self._closers[state].to(logits.device))
+                _narrow(row, ~self._number_tokens.to(logits.device))
+            if left is None or state is None:
+                continue
+            if not tail.path and not _narrow(row, self._closers[state].to(logits.device)):
+                tail.path = self._closing_path(matcher, state == 1, left)  # nothing closes here yet: a path to the end
+            if tail.path and bool(torch.isfinite(row[tail.path[0]])):
+                keep = torch.zeros(self.vocab_size, dtype=torch.bool, device=logits.device)
+                keep[tail.path.pop(0)] = True
+                _narrow(row, keep)
+            else:
+                tail.path = []
         logits[index] = part
         return failed
 
@@ -174,13 +233,16 @@ def _first_line(error: str) -> str:
     return (text.splitlines()[0] if text else "unknown")[:300]
 
 
-def _narrow(logits, keep) -> None:
-    """``logits`` (a row, already masked) narrowed in place to ``keep`` where that leaves a token."""
+def _narrow(logits, keep) -> bool:
+    """``logits`` (a row, already masked) narrowed in place to ``keep`` where that leaves a token
+    (-> True); else left as it is (-> False)."""
     import torch
 
     narrowed = logits.masked_fill(~keep, float("-inf"))
     if bool(torch.isfinite(narrowed).any()):
         logits.copy_(narrowed)
+        return True
+    return False
 
 
 class JsonTail:
@@ -192,6 +254,7 @@ class JsonTail:
         self.read = 0
         self.inside = self.escaped = False
         self.number_chars = 0
+        self.path: list[int] = []  # the rest of a closing path being followed (Guides.constrain)
 
     def update(self, text: str) -> JsonTail:
         for ch in text[self.read:]:
