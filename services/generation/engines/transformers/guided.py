@@ -153,6 +153,16 @@ class Guides:
             nonlocal tried
             if probe.is_accepting():
                 return True
+            forced = probe.compute_ff_tokens()  # what the grammar allows alone (', "b": '): taken whole
+            if forced:
+                if len(path) + len(forced) > limit or not probe.consume_tokens(forced):
+                    return False
+                path.extend(forced)
+                if search(inside != (self._hf_tokenizer.decode(forced).count('"') % 2 == 1)):
+                    return True
+                probe.rollback(len(forced))
+                del path[-len(forced):]
+                return False
             if len(path) >= limit:
                 return False
             for char, token in self._path_tokens[int(inside)]:
