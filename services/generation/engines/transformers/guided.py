@@ -40,6 +40,7 @@ PATH_CHARS = {1: '"@.:/-_ a0ZT' + "".join(c for c in _ALNUM if c not in "a0ZT") 
               0: '}]",: 0tfn-'}
 PATH_OPENERS = frozenset('"}]')  # used as often as the document needs; every other character at most 4 times
 MAX_PATH_NODES = 4000  # tokens tried per search (each ~1 us in the matcher); none found: the grammar's mask stays
+PATH_RETRY = 6  # tokens between two searches for a request whose last search found no path
 NUMBER_CHARS = frozenset("0123456789.eE+-")
 MAX_NUMBER_CHARS = 18
 
@@ -214,8 +215,11 @@ class Guides:
                 _narrow(row, ~self._number_tokens.to(logits.device))
             if left is None or state is None:
                 continue
-            if not tail.path and not _narrow(row, self._closers[state].to(logits.device)):
-                tail.path = self._closing_path(matcher, state == 1, left)  # nothing closes here yet: a path to the end
+            if not tail.path and not _narrow(row, self._closers[state].to(logits.device)) \
+                    and left <= tail.searched - PATH_RETRY:
+                # Nothing closes here yet: a path to the end. A search that finds none costs up to
+                # ~10 ms, so it is tried again only every PATH_RETRY tokens.
+                tail.path, tail.searched = self._closing_path(matcher, state == 1, left), left
             if tail.path and bool(torch.isfinite(row[tail.path[0]])):
                 keep = torch.zeros(self.vocab_size, dtype=torch.bool, device=logits.device)
                 keep[tail.path.pop(0)] = True
@@ -265,6 +269,7 @@ class JsonTail:
         self.inside = self.escaped = False
         self.number_chars = 0
         self.path: list[int] = []  # the rest of a closing path being followed (Guides.constrain)
+        self.searched = 1 << 30  # tokens left when a closing path was last searched for
 
     def update(self, text: str) -> JsonTail:
         for ch in text[self.read:]:
