@@ -207,8 +207,15 @@ class RetrievalSettings(Section):
         0.12, ge=0, le=2,
         description="When the index holds other twins' writing: a twin declines a question when another twin's best "
         "passage is at least this much more similar (cosine) to it than its own best, since someone else wrote about "
-        "it, not this twin (a question on one author's topic asked of the other). Unset: off. For the default "
-        "embedder (docs/evaluation.md has the false refusal and false answer rates); set it for another one.")
+        "it, not this twin (a question on one author's topic asked of the other). `off` (or null) turns it off. "
+        "For the default embedder (docs/evaluation.md has the false refusal and false answer rates); set it for "
+        "another one.")
+
+    @field_validator("max_other_twin_lead", mode="before")
+    @classmethod
+    def _off(cls, value):
+        # An environment variable cannot be null: `off`, `none` or an empty value say it.
+        return None if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "null") else value
     min_source_similarity: float = Field(
         0.25,
         ge=-1,

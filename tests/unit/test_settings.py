@@ -36,6 +36,20 @@ def test_a_list_setting_takes_the_comma_form_its_messages_suggest(monkeypatch):
     assert Settings().generation.pinned_models == {"mara-quill": "3", "paul": "7"}
 
 
+def test_a_rule_described_as_switchable_off_can_be_switched_off_from_the_environment(monkeypatch):
+    """retrieval.max_other_twin_lead says `off` turns it off: an environment variable cannot be null."""
+    assert Settings().retrieval.max_other_twin_lead == 0.12
+    for off in ("off", "", "None"):
+        monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", off)
+        assert Settings().retrieval.max_other_twin_lead is None
+    monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", "0.2")
+    assert Settings().retrieval.max_other_twin_lead == 0.2
+    for bad in ("a lot", "-0.1"):
+        monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", bad)
+        with pytest.raises(pydantic.ValidationError, match="max_other_twin_lead"):
+            Settings()
+
+
 def test_flat_and_nested_arguments_and_overrides():
     s = Settings(max_batch_size=4, gateway={"http_port": 8100})
     assert (s.generation.transformers.max_batch_size, s.gateway.http_port) == (4, 8100)
