@@ -101,11 +101,11 @@ class Guides:
 
     def constrain(self, logits, rows):
         failed = []
-        for row, matcher, _tail, left in rows:
+        for row, matcher, _tail, left, closing_at in rows:
             if matcher["name"] == "broken":
                 failed.append((row, RuntimeError("grammar failure")))
                 continue
-            self.closing.append(left)
+            self.closing.append(left if left <= closing_at else None)
             allowed = matcher["script"][matcher["at"]]
             keep = logits[row, allowed].clone()
             logits[row].fill_(float("-inf"))

@@ -38,9 +38,10 @@ CLOSING_CHARS = frozenset("}] ")
 _ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PATH_CHARS = {1: '"@.:/-_ a0ZT' + "".join(c for c in _ALNUM if c not in "a0ZT") + "}],",
               0: '}]",: 0tfn-'}
-PATH_OPENERS = frozenset('"}]')  # used as often as the document needs; every other character at most 4 times
+PATH_OPENERS = frozenset('"}]')  # used as often as the document needs; inside strings, others at most 4 times
 MAX_PATH_NODES = 4000  # tokens tried per search (each ~1 us in the matcher); none found: the grammar's mask stays
-PATH_RETRY = 6  # tokens between two searches for a request whose last search found no path
+PATH_RETRY = 6  # tokens between two searches for a closing path
+PATH_HORIZON = 4  # closing budgets before max_tokens from which on a path's length is checked against what is left
 NUMBER_CHARS = frozenset("0123456789.eE+-")
 MAX_NUMBER_CHARS = 18
 
@@ -145,9 +146,9 @@ class Guides:
         """Tokens that take ``matcher`` (``inside`` a string or not) to a complete document, at most
         ``limit`` of them, or [] when none was found. Depth first over single characters in
         PATH_CHARS' order, so a string with a format closes by the shortest means the order gives
-        ("x" -> "x@a.aa" for an e-mail); no token three times running and no other character than
-        a quote or a closing bracket more than 4 times, so that a repeatable one ("a.a.a...")
-        cannot take the whole search."""
+        ("x" -> "x@a.aa" for an e-mail); no token three times running and, inside strings, no
+        character but a quote more than 4 times, so that a repeatable one ("a.a.a...") cannot take
+        the whole search."""
         probe, path, used, tried = matcher.deep_copy(), [], {}, 0
 
         def search(inside: bool) -> bool:
@@ -169,7 +170,7 @@ class Guides:
             for char, token in self._path_tokens[int(inside)]:
                 if tried >= MAX_PATH_NODES:
                     return False
-                if path[-2:] == [token, token] or (char not in PATH_OPENERS and used.get(char, 0) >= 4):
+                if path[-2:] == [token, token] or (inside and char not in PATH_OPENERS and used.get(char, 0) >= 4):
                     continue
                 tried += 1
                 if probe.validate_tokens([token]) != 1:
@@ -189,15 +190,15 @@ class Guides:
     def constrain(self, logits, rows: list[tuple]) -> list[tuple[int, Exception]]:
         """Rows of ``logits`` (rows, vocab) masked in place, each to what its matcher allows (entries
         past the tokenizer's vocabulary, padding of the embedding, to -inf too). ``rows``: (row,
-        matcher, tail: JsonTail of the answer so far, left: the tokens it may still take when near
-        max_tokens, else None). One bitmask and one masking pass for all of them. -> the rows whose
+        matcher, tail: JsonTail of the answer so far, left: the tokens it may still take, closing_at:
+        its closing budget, :func:`closing_budget`). One bitmask and one masking pass for all of them. -> the rows whose
         matcher failed, with the error (those rows are left as they were)."""
         import llguidance.torch as lt
         import torch
 
         mask = lt.allocate_token_bitmask(len(rows), self.vocab_size)
         failed, kept = [], []
-        for j, (row, matcher, _, _) in enumerate(rows):
+        for j, (row, matcher, *_) in enumerate(rows):
             lt.fill_next_token_bitmask(matcher, mask, j)
             if matcher.is_error():
                 failed.append((row, RuntimeError(f"constrained decoding failed: {_reason(matcher)}")))
@@ -209,17 +210,24 @@ class Guides:
         part = logits[index]
         lt.apply_token_bitmask_inplace(part, mask[kept].to(logits.device, non_blocking=True))
         for k, j in enumerate(kept):
-            _, matcher, tail, left = rows[j]
+            _, matcher, tail, left, closing_at = rows[j]
             state, row = tail.state(), part[k, :self.vocab_size]
             if tail.number_chars >= MAX_NUMBER_CHARS and state == 0:
                 _narrow(row, ~self._number_tokens.to(logits.device))
-            if left is None or state is None:
+            if state is None:
                 continue
-            if not tail.path and not _narrow(row, self._closers[state].to(logits.device)) \
-                    and left <= tail.searched - PATH_RETRY:
-                # Nothing closes here yet: a path to the end. A search that finds none costs up to
-                # ~10 ms, so it is tried again only every PATH_RETRY tokens.
-                tail.path, tail.searched = self._closing_path(matcher, state == 1, left), left
+            # A search costs up to ~10 ms when it finds no path: once every PATH_RETRY tokens at most.
+            due = not tail.path and left <= tail.searched - PATH_RETRY
+            if left <= closing_at:
+                if not tail.path and not _narrow(row, self._closers[state].to(logits.device)) and due:
+                    # nothing closes here yet: a path to the end
+                    tail.path, tail.searched = self._closing_path(matcher, state == 1, left), left
+            elif due and left <= PATH_HORIZON * closing_at:
+                # Before the closing tokens: does what the schema still needs (seven required
+                # fields after a long first one) already take about all the tokens left?
+                path, tail.searched = self._closing_path(matcher, state == 1, left), left
+                if path and len(path) + PATH_RETRY >= left:
+                    tail.path = path
             if tail.path and bool(torch.isfinite(row[tail.path[0]])):
                 keep = torch.zeros(self.vocab_size, dtype=torch.bool, device=logits.device)
                 keep[tail.path.pop(0)] = True

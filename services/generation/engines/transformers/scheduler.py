@@ -120,9 +120,8 @@ class Scheduler:
         for i, r in rows:
             if r.json_tail is None:
                 r.json_tail = guided.JsonTail()
-            left = r.params.max_tokens - len(r.tokens)
-            closing = left <= guided.closing_budget(r.params.max_tokens)
-            items.append((i, r.matcher, r.json_tail.update(r.text), left if closing else None))
+            items.append((i, r.matcher, r.json_tail.update(r.text), r.params.max_tokens - len(r.tokens),
+                          guided.closing_budget(r.params.max_tokens)))
         try:
             failed = self.guides.constrain(logits, items)
         except Exception as exc:  # noqa: BLE001 - the masking pass itself broke: its rows end, the batch goes on
