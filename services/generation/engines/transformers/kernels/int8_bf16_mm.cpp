@@ -164,10 +164,38 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// One row (a single stream's decode step): the same sums in the same order as the tiles below, 16
+// values of K a step with both halves' weights loaded before their multiply-adds. Measured (2 Zen 3
+// cores, a step's multiplications with the output layer, alternated in one process): 8.3-10.1 ->
+// 7.5-8.6 ms.
+template <int NB, bool TILED>
+inline void one_row(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t K,
+                    int64_t n0) {
+  __m256 acc[NB];
+  for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {  // K is a multiple of 32
+    const __m256 x0 = load8(x + k), x1 = load8(x + k + 8);
+    __m256 w0[NB], w1[NB];
+    for (int j = 0; j < NB; ++j) {
+      const int8_t* p = weight_at<TILED>(w, K, n0 + j, k);
+      if (!TILED && (k & 63) == 0 && k + kPrefetch < K) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+      w0[j] = widen8(p);
+      w1[j] = widen8(weight_at<TILED>(w, K, n0 + j, k + 8));
+    }
+    for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(x0, w0[j], acc[j]);
+    for (int j = 0; j < NB; ++j) acc[j] = _mm256_fmadd_ps(x1, w1[j], acc[j]);
+  }
+  for (int j = 0; j < NB; ++j) y[n0 + j] = static_cast<at::BFloat16>(hsum(acc[j]) * static_cast<float>(s[n0 + j]));
+}
+
 // M rows against NB weight rows: M * NB + NB + 1 of the 16 ymm registers.
 template <int M, int NB, bool TILED = false>
 inline void tile(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y,
                  int64_t K, int64_t N, int64_t n0) {
+  if constexpr (M == 1) {
+    one_row<NB, TILED>(x, w, s, y, K, n0);
+    return;
+  }
   __m256 acc[M][NB];
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < NB; ++j) acc[m][j] = _mm256_setzero_ps();
