@@ -262,11 +262,13 @@ def test_overload_is_refused_at_once_and_the_rest_are_served(platform, keys, man
     """The test platform works on 8 generations and queues 8 more; the rest get 503 /
     RESOURCE_EXHAUSTED at once instead of waiting. 32 requests from 8 keys, 4 each: every key is
     within its share (6), so what refuses them is the queue."""
-    # Answers long enough that the queue stays full while all 32 arrive, on a loaded machine too
-    # (with 48 tokens, a CI run once saw the first answers done before the last requests came in;
-    # with 128, once the fused decode made 8 rows ~1.3x faster; with 512, once 9 answers were done
-    # before the last request came in, after prompt chunks got faster). 1024 is the most allowed.
-    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 1024}
+    # Answers that cannot end before all 32 have arrived, however fast the engine: how long a greedy
+    # answer runs depended on the model and its penalties (a CI run once saw 10 answers done before
+    # the last request came in, with 1,024 tokens allowed, after prompt chunks got faster again). At
+    # temperature 2 the small model does not sample its end-of-text token (8 of 8 ran to 512 tokens),
+    # so every answer takes its max_tokens: 384 tokens, ~13 s at 8 streams on 2 cores.
+    body = {"messages": [{"role": "user", "content": "Write a long story about a lighthouse."}], "max_tokens": 384,
+            "temperature": 2.0}
 
     def send(i):
         started = time.monotonic()
