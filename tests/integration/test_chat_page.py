@@ -82,6 +82,10 @@ def test_ask_watch_the_answer_stream_follow_up(platform, browser):
     assert [m["role"] for m in chats[1]["messages"]] == ["user", "assistant", "user"], "follow-ups use the history"
     assert chats[1]["stream"] is True
     # Thumbs up on the first answer: the feedback joins that answer's monitoring record.
+    votes = first.find_elements("css selector", ".feedback .vote")
+    assert [v.get_attribute("aria-label") for v in votes] == ["Good answer", "Bad answer"]
+    assert all(v.find_elements("css selector", "svg path") and not v.text for v in votes), \
+        "the thumbs are drawn (an emoji showed as an empty box without an emoji font)"
     first.find_element("css selector", ".feedback .vote[data-score='1']").click()
     wait(browser, lambda b: first.find_element("css selector", ".feedback").get_attribute("data-sent") == "1",
          "the feedback to be recorded")

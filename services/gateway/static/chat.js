@@ -98,18 +98,37 @@ function showSources(div, sources) {
   div.append(list);
 }
 
+// A thumb drawn as SVG, not the emoji: a browser without an emoji font (headless Chromium, many
+// Linux desktops) showed an empty box.
+const SVG = "http://www.w3.org/2000/svg";
+const THUMB = "M3 10h3v11H3z M8 10l4-7c1.6 0 2.6 1.2 2.2 2.8L13.4 10H19a2 2 0 0 1 1.9 2.6l-2 6.9A2 2 0 0 1 17 21H8z";
+
+function thumb(down) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("width", "16");
+  svg.setAttribute("height", "16");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(SVG, "path");
+  path.setAttribute("d", THUMB);
+  path.setAttribute("fill", "currentColor");
+  if (down) path.setAttribute("transform", "rotate(180 12 12)");
+  svg.append(path);
+  return svg;
+}
+
 function addFeedback(div, answerId) {
   // Thumbs up/down: POST /v1/feedback with the answer's id (it joins the answer's monitoring record).
   const bar = document.createElement("div");
   bar.className = "feedback";
-  for (const [score, label, symbol] of [[1, "Good answer", "\u{1F44D}"], [-1, "Bad answer", "\u{1F44E}"]]) {
+  for (const [score, label] of [[1, "Good answer"], [-1, "Bad answer"]]) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "vote";
     button.dataset.score = String(score);
     button.setAttribute("aria-label", label);
     button.title = label;
-    button.textContent = symbol;
+    button.append(thumb(score < 0));
     button.addEventListener("click", async () => {
       for (const b of bar.querySelectorAll("button")) b.disabled = true;
       try {
