@@ -42,13 +42,17 @@ DATA = ROOT / "tests" / "data"
 # The shared set (topics both authors write about, asked of the one whose post answers; one author's
 # topics asked of the other) was written before the other-twin rule (retrieval.max_other_twin_lead)
 # was measured on it, after its limit was chosen on the development set: it is that rule's held-out.
+# The near-domain set (20 questions next to each author's field that neither wrote about, each checked
+# against the corpus; 2026-12-07 evening) was written after every setting and measured once before it
+# was added: no answerable side (the other sets' answerable questions are the false-refusal check).
 CORPORA = {
     "handbook": (("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "relevance_dev.jsonl"),
                  {"held-out": ("handbook_questions_heldout.jsonl", "relevance_heldout.jsonl"),
                   "held-out 2": ("handbook_questions_heldout2.jsonl", "relevance_heldout2.jsonl"),
                   "styles": ("handbook_questions_styles.jsonl", "relevance_styles.jsonl"),
                   "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl"),
-                  "shared": ("handbook_questions_shared.jsonl", "relevance_shared.jsonl")}),
+                  "shared": ("handbook_questions_shared.jsonl", "relevance_shared.jsonl"),
+                  "near-domain": ("relevance_neardomain.jsonl",)}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"
