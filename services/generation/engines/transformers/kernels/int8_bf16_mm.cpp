@@ -157,6 +157,8 @@ inline __m256 load8(const at::BFloat16* p) {  // 8 bf16 -> float32 (exact)
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }  // rows widened already
+
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -168,8 +170,8 @@ inline float hsum(__m256 v) {
 // values of K a step with both halves' weights loaded before their multiply-adds. Measured (2 Zen 3
 // cores, a step's multiplications with the output layer, alternated in one process): 8.3-10.1 ->
 // 7.5-8.6 ms.
-template <int NB, bool TILED>
-inline void one_row(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t K,
+template <int NB, bool TILED, typename X = at::BFloat16>
+inline void one_row(const X* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t K,
                     int64_t n0) {
   __m256 acc[NB];
   for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_ps();
@@ -189,11 +191,11 @@ inline void one_row(const at::BFloat16* x, const int8_t* w, const at::BFloat16* 
 }
 
 // M rows against NB weight rows: M * NB + NB + 1 of the 16 ymm registers.
-template <int M, int NB, bool TILED = false>
-inline void tile(const at::BFloat16* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y,
+template <int M, int NB, bool TILED = false, typename X = at::BFloat16>
+inline void tile(const X* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y,
                  int64_t K, int64_t N, int64_t n0) {
   if constexpr (M == 1) {
-    one_row<NB, TILED>(x, w, s, y, K, n0);
+    one_row<NB, TILED, X>(x, w, s, y, K, n0);
     return;
   }
   __m256 acc[M][NB];
@@ -297,35 +299,12 @@ void many_rows(const at::BFloat16* xb, const int8_t* w, const at::BFloat16* s, a
 
 
 // 3-8 tiled decode rows: the rows widened to float32 once per call, and each group of 4 outputs
-// run against blocks of up to 4 rows (the compiler keeps 15 of the 16 sums and the 4 weights in
-// registers). The same sums in the same order as tile<>, so the same bits. Against blocks of 2 rows
-// widened per tile (2 Zen 3 cores, a step's multiplications with the output layer, 8 rows,
-// alternated in one process): 24.0 -> 23.1 ms on a quiet host, 38.7 -> 30.9 ms on a busy one; 8
-// streams in process (medians of 3 runs, the builds alternated) 99 -> 103 tokens/s on RAG-shaped
-// prompts, 223 -> 243 on short ones.
-template <int R>
-inline void group_rows(const float* x, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t K,
-                       int64_t N, int64_t n0) {
-  __m256 acc[R][kGroup];
-  for (int m = 0; m < R; ++m)
-    for (int j = 0; j < kGroup; ++j) acc[m][j] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; k += 8) {
-    __m256 wv[kGroup];
-    for (int j = 0; j < kGroup; ++j) wv[j] = widen8(weight_at<true>(w, K, n0 + j, k));
-    for (int m = 0; m < R; ++m) {
-      const __m256 xv = _mm256_loadu_ps(x + m * K + k);
-      for (int j = 0; j < kGroup; ++j) acc[m][j] = _mm256_fmadd_ps(xv, wv[j], acc[m][j]);
-    }
-  }
-  float out[R][kGroup];  // constant indices only (see many_rows)
-  for (int m = 0; m < R; ++m)
-    for (int j = 0; j < kGroup; ++j) out[m][j] = hsum(acc[m][j]);
-  for (int j = 0; j < kGroup; ++j) {
-    const float scale = static_cast<float>(s[n0 + j]);
-    for (int m = 0; m < R; ++m) y[m * N + n0 + j] = static_cast<at::BFloat16>(out[m][j] * scale);
-  }
-}
-
+// run through tile<> against blocks of up to 4 rows (the compiler keeps 15 of the 16 sums and the 4
+// weights in registers). The same sums in the same order as bf16 rows through tile<>, so the same
+// bits. Against blocks of 2 rows widened per tile (2 Zen 3 cores, a step's multiplications with the
+// output layer, 8 rows, alternated in one process): 24.0 -> 23.1 ms on a quiet host, 38.7 -> 30.9 ms
+// on a busy one; 8 streams in process (medians of 3 runs, the builds alternated) 99 -> 103 tokens/s
+// on RAG-shaped prompts, 223 -> 243 on short ones.
 void decode_rows(const at::BFloat16* xb, const int8_t* w, const at::BFloat16* s, at::BFloat16* y, int64_t M,
                  int64_t K, int64_t N) {
   std::vector<float> xf(M * K);
@@ -337,10 +316,10 @@ void decode_rows(const at::BFloat16* xb, const int8_t* w, const at::BFloat16* s,
         const float* xm = x + m0 * K;
         auto* ym = y + m0 * N;
         switch (std::min<int64_t>(4, M - m0)) {
-          case 1: group_rows<1>(xm, w, s, ym, K, N, g * kGroup); break;
-          case 2: group_rows<2>(xm, w, s, ym, K, N, g * kGroup); break;
-          case 3: group_rows<3>(xm, w, s, ym, K, N, g * kGroup); break;
-          default: group_rows<4>(xm, w, s, ym, K, N, g * kGroup); break;
+          case 1: tile<1, kGroup, true>(xm, w, s, ym, K, N, g * kGroup); break;
+          case 2: tile<2, kGroup, true>(xm, w, s, ym, K, N, g * kGroup); break;
+          case 3: tile<3, kGroup, true>(xm, w, s, ym, K, N, g * kGroup); break;
+          default: tile<4, kGroup, true>(xm, w, s, ym, K, N, g * kGroup); break;
         }
       }
   });
