@@ -289,17 +289,19 @@ def test_eval_rag_with_the_platform_itself_as_the_judge(platform, question_file,
 
 
 def test_eval_rag_with_a_judge_that_answers_garbage_records_unscored(platform, question_file, tmp_path):
+    # One question at a time, as above: batched, an answer can come out empty and never reach the judge.
+    # A row that is neither (a chat that failed, no sources) shows in the assertion's message.
     judge = GarbageJudge()
     out = tmp_path / "rows.jsonl"
     result = twin(platform, "eval", "rag", "--questions", str(question_file), "--url", platform.http,
                   "--judge-url", judge.url, "--judge-model", "garbage", "--max-tokens", "8", "--out", str(out),
-                  "--json")
+                  "--json", "--concurrency", "1")
     judge.server.shutdown()
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["unscored"] == 2 and summary["scored"] == 0
-    assert judge.requests == 4  # each question asked twice: one retry, then unscored
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["unscored"] == 2 and summary["scored"] == 0, rows
+    assert judge.requests == 4, rows  # each question asked twice: one retry, then unscored
     assert all("not valid JSON" in r["error"] for r in rows)
 
 
