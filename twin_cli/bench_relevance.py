@@ -45,6 +45,8 @@ DATA = ROOT / "tests" / "data"
 # The near-domain set (20 questions next to each author's field that neither wrote about, each checked
 # against the corpus; 2026-12-07 evening) was written after every setting and measured once before it
 # was added: no answerable side (the other sets' answerable questions are the false-refusal check).
+# The asker-context set (12 answerable questions that open with who asks and where: "At Acme
+# Logistics we ...; how should I chunk them?"; 2026-12-07 late) likewise, with no unanswerable side.
 CORPORA = {
     "handbook": (("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "relevance_dev.jsonl"),
                  {"held-out": ("handbook_questions_heldout.jsonl", "relevance_heldout.jsonl"),
@@ -52,7 +54,8 @@ CORPORA = {
                   "styles": ("handbook_questions_styles.jsonl", "relevance_styles.jsonl"),
                   "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl"),
                   "shared": ("handbook_questions_shared.jsonl", "relevance_shared.jsonl"),
-                  "near-domain": ("relevance_neardomain.jsonl",)}),
+                  "near-domain": ("relevance_neardomain.jsonl",),
+                  "asker context": ("relevance_asker.jsonl",)}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"
