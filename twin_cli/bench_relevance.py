@@ -55,7 +55,8 @@ CORPORA = {
                   "framed": ("handbook_questions_framed.jsonl", "relevance_framed.jsonl"),
                   "shared": ("handbook_questions_shared.jsonl", "relevance_shared.jsonl"),
                   "near-domain": ("relevance_neardomain.jsonl",),
-                  "asker context": ("relevance_asker.jsonl",)}),
+                  "asker context": ("relevance_asker.jsonl",),
+                  "held-out 3": ("relevance_heldout3.jsonl",)}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"

@@ -35,7 +35,7 @@ from llm_twin.documents import CATEGORIES, author_slug
 from .errors import InvalidQuery, UnknownAuthor
 from .keywords import keyword_text
 from .query import self_query as understand
-from .relevance import TOP_RESULTS, Evidence, RelevanceModel, gather
+from .relevance import TOP_RESULTS, Evidence, RelevanceModel, gather, word_importance, word_variants
 from .relevance import load as load_relevance
 from .rerank import CrossEncoderReranker, Reranker, SentenceReranker
 
@@ -175,21 +175,38 @@ class Retriever:
 
     def answer_search(self, query: str, question: str | None = None, *, author: str | None = None, top_k: int = 4,
                       vector: Sequence[float] | None = None,
-                      question_vector: Sequence[float] | None = None) -> Retrieval:
+                      question_vector: Sequence[float] | None = None,
+                      variant_vectors: Sequence[Sequence[float]] | None = None) -> Retrieval:
         """A search for a chat answer: the results and the evidence that the author's writing
         covers ``question`` (the user's own words; ``query`` may carry the conversation before it),
         with the calibrated probability when a relevance model is set. ``question_vector``: the
-        question's embedding when it differs from the query (else the embedder computes it)."""
+        question's embedding when it differs from the query (else the embedder computes it);
+        ``variant_vectors``: the embeddings of ``word_texts(question or query, author)`` (else
+        the embedder computes them)."""
         results, dense, keyword, searched, vector = self._search(query, author=author,
                                                                  top_k=max(top_k, TOP_RESULTS), vector=vector)
         chunks = sum(twin["chunks"] for twin in self._authors().values())
         own_words = self._without_twin_name(question or query, author_slug(author) if author else None)
-        evidence = gather(own_words, searched, results, dense, keyword, chunks)
+        importance = None
+        if self.strategy != "keyword" and self.embedder is not None:
+            terms, texts = word_variants(own_words)
+            if terms:
+                if variant_vectors is None or len(variant_vectors) != len(texts):
+                    variant_vectors = self.embedder.embed(texts)
+                importance = word_importance(terms, variant_vectors)
+        evidence = gather(own_words, searched, results, dense, keyword, chunks, importance)
         probability = self.relevance.probability(evidence) if self.relevance is not None else None
         own = None
         if question and question.strip() != query.strip() and results and self.strategy != "keyword":
             own = self._question_similarity(question, question_vector, results[0].chunk_id)
         return Retrieval(results[:top_k], evidence, probability, own, self._other_twin_lead(author, vector, dense))
+
+    def word_texts(self, question: str, author: str | None) -> list[str]:
+        """What the relevance decision embeds to weigh the question's words (``relevance.word_variants``
+        of the question without the twin's name): a caller with its own embedding service embeds
+        them with the query and passes ``answer_search(variant_vectors=...)``."""
+        own_words = self._without_twin_name(question, author_slug(author) if author else None)
+        return word_variants(own_words)[1] if self.strategy != "keyword" else []
 
     def _other_twin_lead(self, author: str | None, vector: Sequence[float] | None, dense: Sequence) -> float | None:
         """Another twin's best dense similarity minus this twin's (one more search, limit 1, and

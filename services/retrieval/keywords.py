@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import snowballstemmer
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+WORD = re.compile(r"[^\W_]+", re.UNICODE)
 STOP_WORDS = frozenset(["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are",
                         "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but",
                         "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for",
@@ -28,12 +28,12 @@ _stemmer = snowballstemmer.stemmer("english")
 
 
 @lru_cache(maxsize=65536)
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     return _stemmer.stemWord(word)
 
 
 def keyword_terms(text: str) -> list[str]:
-    return [_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in STOP_WORDS]
+    return [stem(w) for w in (m.lower() for m in WORD.findall(text)) if w not in STOP_WORDS]
 
 
 def keyword_text(text: str) -> str:
@@ -45,7 +45,7 @@ def keyword_text(text: str) -> str:
 # in no passage, so counted as the question's own words they read as a topic the writing does not
 # cover. Only dropped from a question that addresses the twin (you / your), where they are frame.
 _ADDRESS = frozenset(["you", "your", "yours", "yourself"])
-FRAME_WORDS = frozenset(_stem(w) for w in [
+FRAME_WORDS = frozenset(stem(w) for w in [
     "think", "thought", "thoughts", "opinion", "opinions", "view", "views", "take", "write", "written", "wrote",
     "ever", "explain", "explained", "tell", "know", "cover", "covered", "say", "said", "hear", "love", "like",
     "anything", "something", "share", "talk", "talked", "mention", "mentioned"])
@@ -58,6 +58,6 @@ def topic_terms(question: str) -> list[str]:
     """The question's keyword terms without the words that frame it as put to the twin (and the
     tails of contractions, which name nothing)."""
     terms = [t for t in keyword_terms(question) if t not in _CONTRACTIONS]
-    if _ADDRESS.isdisjoint(m.lower() for m in _WORD.findall(question)):
+    if _ADDRESS.isdisjoint(m.lower() for m in WORD.findall(question)):
         return terms
     return [t for t in terms if t not in FRAME_WORDS]

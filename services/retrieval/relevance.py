@@ -2,8 +2,8 @@
 
 One cosine cut on the best chunk (the old rule) let shared words carry off-topic questions over
 it ("train" for a marathon plan, "tune" for a guitar) while refusing paraphrases with no shared
-wording. The decision here reads six signals of one search, all computed from its candidate
-pools at no extra model call:
+wording. The decision here reads seven signals of one search, six computed from its candidate
+pools at no extra model call, one from one embedder call (the question without each of its words):
 
 - ``similarity``: best dense cosine among the top results;
 - ``dense_margin``: how far the best dense chunk stands above the fifth (a topic the twin covers
@@ -15,7 +15,14 @@ pools at no extra model call:
   found in one chunk of the index (BM25 scores grow with the log of the index's size: per term
   ~3.3 for an answerable question over 1,800 chunks, ~2.1 over 20; the share reads the same on
   both, so one calibration fits a 20-post blog and a large archive);
-- ``agreement``: the dense and BM25 halves put the same document first.
+- ``agreement``: the dense and BM25 halves put the same document first;
+- ``coverage_weighted``: ``coverage_top`` with each word weighted by how much it matters to the
+  question's meaning: how far the question's embedding moves when the word is left out
+  (``word_variants`` / ``word_importance``: one embedder call of the question and its variants).
+  "How does METIS graph partitioning speed up GNN training?" shares "graph", "speed", "GNN" and
+  "training" with a post on GraphSAGE, but "METIS" weighs most (0.15 against 0.03 for "training");
+  in "Jonas from Berlin here: what does the temperature do when sampling tokens?" the asker's name
+  weighs 0.02, "temperature" 0.26. Without an embedder (keyword search) it is ``coverage_top``.
 
 A logistic model over them gives the probability that the twin's writing answers the question;
 it is fitted per embedding model (similarities differ by model) on labelled answerable and
@@ -28,16 +35,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .keywords import keyword_terms, topic_terms
+from .keywords import STOP_WORDS, WORD, keyword_terms, stem, topic_terms
 
 SHIPPED = Path(__file__).with_name("relevance_calibration.json")
 TOP_RESULTS = 4   # results whose similarity counts
 TOP_PASSAGES = 3  # passages whose words count as covering the question
 MARGIN_RANK = 4   # the dense hit (0-based) the best one is compared with
+MAX_WEIGHED_TERMS = 24  # words weighed one by one (an embedder call of this many variants); the rest: their mean
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Evidence:
     coverage_pool: float
     keyword_idf_share: float
     agreement: float
+    coverage_weighted: float = 0.0
 
     @classmethod
     def names(cls) -> list[str]:
@@ -64,6 +74,44 @@ def _covered(terms: set[str], texts: Iterable[str]) -> float:
     return len(terms & seen) / len(terms)
 
 
+def _weighted_cover(terms: set[str], texts: Iterable[str], importance: Mapping[str, float]) -> float:
+    total = sum(importance.get(t, 0.0) for t in terms)
+    if total <= 1e-9:
+        return _covered(terms, texts)
+    seen = set(keyword_terms(" ".join(texts)))
+    return sum(importance.get(t, 0.0) for t in terms & seen) / total
+
+
+def word_variants(question: str) -> tuple[list[str], list[str]]:
+    """-> (terms, texts): the question's topic terms (at most MAX_WEIGHED_TERMS, in order) and the
+    texts to embed for ``word_importance``: the question itself, then the question without the
+    words of each term (every word with that stem)."""
+    terms = list(dict.fromkeys(topic_terms(question)))[:MAX_WEIGHED_TERMS]
+    words = [(m.start(), m.end(), m.group(0).lower()) for m in WORD.finditer(question)]
+    texts = [question]
+    for term in terms:
+        left, at = [], 0
+        for start, end, word in words:
+            if word not in STOP_WORDS and stem(word) == term:
+                left.append(question[at:start])
+                at = end
+        left.append(question[at:])
+        texts.append(re.sub(r"\s+", " ", "".join(left)).strip() or question)
+    return terms, texts
+
+
+def word_importance(terms: Sequence[str], vectors: Sequence[Sequence[float]]) -> dict[str, float]:
+    """How much each term matters to the question: 1 - cosine between the question's embedding
+    (``vectors[0]``) and its embedding without the term (``vectors[1:]``, ``word_variants``' order)."""
+    import numpy as np
+
+    v = np.asarray(vectors, dtype=np.float64)
+    if len(v) != len(terms) + 1:
+        raise ValueError(f"word_importance: {len(terms)} terms need {len(terms) + 1} vectors, got {len(v)}")
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return {t: max(0.0, 1.0 - float(v[i + 1] @ v[0])) for i, t in enumerate(terms)}
+
+
 def unique_term_idf(chunks: int) -> float:
     """BM25's IDF (Milvus' form, log(1 + (N - n + 0.5) / (n + 0.5))) of a term found in one of
     ``chunks`` chunks: the most one query term can weigh in an index of that size."""
@@ -71,11 +119,13 @@ def unique_term_idf(chunks: int) -> float:
 
 
 def gather(question: str, query: str, results: Sequence, dense: Sequence, keyword: Sequence,
-           chunks: int) -> Evidence:
+           chunks: int, importance: Mapping[str, float] | None = None) -> Evidence:
     """``question``: the user's own words (coverage is of these, so that a follow-up searched with
     the question before it still has to be about something the passages mention); ``query``: the
     text searched; ``results``: the ranked Results; ``dense`` / ``keyword``: each half's hits;
-    ``chunks``: how many chunks the index holds (BM25's IDF is over all of them)."""
+    ``chunks``: how many chunks the index holds (BM25's IDF is over all of them); ``importance``:
+    ``word_importance`` of the question's terms (a term past MAX_WEIGHED_TERMS weighs their mean;
+    None: every term alike)."""
     terms = set(topic_terms(question))  # without a frame such as "what's your take on"
     similarity = max((r.similarity for r in results[:TOP_RESULTS]), default=0.0)
     margin = float(dense[0].score - dense[MARGIN_RANK].score) if len(dense) > MARGIN_RANK else 0.0
@@ -84,12 +134,19 @@ def gather(question: str, query: str, results: Sequence, dense: Sequence, keywor
     per_term = float(keyword[0].score) / max(1, len(keyword_terms(query))) if keyword else 0.0
     idf_share = per_term / unique_term_idf(chunks)
     agree = float(bool(dense and keyword and dense[0].fields["doc_id"] == keyword[0].fields["doc_id"]))
-    return Evidence(similarity, margin, _covered(terms, top), _covered(terms, pool), idf_share, agree)
+    coverage_top = _covered(terms, top)
+    weighted = coverage_top
+    if importance:
+        mean = sum(importance.values()) / len(importance)
+        weighted = _weighted_cover(terms, top, {t: importance.get(t, mean) for t in terms})
+    return Evidence(similarity, margin, coverage_top, _covered(terms, pool), idf_share, agree, weighted)
 
 
 @dataclass(frozen=True)
 class RelevanceModel:
-    """Logistic regression over standardised Evidence; ``probability`` >= the threshold answers."""
+    """Logistic regression over standardised Evidence; ``probability`` >= the threshold answers.
+    ``features``: the Evidence fields it reads, in its weights' order (a calibration fitted before
+    a signal was added keeps reading the ones it was fitted on)."""
 
     embedding_model: str
     mean: tuple[float, ...]
@@ -97,22 +154,24 @@ class RelevanceModel:
     weights: tuple[float, ...]
     bias: float
     fitted_on: str = ""
+    features: tuple[str, ...] = tuple(Evidence.names())
 
     def probability(self, evidence: Evidence) -> float:
-        z = self.bias + sum(w * (x - m) / s for w, x, m, s in
-                            zip(self.weights, evidence.vector(), self.mean, self.scale, strict=True))
+        x = [float(getattr(evidence, name)) for name in self.features]
+        z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.scale, strict=True))
         return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
     @classmethod
     def fit(cls, evidence: Sequence[Evidence], answerable: Sequence[bool], embedding_model: str, *,
-            l2: float = 0.1, fitted_on: str = "") -> RelevanceModel:
+            l2: float = 0.1, fitted_on: str = "", features: Sequence[str] | None = None) -> RelevanceModel:
         """Newton's method on the class-balanced, L2-penalised log loss (both classes weigh the
         same whatever their counts, so 0.5 is the balanced point)."""
         import numpy as np
 
         if len(set(answerable)) < 2:
             raise ValueError("calibration needs both answerable and unanswerable questions")
-        x = np.array([e.vector() for e in evidence], dtype=np.float64)
+        features = tuple(features or Evidence.names())
+        x = np.array([[float(getattr(e, name)) for name in features] for e in evidence], dtype=np.float64)
         y = np.array(answerable, dtype=np.float64)
         mean, scale = x.mean(axis=0), x.std(axis=0)
         scale[scale < 1e-9] = 1.0
@@ -130,18 +189,22 @@ class RelevanceModel:
             if np.abs(step).max() < 1e-8:
                 break
         return cls(embedding_model, tuple(mean.tolist()), tuple(scale.tolist()), tuple(beta[:-1].tolist()),
-                   float(beta[-1]), fitted_on)
+                   float(beta[-1]), fitted_on, features)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "features": Evidence.names()}
+        return {**asdict(self), "features": list(self.features)}
 
     @classmethod
     def from_dict(cls, data: dict) -> RelevanceModel:
-        if data.get("features") != Evidence.names():
-            raise ValueError(f"the calibration was fitted on features {data.get('features')}, this version reads "
-                             f"{Evidence.names()}: fit it again with `twin eval relevance --calibrate`")
+        features = data.get("features")
+        known = Evidence.names()
+        sizes = {len(data.get(key) or ()) for key in ("mean", "scale", "weights")}
+        if (not isinstance(features, list) or not features or any(f not in known for f in features)
+                or sizes != {len(features)}):
+            raise ValueError(f"the calibration was fitted on features {features} ({sorted(sizes)} weights); this "
+                             f"version reads any of {known}: fit it again with `twin eval relevance --calibrate`")
         return cls(data["embedding_model"], tuple(data["mean"]), tuple(data["scale"]), tuple(data["weights"]),
-                   float(data["bias"]), data.get("fitted_on", ""))
+                   float(data["bias"]), data.get("fitted_on", ""), tuple(features))
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # what embedding.model unset means (the packaged model)

@@ -85,15 +85,19 @@ class RetrievalDeployment:
                                          "retrieval.top_k": top_k}) as s:
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin, None, top_k,
                                                self.retriever.strategy)
-            vector = own = None
+            vector = own = variants = None
             if self.retriever.strategy != "keyword":
                 # A follow-up searched with the question before it also needs its own words'
-                # vector (Retrieval.question_similarity): one call embeds both.
+                # vector (Retrieval.question_similarity), and the relevance decision the
+                # question's variants without each of its words: one call embeds them all.
                 texts = [query] if question.strip() in ("", query) else [query, question.strip()]
-                vectors = (await self.embedding.embed.remote(texts))["vectors"]
-                vector, own = vectors[0], (vectors[1] if len(vectors) > 1 else None)
+                words = await asyncio.to_thread(self._locked, self.retriever.word_texts, question or query, twin)
+                vectors = (await self.embedding.embed.remote(texts + words))["vectors"]
+                vector, own = vectors[0], (vectors[1] if len(texts) > 1 else None)
+                variants = vectors[len(texts):]
             found = await asyncio.to_thread(self._locked, self.retriever.answer_search, query, question,
-                                            author=twin, top_k=top_k, vector=vector, question_vector=own)
+                                            author=twin, top_k=top_k, vector=vector, question_vector=own,
+                                            variant_vectors=variants)
             s.set_attribute("retrieval.results", len(found.results))
             if found.relevance is not None:
                 s.set_attribute("retrieval.relevance", round(found.relevance, 4))

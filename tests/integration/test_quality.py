@@ -66,6 +66,19 @@ def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client,
     assert chat.finish_reason == "no_sources" and not chat.sources
 
 
+@pytest.mark.parametrize("question, link", [
+    ("Priya from Lisbon here: how do you write a blameless postmortem?", "https://mara.example/blameless-postmortems"),
+    ("We're a team of five at a bakery startup in Porto; why keep a build log?", "https://mara.example/why-i-keep-a-build-log"),
+])
+def test_a_question_opening_with_who_asks_is_answered_from_the_post_on_its_subject(client, platform, question, link):
+    """The asker's name, city and company are in no passage; the relevance decision weighs each word
+    by how much it carries the question (the retrieval replica embeds the question without each
+    word through the embedding replica), so they do not decline it."""
+    reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
+                                           messages=[{"role": "user", "content": question}])
+    assert reply.model_extra["sources"] and reply.model_extra["sources"][0]["link"] == link
+
+
 def test_a_follow_up_with_no_pointer_word_is_answered_from_the_post_it_follows(client, platform):
     conversation = [{"role": "user", "content": "How do you write a blameless postmortem?"},
                     {"role": "assistant", "content": "Timeline first, then at most three actions."},

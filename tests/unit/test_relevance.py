@@ -42,7 +42,7 @@ def test_evidence_counts_the_users_own_words_in_the_passages():
     assert e.coverage_top == pytest.approx(2 / 3)  # keep, overlap of keep/overlap/small
     # per term of the text searched, as a share of the IDF of a term in 1 of the index's 20 chunks
     assert e.agreement == 1.0 and e.keyword_idf_share == pytest.approx(7.5 / 6 / math.log(1 + 19.5 / 1.5))
-    assert gather("marathon plan", "marathon plan", [], [], [], chunks=0).vector() == [0.0] * 6
+    assert gather("marathon plan", "marathon plan", [], [], [], chunks=0).vector() == [0.0] * 7
 
 
 @pytest.mark.parametrize("framed", [
@@ -94,9 +94,48 @@ def test_a_fitted_model_separates_what_it_was_fitted_to_separate_and_round_trips
     assert RelevanceModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
     with pytest.raises(ValueError, match="both answerable and unanswerable"):
         RelevanceModel.fit(train[:5], [True] * 5, "tiny-embedder")
-    stale = {**model.to_dict(), "features": ["similarity"]}
-    with pytest.raises(ValueError, match="twin eval relevance --calibrate"):
-        RelevanceModel.from_dict(stale)
+    for stale in ({**model.to_dict(), "features": ["similarity"]},  # 1 name, 7 weights
+                  {**model.to_dict(), "features": [*Evidence.names()[:-1], "a signal this version lacks"]}):
+        with pytest.raises(ValueError, match="twin eval relevance --calibrate"):
+            RelevanceModel.from_dict(stale)
+
+
+def test_a_calibration_fitted_before_a_signal_was_added_reads_the_signals_it_was_fitted_on():
+    """A user's own calibration (`twin eval relevance --calibrate`) of the six first signals keeps
+    deciding as it did: it is not refused, and the seventh signal does not move it."""
+    train, labels = synthetic(300)
+    six = Evidence.names()[:6]
+    old = RelevanceModel.fit(train, labels, "tiny-embedder", features=six)
+    loaded = RelevanceModel.from_dict({**old.to_dict(), "features": six})
+    e = train[0]
+    moved = Evidence(*e.vector()[:6], coverage_weighted=1.0 - e.coverage_weighted)
+    assert loaded.probability(e) == loaded.probability(moved) == old.probability(e)
+
+
+def test_words_that_carry_the_question_weigh_more_in_its_coverage():
+    """Leaving a word out moves the question's embedding by how much the word carries its
+    meaning: the weighted coverage counts a passage that misses the question's subject as far
+    less covering than one that misses its asides, where the plain share counts words alike."""
+    terms, texts = relevance.word_variants("At Acme we chunk tickets: how big should a chunk be?")
+    assert terms == ["acm", "chunk", "ticket", "big"] and texts[0].startswith("At Acme")
+    assert texts[2] == "At Acme we tickets: how big should a be?"  # every word of the stem leaves
+    # vectors: the question, then without each term (unit vectors at known angles)
+    angle = {"acm": 0.05, "chunk": 0.9, "ticket": 0.3, "big": 0.2}
+    vectors = [[1.0, 0.0]] + [[math.cos(angle[t]), math.sin(angle[t])] for t in terms]
+    importance = relevance.word_importance(terms, vectors)
+    assert importance["chunk"] > importance["ticket"] > importance["big"] > importance["acm"] > 0
+    with pytest.raises(ValueError, match="need 5 vectors"):
+        relevance.word_importance(terms, vectors[:3])
+    question = "At Acme we chunk tickets: how big should a chunk be?"
+    about_chunks = [result("a", 0.5, "how big a chunk should be")]
+    about_acme = [result("b", 0.5, "Acme tickets big")]
+    on_chunks = gather(question, question, about_chunks, [], [], chunks=20, importance=importance)
+    on_acme = gather(question, question, about_acme, [], [], chunks=20, importance=importance)
+    # the plain share: the passage on Acme's tickets covers more of the question (3 words of 4)
+    assert on_chunks.coverage_top == 0.5 and on_acme.coverage_top == 0.75
+    assert on_chunks.coverage_weighted > 0.8 and on_acme.coverage_weighted < 0.2
+    # no importance (keyword search): the plain share
+    assert gather(question, question, about_acme, [], [], chunks=20).coverage_weighted == 0.75
 
 
 def test_calibrations_load_own_first_then_beside_the_model_then_shipped(tmp_path):
