@@ -205,8 +205,10 @@ class Retriever:
         """What the relevance decision embeds to weigh the question's words (``relevance.word_variants``
         of the question without the twin's name): a caller with its own embedding service embeds
         them with the query and passes ``answer_search(variant_vectors=...)``."""
-        own_words = self._without_twin_name(question, author_slug(author) if author else None)
-        return word_variants(own_words)[1] if self.strategy != "keyword" else []
+        if self.strategy == "keyword":
+            return []
+        terms, texts = word_variants(self._without_twin_name(question, author_slug(author) if author else None))
+        return texts if terms else []
 
     def _other_twin_lead(self, author: str | None, vector: Sequence[float] | None, dense: Sequence) -> float | None:
         """Another twin's best dense similarity minus this twin's (one more search, limit 1, and

@@ -47,6 +47,9 @@ TOP_RESULTS = 4   # results whose similarity counts
 TOP_PASSAGES = 3  # passages whose words count as covering the question
 MARGIN_RANK = 4   # the dense hit (0-based) the best one is compared with
 MAX_WEIGHED_TERMS = 24  # words weighed one by one (an embedder call of this many variants); the rest: their mean
+# Longer questions are not weighed (plain coverage): the embedder reads ~256 word pieces, so words past
+# them would weigh nothing, and 25 embeddings of a long text would multiply what one question costs.
+MAX_WEIGHED_WORDS = 150
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,12 @@ def _weighted_cover(terms: set[str], texts: Iterable[str], importance: Mapping[s
 def word_variants(question: str) -> tuple[list[str], list[str]]:
     """-> (terms, texts): the question's topic terms (at most MAX_WEIGHED_TERMS, in order) and the
     texts to embed for ``word_importance``: the question itself, then the question without the
-    words of each term (every word with that stem)."""
+    words of each term (every word with that stem). No terms for a question of more than
+    MAX_WEIGHED_WORDS words."""
     terms = list(dict.fromkeys(topic_terms(question)))[:MAX_WEIGHED_TERMS]
     words = [(m.start(), m.end(), m.group(0).lower()) for m in WORD.finditer(question)]
+    if len(words) > MAX_WEIGHED_WORDS:
+        return [], [question]
     texts = [question]
     for term in terms:
         left, at = [], 0

@@ -134,6 +134,9 @@ def test_words_that_carry_the_question_weigh_more_in_its_coverage():
     # the plain share: the passage on Acme's tickets covers more of the question (3 words of 4)
     assert on_chunks.coverage_top == 0.5 and on_acme.coverage_top == 0.75
     assert on_chunks.coverage_weighted > 0.8 and on_acme.coverage_weighted < 0.2
+    # a long question is not weighed (words past the embedder's ~256 word pieces would weigh nothing)
+    long = "Some context about our team and its history. " * 20 + "How big should a chunk be?"
+    assert relevance.word_variants(long) == ([], [long])
     # no importance (keyword search): the plain share
     assert gather(question, question, about_acme, [], [], chunks=20).coverage_weighted == 0.75
 
