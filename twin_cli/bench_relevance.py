@@ -50,7 +50,9 @@ DATA = ROOT / "tests" / "data"
 # Held-out 3 (2026-12-08) was written after the weighted coverage was chosen and before it was built,
 # and measured once each way; held-out 4 and 5 (the same day, 5 with near-domain questions that share
 # most of their words with the writing and answerable ones that join two topics) before a further
-# signal was tried on them (docs/evaluation.md).
+# signal was tried on them (docs/evaluation.md). The openings set (8 answerable questions after a long
+# opening about the asker, 8 near-domain ones whose topic is in the opening) likewise, before a rule
+# deciding on the last clause too was measured on it.
 CORPORA = {
     "handbook": (("handbook_questions.jsonl", "handbook_questions_hard.jsonl", "relevance_dev.jsonl"),
                  {"held-out": ("handbook_questions_heldout.jsonl", "relevance_heldout.jsonl"),
@@ -62,7 +64,8 @@ CORPORA = {
                   "asker context": ("relevance_asker.jsonl",),
                   "held-out 3": ("relevance_heldout3.jsonl",),
                   "held-out 4": ("relevance_heldout4.jsonl",),
-                  "held-out 5": ("relevance_heldout5.jsonl",)}),
+                  "held-out 5": ("relevance_heldout5.jsonl",),
+                  "openings": ("relevance_openings.jsonl",)}),
     "sample blog": (("sample_relevance_dev.jsonl",), {"held-out": ("sample_relevance_heldout.jsonl",)}),
 }
 CACHE = Path.home() / ".cache" / "llm-twin-bench"
