@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -70,19 +70,18 @@ class Evidence:
         return [float(getattr(self, name)) for name in self.names()]
 
 
-def _covered(terms: set[str], texts: Iterable[str]) -> float:
+def _covered(terms: set[str], seen: set[str], weight: Mapping[str, float] | None = None) -> float:
+    """The share of ``terms`` in ``seen`` (the passages' keyword terms), each term counting its
+    ``weight`` (a term it lacks weighs the mean of the others; None, or all zero: every term alike)."""
     if not terms:
         return 0.0
-    seen = set(keyword_terms(" ".join(texts)))
+    if weight:
+        mean = sum(weight.values()) / len(weight)
+        w = {t: weight.get(t, mean) for t in terms}
+        total = sum(w.values())
+        if total > 1e-9:
+            return sum(w[t] for t in terms & seen) / total
     return len(terms & seen) / len(terms)
-
-
-def _weighted_cover(terms: set[str], texts: Iterable[str], importance: Mapping[str, float]) -> float:
-    total = sum(importance.get(t, 0.0) for t in terms)
-    if total <= 1e-9:
-        return _covered(terms, texts)
-    seen = set(keyword_terms(" ".join(texts)))
-    return sum(importance.get(t, 0.0) for t in terms & seen) / total
 
 
 def word_variants(question: str) -> tuple[list[str], list[str]]:
@@ -140,12 +139,10 @@ def gather(question: str, query: str, results: Sequence, dense: Sequence, keywor
     per_term = float(keyword[0].score) / max(1, len(keyword_terms(query))) if keyword else 0.0
     idf_share = per_term / unique_term_idf(chunks)
     agree = float(bool(dense and keyword and dense[0].fields["doc_id"] == keyword[0].fields["doc_id"]))
-    coverage_top = _covered(terms, top)
-    weighted = coverage_top
-    if importance:
-        mean = sum(importance.values()) / len(importance)
-        weighted = _weighted_cover(terms, top, {t: importance.get(t, mean) for t in terms})
-    return Evidence(similarity, margin, coverage_top, _covered(terms, pool), idf_share, agree, weighted)
+    seen_top = set(keyword_terms(" ".join(top)))
+    pool_seen = set(keyword_terms(" ".join(pool)))
+    return Evidence(similarity, margin, _covered(terms, seen_top), _covered(terms, pool_seen), idf_share, agree,
+                    _covered(terms, seen_top, importance))
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,9 @@ def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client,
     ("We're a team of five at a bakery startup in Porto; why keep a build log?", "https://mara.example/why-i-keep-a-build-log"),
 ])
 def test_a_question_opening_with_who_asks_is_answered_from_the_post_on_its_subject(client, platform, question, link):
-    """The asker's name, city and company are in no passage; the relevance decision weighs each word
-    by how much it carries the question (the retrieval replica embeds the question without each
-    word through the embedding replica), so they do not decline it."""
+    """The asker's name, city and company are in no passage; the served decision (the retrieval
+    replica embeds the question without each of its words in the query's one call to the embedding
+    replica, for the weighted coverage) still answers from the post on the subject."""
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
                                            messages=[{"role": "user", "content": question}])
     assert reply.model_extra["sources"] and reply.model_extra["sources"][0]["link"] == link
