@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,11 @@ class Embedder:
             self.model, "get_embedding_dimension") else self.model.get_sentence_embedding_dimension()
         self.max_tokens = self.model.max_seq_length
         self.name = os.path.basename(self.model_path.rstrip("/")) if model_path else MODEL_NAME
+        # One fast tokenizer serves counting (no truncation, no padding) and embedding (padded,
+        # truncated): each call sets those on the shared Rust tokenizer, so two threads at once
+        # left a batch unpadded ("Unable to create tensor"). The embedding replica counts on
+        # another thread than it embeds; every tokenizer use takes this lock.
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Embedder:
@@ -56,8 +62,9 @@ class Embedder:
             return []
         # Counting is the point here, so texts longer than the model's window are expected: pass
         # max_length explicitly to keep the tokenizer from warning about every long paragraph.
-        encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False,
-                                       max_length=None, verbose=False)
+        with self._tokenizer_lock:
+            encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False,
+                                           max_length=None, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def embed(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -67,8 +74,9 @@ class Embedder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start:start + self.batch_size])
-            out.append(self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
-                                         convert_to_numpy=True, show_progress_bar=False))
+            with self._tokenizer_lock:
+                out.append(self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False))
             if on_batch:
                 on_batch(len(batch))
         return np.vstack(out).astype(np.float32)
