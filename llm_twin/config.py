@@ -211,7 +211,17 @@ class RetrievalSettings(Section):
         "For the default embedder (docs/evaluation.md has the false refusal and false answer rates); set it for "
         "another one.")
 
-    @field_validator("max_other_twin_lead", mode="before")
+    min_asking_lead: float | None = Field(
+        -0.15, ge=-2, le=2,
+        description="A question asked after an opening (\"We sell furniture online and have 50,000 product "
+        "descriptions; how should we split them into chunks?\"), declined as a whole, is decided once more on its "
+        "asking clause alone; that answers only when the whole question's embedding is at least this much closer "
+        "(cosine; negative: at most this much farther) to the asking clause than to the opening, so that an opening "
+        "holding the topic (\"We run YOLO on drones; how can we speed up training?\") still declines. `off` (or "
+        "null) decides on the whole question only. For the default embedder (docs/evaluation.md); set it for "
+        "another one.")
+
+    @field_validator("max_other_twin_lead", "min_asking_lead", mode="before")
     @classmethod
     def _off(cls, value):
         # An environment variable cannot be null: `off`, `none` or an empty value say it.

@@ -23,8 +23,8 @@ class LocalSearch:
     def __init__(self, retriever: Retriever):
         self.retriever = retriever
 
-    async def answer_search(self, query: str, question: str, twin: str, top_k: int):
-        return self.retriever.answer_search(query, question, author=twin, top_k=top_k)
+    async def answer_search(self, query: str, question: str, twin: str, top_k: int, opening: str | None = None):
+        return self.retriever.answer_search(query, question, author=twin, top_k=top_k, opening=opening)
 
 
 def chat_for(retriever: Retriever, settings: Settings) -> Chat:
@@ -32,7 +32,8 @@ def chat_for(retriever: Retriever, settings: Settings) -> Chat:
                 min_similarity=settings.retrieval.min_source_similarity,
                 min_relevance=settings.retrieval.min_relevance,
                 min_follow_up_similarity=settings.retrieval.min_follow_up_similarity,
-                max_other_twin_lead=settings.retrieval.max_other_twin_lead)
+                max_other_twin_lead=settings.retrieval.max_other_twin_lead,
+                min_asking_lead=settings.retrieval.min_asking_lead)
 
 
 def decide(chat: Chat, rows: Sequence[LabelledQuestion]) -> list[bool]:

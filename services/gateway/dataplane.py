@@ -120,7 +120,8 @@ class DataPlane:
                               min_similarity=settings.retrieval.min_source_similarity,
                               min_relevance=settings.retrieval.min_relevance,
                               min_follow_up_similarity=settings.retrieval.min_follow_up_similarity,
-                              max_other_twin_lead=settings.retrieval.max_other_twin_lead)
+                              max_other_twin_lead=settings.retrieval.max_other_twin_lead,
+                              min_asking_lead=settings.retrieval.min_asking_lead)
         self.authorizer = authorizer or Authorizer.from_settings(settings)
         self.observer = observer or Observer()
         self.limiter = limiter or KeyLimiter.from_settings(settings)

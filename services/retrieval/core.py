@@ -97,13 +97,32 @@ class Retrieval:
     the best result's passage (None when the question itself was searched).
     ``other_twin_lead``: how much more similar (cosine) the best passage of another twin in the
     index is to the text searched than this twin's best: well above zero, someone else wrote
-    about this, not this twin (None: no other twin in the index, or no dense search)."""
+    about this, not this twin (None: no other twin in the index, or no dense search).
+    ``asking_lead``: when the question searched is the asking clause of a longer one (``opening``
+    passed; query.asking_clause), how much closer the whole question's embedding is to the asking
+    clause than to its opening: near or above zero the opening is context about the asker, well
+    below it the opening holds the topic (None: no opening, or no dense search)."""
 
     results: list[Result]
     evidence: Evidence
     relevance: float | None
     question_similarity: float | None = None
     other_twin_lead: float | None = None
+    asking_lead: float | None = None
+
+
+def asking_texts(opening: str, asking: str) -> list[str]:
+    """What ``asking_lead`` embeds besides the asking clause: the opening and the whole question."""
+    return [opening, f"{opening} {asking}"]
+
+
+def asking_lead(asking: Sequence[float], opening: Sequence[float], whole: Sequence[float]) -> float:
+    """cos(whole, asking clause) - cos(whole, opening), over the three embeddings."""
+    import numpy as np
+
+    a, o, w = (np.asarray(v, dtype=np.float64) for v in (asking, opening, whole))
+    a, o, w = (v / max(float(np.linalg.norm(v)), 1e-12) for v in (a, o, w))
+    return float(w @ a - w @ o)
 
 
 class Retriever:
@@ -176,13 +195,17 @@ class Retriever:
     def answer_search(self, query: str, question: str | None = None, *, author: str | None = None, top_k: int = 4,
                       vector: Sequence[float] | None = None,
                       question_vector: Sequence[float] | None = None,
-                      variant_vectors: Sequence[Sequence[float]] | None = None) -> Retrieval:
+                      variant_vectors: Sequence[Sequence[float]] | None = None,
+                      opening: str | None = None,
+                      opening_vectors: Sequence[Sequence[float]] | None = None) -> Retrieval:
         """A search for a chat answer: the results and the evidence that the author's writing
         covers ``question`` (the user's own words; ``query`` may carry the conversation before it),
         with the calibrated probability when a relevance model is set. ``question_vector``: the
         question's embedding when it differs from the query (else the embedder computes it);
         ``variant_vectors``: the embeddings of ``word_texts(question or query, author)`` (else
-        the embedder computes them)."""
+        the embedder computes them). ``opening``: the words the question followed, when ``query``
+        is the asking clause of a longer question (``Retrieval.asking_lead``); ``opening_vectors``:
+        the embeddings of ``asking_texts(opening, query)`` (else the embedder computes them)."""
         results, dense, keyword, searched, vector = self._search(query, author=author,
                                                                  top_k=max(top_k, TOP_RESULTS), vector=vector)
         chunks = sum(twin["chunks"] for twin in self._authors().values())
@@ -199,7 +222,13 @@ class Retriever:
         own = None
         if question and question.strip() != query.strip() and results and self.strategy != "keyword":
             own = self._question_similarity(question, question_vector, results[0].chunk_id)
-        return Retrieval(results[:top_k], evidence, probability, own, self._other_twin_lead(author, vector, dense))
+        lead = None
+        if opening and vector is not None and self.embedder is not None:
+            if opening_vectors is None or len(opening_vectors) != 2:
+                opening_vectors = self.embedder.embed(asking_texts(opening, query))
+            lead = asking_lead(vector, *opening_vectors)
+        return Retrieval(results[:top_k], evidence, probability, own, self._other_twin_lead(author, vector, dense),
+                         lead)
 
     def word_texts(self, question: str, author: str | None) -> list[str]:
         """What the relevance decision embeds to weigh the question's words (``relevance.word_variants``

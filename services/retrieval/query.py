@@ -5,6 +5,10 @@
   or too few words of its own) the previous user question is put in front of it. Rules, no model:
   on tests/data/handbook_questions_hard.jsonl they lift follow-up hit@5 from 0.50 to 1.00; a
   configured LLM endpoint can do the same with ``rewrite_with_llm`` (see ``QueryRewriter``).
+- ``asking_clause(question)``: a question asked after an opening about the asker ("We sell
+  furniture online and have 50,000 product descriptions; how should we split them into chunks?")
+  -> the opening and the clause that asks; the chat decides on the asking clause when the whole
+  is declined (services/chat/core.py says when that answers).
 - ``self_query(question, authors)``: an author named in the question ("What does Maxime Labonne say
   about ...", "Paul's take on ...") becomes a filter when the caller did not set one, and the name
   leaves the text searched (it appears in every header of that author's pages and would only
@@ -64,6 +68,29 @@ def topic_before(users: Sequence[str]) -> str:
         if not is_follow_up(earlier) or earlier is users[0]:
             return earlier
     return ""
+
+
+# Where an opening ends and the question starts: a clause mark, an optional connective, then a word
+# that asks (an interrogative, an auxiliary, or a request). A comma inside a list ("feature,
+# training and inference pipelines") is not followed by one.
+_ASKING = re.compile(r"[;:.!?,]\s+(?:(?:so|and|but|then|now)\s+)?(?=(?:how|what|which|why|when|where|who|whom|"
+                     r"whose|can|could|should|would|will|is|are|was|were|do|does|did|may|might|shall|has|have|"
+                     r"any|tell|explain|describe|please)\b)", re.I)
+MIN_OPENING_WORDS = 2
+
+
+def asking_clause(question: str) -> tuple[str, str] | None:
+    """-> (opening, asking clause) of a question asked after something else, split at the last
+    clause mark followed by a word that asks; None when there is no such mark, the opening is
+    under MIN_OPENING_WORDS words or the asking clause has no content word."""
+    text = (question or "").strip()
+    cuts = list(_ASKING.finditer(text))
+    if not cuts:
+        return None
+    opening, ask = text[:cuts[-1].start() + 1].strip(), text[cuts[-1].end():].strip()
+    if len(_words(opening)) < MIN_OPENING_WORDS or not keyword_terms(ask):
+        return None
+    return opening, ask
 
 
 def with_topic(messages: Sequence[dict]) -> str:

@@ -14,7 +14,7 @@ from llm_twin.documents import author_slug
 from llm_twin.telemetry import span
 from services.embedding.core import embedding_dimension
 
-from .core import Retriever
+from .core import Retriever, asking_texts
 from .indexer import Indexer
 
 
@@ -77,30 +77,36 @@ class RetrievalDeployment:
             s.set_attribute("retrieval.results", len(results))
         return results
 
-    async def answer_search(self, query: str, question: str, twin: str, top_k: int = 4):
-        """For a chat answer: results, evidence and calibrated relevance (retrieval.core.Retrieval)."""
+    async def answer_search(self, query: str, question: str, twin: str, top_k: int = 4, opening: str | None = None):
+        """For a chat answer: results, evidence and calibrated relevance (retrieval.core.Retrieval).
+        ``opening``: what the question followed, when ``query`` is a longer question's asking clause."""
         # The same span name as search(): one search per chat hop, whichever call made it.
         with span("retrieval.search", **{"db.system.name": "milvus", "twin.id": twin, "retrieval.purpose": "answer",
                                          "retrieval.strategy": self.retriever.strategy,
                                          "retrieval.top_k": top_k}) as s:
             query, _ = await asyncio.to_thread(self._locked, self.retriever.validate, query, twin, None, top_k,
                                                self.retriever.strategy)
-            vector = own = variants = None
+            vector = own = variants = around = None
             if self.retriever.strategy != "keyword":
                 # A follow-up searched with the question before it also needs its own words'
-                # vector (Retrieval.question_similarity), and the relevance decision the
-                # question's variants without each of its words: one call embeds them all.
+                # vector (Retrieval.question_similarity), the relevance decision the question's
+                # variants without each of its words, an asking clause its opening and whole
+                # question (Retrieval.asking_lead): one call embeds them all.
                 texts = [query] if question.strip() in ("", query) else [query, question.strip()]
+                framed = asking_texts(opening, query) if opening else []
                 words = await asyncio.to_thread(self._locked, self.retriever.word_texts, question or query, twin)
-                vectors = (await self.embedding.embed.remote(texts + words))["vectors"]
+                vectors = (await self.embedding.embed.remote(texts + framed + words))["vectors"]
                 vector, own = vectors[0], (vectors[1] if len(texts) > 1 else None)
-                variants = vectors[len(texts):]
+                around = vectors[len(texts):len(texts) + len(framed)] if framed else None
+                variants = vectors[len(texts) + len(framed):]
             found = await asyncio.to_thread(self._locked, self.retriever.answer_search, query, question,
                                             author=twin, top_k=top_k, vector=vector, question_vector=own,
-                                            variant_vectors=variants)
+                                            variant_vectors=variants, opening=opening, opening_vectors=around)
             s.set_attribute("retrieval.results", len(found.results))
             if found.relevance is not None:
                 s.set_attribute("retrieval.relevance", round(found.relevance, 4))
+            if found.asking_lead is not None:
+                s.set_attribute("retrieval.asking_lead", round(found.asking_lead, 4))
             if found.other_twin_lead is not None:
                 s.set_attribute("retrieval.other_twin_lead", round(found.other_twin_lead, 4))
         return found

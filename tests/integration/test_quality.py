@@ -53,9 +53,12 @@ def test_a_follow_up_retrieves_the_passage_of_the_question_it_follows(client, pl
 
 # -- an honest OpenAI API ------------------------------------------------------------------------------
 @pytest.mark.parametrize("question", ["How should I train for my first marathon?",
-                                      "Which strings should I buy to tune my guitar?"])
+                                      "Which strings should I buy to tune my guitar?",
+                                      "Our Kafka consumers keep rebalancing during every deploy; how do we fix it?"])
 def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client, platform, question):
-    """"training", "first" and "tune" appear in the twin's posts; the decision is about the topic."""
+    """"training", "first" and "tune" appear in the twin's posts; the decision is about the topic.
+    The Kafka question's asking clause alone ("how do we fix it?") is answered in process (0.85),
+    but the question's meaning sits in its opening (retrieval.min_asking_lead)."""
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
                                            messages=[{"role": "user", "content": question}])
     # OpenAI's wire has no "no_sources": a decline is a normal stop, with no sources and the twin saying so.
@@ -69,11 +72,16 @@ def test_off_topic_questions_sharing_words_with_the_writing_are_declined(client,
 @pytest.mark.parametrize("question, link", [
     ("Priya from Lisbon here: how do you write a blameless postmortem?", "https://mara.example/blameless-postmortems"),
     ("We're a team of five at a bakery startup in Porto; why keep a build log?", "https://mara.example/why-i-keep-a-build-log"),
+    # Declined as a whole (0.24 in process): answered on its asking clause, the opening being context.
+    ("We sell second-hand furniture online, ship 200 sofas a week from a warehouse near Lyon and answer customers "
+     "in four languages; how should we cut our documents into chunks?",
+     "https://mara.example/chunking-is-a-product-decision"),
 ])
 def test_a_question_opening_with_who_asks_is_answered_from_the_post_on_its_subject(client, platform, question, link):
     """The asker's name, city and company are in no passage; the served decision (the retrieval
     replica embeds the question without each of its words in the query's one call to the embedding
-    replica, for the weighted coverage) still answers from the post on the subject."""
+    replica, for the weighted coverage, and an asking clause's opening and whole question with it)
+    still answers from the post on the subject."""
     reply = client.chat.completions.create(model="mara-quill", max_tokens=8,
                                            messages=[{"role": "user", "content": question}])
     assert reply.model_extra["sources"] and reply.model_extra["sources"][0]["link"] == link

@@ -114,7 +114,7 @@ class FakeRetrieval:
                        title=f"Post {i}", link=f"https://mara.test/{i}", author="Mara Quill", category="article",
                        chunk_no=0, similarity=self.similarity) for i in range(top_k)]
 
-    async def answer_search(self, query, question, twin, top_k=4):
+    async def answer_search(self, query, question, twin, top_k=4, opening=None):
         from services.retrieval.core import Retrieval
         from services.retrieval.relevance import Evidence
 

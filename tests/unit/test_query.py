@@ -1,6 +1,9 @@
-"""Query understanding: follow-ups read in context, authors named in the question become filters."""
+"""Query understanding: follow-ups read in context, authors named in the question become filters, a
+question after an opening splits at its asking clause."""
 
-from services.retrieval.query import contextual_query, is_follow_up, self_query
+import pytest
+
+from services.retrieval.query import asking_clause, contextual_query, is_follow_up, self_query
 
 AUTHORS = [("maxime-labonne", "Maxime Labonne"), ("paul-iusztin", "Paul Iusztin"), ("paul-smith", "Paul Smith")]
 
@@ -57,3 +60,26 @@ def test_self_query_never_invents_or_guesses():
 def test_self_query_reads_the_code_category():
     assert self_query("How do you retry API calls in your code?", AUTHORS).category == "code"
     assert self_query("How do you retry API calls?", AUTHORS).category is None
+
+
+@pytest.mark.parametrize(("question", "split"), [
+    ("We sell furniture online; how should we split product descriptions into chunks?",
+     ("We sell furniture online;", "how should we split product descriptions into chunks?")),
+    ("Jonas from Berlin here: what does the temperature do when sampling tokens?",
+     ("Jonas from Berlin here:", "what does the temperature do when sampling tokens?")),
+    ("I'm a nurse who codes on weekends. What does quantizing a model's weights to 8 bits do?",
+     ("I'm a nurse who codes on weekends.", "What does quantizing a model's weights to 8 bits do?")),
+    ("My daughter loves Minecraft, so how would you train an agent to find diamonds?",
+     ("My daughter loves Minecraft,", "how would you train an agent to find diamonds?")),
+    # the last mark followed by a word that asks
+    ("I'm Ana, I run a Discord bot; how do I make sampling less repetitive?",
+     ("I'm Ana, I run a Discord bot;", "how do I make sampling less repetitive?")),
+    # a comma in a list is not followed by a word that asks
+    ("How should I split an ML system into feature, training and inference pipelines?", None),
+    ("What is LoRA?", None),
+    ("Hi: how does GPTQ work?", None),                 # an opening of one word
+    ("We use Kafka; how do we fix it?", ("We use Kafka;", "how do we fix it?")),
+    ("We use Kafka; how is it?", None),               # an asking clause with no content word
+])
+def test_the_asking_clause_of_a_question_after_an_opening(question, split):
+    assert asking_clause(question) == split

@@ -175,3 +175,19 @@ def test_labelled_files_and_error_rates_per_kind(tmp_path):
     bad.write_text(json.dumps({"question": "Who?", "gold_links": ["https://elsewhere.test/"]}))
     with pytest.raises(QuestionFileError, match="name the twin"):
         load_labelled(bad, {}.get)
+
+
+def test_the_asking_lead_tells_an_opening_about_the_asker_from_one_that_holds_the_topic(embedder):
+    """The same asking clause after an opening about who asks, and after one naming what it is about."""
+    from services.retrieval.core import asking_lead, asking_texts
+    from services.retrieval.query import asking_clause
+
+    def lead(question: str) -> float:
+        opening, ask = asking_clause(question)
+        return asking_lead(*embedder.embed([ask, *asking_texts(opening, ask)]))
+
+    context = lead("Our insurance firm in Lisbon has 400 employees and a tiny IT team; how do we quantize a model to "
+                   "4 bits?")
+    topic = lead("We train a U-Net to segment tumours in MRI scans; how do we quantize it to 4 bits?")
+    assert context > -0.15 > topic  # either side of retrieval.min_asking_lead's default
+    assert -1 <= topic < context <= 1

@@ -31,17 +31,21 @@ def result(title: str, similarity: float) -> Result:
 class ListedResults:
     """Retrieval answers given by the test (the real retrieval is tested in integration)."""
 
-    def __init__(self, results, relevance=None, question_similarity=None, other_twin_lead=None):
+    def __init__(self, results, relevance=None, question_similarity=None, other_twin_lead=None, asking_lead=None):
         self.results, self.relevance, self.calls = results, relevance, []
         self.question_similarity = question_similarity  # of the question's own words, when the query is more
         self.other_twin_lead = other_twin_lead
+        self.asking_lead = asking_lead  # of an asking clause searched with its opening
+        self.openings = []
 
-    async def answer_search(self, query, question, twin, top_k):
+    async def answer_search(self, query, question, twin, top_k, opening=None):
         self.calls.append((query, twin, top_k))
+        self.openings.append(opening)
         best = max((r.similarity for r in self.results), default=0.0)
         relevance = self.relevance(query, question) if callable(self.relevance) else self.relevance
         own = self.question_similarity if query != question else None
-        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance, own, self.other_twin_lead)
+        return Retrieval(self.results[:top_k], Evidence(best, 0, 0, 0, 0, 0), relevance, own, self.other_twin_lead,
+                         self.asking_lead if opening else None)
 
 
 class EchoGenerator:
@@ -191,6 +195,41 @@ def test_a_question_another_twin_wrote_about_is_declined(lead, limit, relevance,
     events = run(chat)
     assert (events[-1].finish_reason != "no_sources") is answered
     assert (generator.messages is not None) is answered
+
+
+FURNITURE = ("We sell second-hand furniture online and have 50,000 product descriptions; "
+             "how should we split them into chunks for retrieval?")
+
+
+@pytest.mark.parametrize(("lead", "limit", "ask_relevance", "answered"), [
+    (-0.05, -0.15, 0.9, True),    # the whole question sits near its asking clause: the opening is context
+    (-0.15, -0.15, 0.9, True),    # at the limit: answered
+    (-0.33, -0.15, 0.9, False),   # near its opening ("We run YOLO on drones; how can we speed up training?")
+    (-0.05, -0.15, 0.2, False),   # the asking clause alone is declined too
+    (None, -0.15, 0.9, False),    # no lead (keyword search): decided on the whole question only
+    (-0.05, None, 0.9, False),    # the rule switched off
+])
+def test_a_question_after_an_opening_is_decided_on_its_asking_clause_when_the_opening_is_context(
+        lead, limit, ask_relevance, answered):
+    def relevance(query, question):
+        return ask_relevance if query.startswith("how should we split") else 0.01  # the whole: declined
+
+    retriever = ListedResults([result("Chunking", 0.5)], relevance=relevance, asking_lead=lead)
+    events = run(Chat(retriever, EchoGenerator(), min_asking_lead=limit),
+                 messages=[{"role": "user", "content": FURNITURE}])
+    assert bool(events[0].items) is answered and (events[-1].finish_reason == "no_sources") is not answered
+    searched = [query for query, _, _ in retriever.calls]
+    if limit is None:
+        assert searched == [FURNITURE]
+    else:
+        assert searched == [FURNITURE, "how should we split them into chunks for retrieval?"]
+        assert retriever.openings[-1] == "We sell second-hand furniture online and have 50,000 product descriptions;"
+
+
+def test_a_question_answered_as_a_whole_is_not_searched_again_for_its_asking_clause():
+    retriever = ListedResults([result("Chunking", 0.5)], relevance=0.9, asking_lead=-0.9)
+    events = run(Chat(retriever, EchoGenerator()), messages=[{"role": "user", "content": FURNITURE}])
+    assert events[0].items and [query for query, _, _ in retriever.calls] == [FURNITURE]
 
 
 def test_a_follow_up_without_pointer_words_is_tried_with_the_question_it_follows():

@@ -36,17 +36,23 @@ def test_a_list_setting_takes_the_comma_form_its_messages_suggest(monkeypatch):
     assert Settings().generation.pinned_models == {"mara-quill": "3", "paul": "7"}
 
 
-def test_a_rule_described_as_switchable_off_can_be_switched_off_from_the_environment(monkeypatch):
-    """retrieval.max_other_twin_lead says `off` turns it off: an environment variable cannot be null."""
-    assert Settings().retrieval.max_other_twin_lead == 0.12
+@pytest.mark.parametrize(("field", "default", "value", "bad"), [
+    ("max_other_twin_lead", 0.12, 0.2, ("a lot", "-0.1")),
+    ("min_asking_lead", -0.15, -0.3, ("a lot", "-3")),
+])
+def test_a_rule_described_as_switchable_off_can_be_switched_off_from_the_environment(monkeypatch, field, default,
+                                                                                    value, bad):
+    """Each rule whose description says `off` turns it off: an environment variable cannot be null."""
+    env = f"TWIN_RETRIEVAL__{field.upper()}"
+    assert getattr(Settings().retrieval, field) == default
     for off in ("off", "", "None"):
-        monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", off)
-        assert Settings().retrieval.max_other_twin_lead is None
-    monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", "0.2")
-    assert Settings().retrieval.max_other_twin_lead == 0.2
-    for bad in ("a lot", "-0.1"):
-        monkeypatch.setenv("TWIN_RETRIEVAL__MAX_OTHER_TWIN_LEAD", bad)
-        with pytest.raises(pydantic.ValidationError, match="max_other_twin_lead"):
+        monkeypatch.setenv(env, off)
+        assert getattr(Settings().retrieval, field) is None
+    monkeypatch.setenv(env, str(value))
+    assert getattr(Settings().retrieval, field) == value
+    for wrong in bad:
+        monkeypatch.setenv(env, wrong)
+        with pytest.raises(pydantic.ValidationError, match=field):
             Settings()
 
 
