@@ -70,12 +70,12 @@ def topic_before(users: Sequence[str]) -> str:
     return ""
 
 
-# Where an opening ends and the question starts: a clause mark, an optional connective, then a word
-# that asks (an interrogative, an auxiliary, or a request). A comma inside a list ("feature,
-# training and inference pipelines") is not followed by one.
-_ASKING = re.compile(r"[;:.!?,]\s+(?:(?:so|and|but|then|now)\s+)?(?=(?:how|what|which|why|when|where|who|whom|"
-                     r"whose|can|could|should|would|will|is|are|was|were|do|does|did|may|might|shall|has|have|"
-                     r"any|tell|explain|describe|please)\b)", re.I)
+# Where an opening ends and the question starts: a clause mark (or a dash between spaces), an
+# optional connective, then a word that asks (an interrogative, an auxiliary, or a request). A comma
+# inside a list ("feature, training and inference pipelines") is not followed by one.
+_ASKING = re.compile(r"(?:[;:.!?,]|\s[-\u2013\u2014])\s+(?:(?:so|and|but|then|now)\s+)?"
+                     r"(?=(?:how|what|which|why|when|where|who|whom|whose|can|could|should|would|will|is|are|"
+                     r"was|were|do|does|did|may|might|shall|has|have|any|tell|explain|describe|please)\b)", re.I)
 MIN_OPENING_WORDS = 2
 
 

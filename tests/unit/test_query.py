@@ -79,6 +79,9 @@ def test_self_query_reads_the_code_category():
     ("What is LoRA?", None),
     ("Hi: how does GPTQ work?", None),                 # an opening of one word
     ("We use Kafka; how do we fix it?", ("We use Kafka;", "how do we fix it?")),
+    ("At our Lagos office we stream posts all day - how would you build a streaming pipeline?",  # a dash
+     ("At our Lagos office we stream posts all day", "how would you build a streaming pipeline?")),
+    ("How do I tune a LoRA-based fine-tune?", None),  # a hyphen inside a word is not a dash
     ("We use Kafka; how is it?", None),               # an asking clause with no content word
 ])
 def test_the_asking_clause_of_a_question_after_an_opening(question, split):
